@@ -1,0 +1,31 @@
+"""Typed, one-line errors a user can cause; the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class ArssrError(Exception):
+    """Base class: the message is a complete one-line explanation for the user."""
+
+    exit_code = 2
+
+
+class InputError(ArssrError):
+    """The input volume or an argument is invalid; nothing was written."""
+
+
+class OutputError(ArssrError):
+    """The output cannot be written safely (exists, missing folder, size limit)."""
+
+
+class ModelError(ArssrError):
+    """A model bundle is missing, corrupt or does not match its declared contract."""
+
+
+class BackendError(ArssrError):
+    """An inference backend cannot run here (missing GPU, library, or engine mismatch)."""
+
+
+class MissingExtraError(ArssrError):
+    """An optional dependency is not installed; the message names the pip command."""
+
+    exit_code = 3

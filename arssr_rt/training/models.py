@@ -1,0 +1,224 @@
+"""ArSSR reference model in torch: three encoders, the MLP decoder, and a spec registry.
+
+Parameter names and shapes follow the published checkpoint layout exactly (see ARSSR.md),
+so the authors' state dicts load with ``strict=True``. Widths and depths are spec
+arguments whose defaults reproduce the published models; the embedded default model uses
+the same classes with smaller numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_encoder(name: str) -> Callable[[type], type]:
+    """Add an encoder class to the registry under ``name`` (LIIF-style)."""
+
+    def wrap(cls: type) -> type:
+        ENCODERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def conv3(cin: int, cout: int) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, 3, padding=1)
+
+
+def conv1(cin: int, cout: int) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, 1)
+
+
+class DenseLayer(nn.Module):
+    """conv3 + ReLU whose output is concatenated onto its input (RDN dense connection)."""
+
+    def __init__(self, cin: int, growth: int):
+        super().__init__()
+        self.conv = conv3(cin, growth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, F.relu(self.conv(x))], dim=1)
+
+
+class ResidualDenseBlock(nn.Module):
+    def __init__(self, channels: int, growth: int, layers: int):
+        super().__init__()
+        self.layers = nn.Sequential(*[DenseLayer(channels + growth * i, growth) for i in range(layers)])
+        self.lff = conv1(channels + growth * layers, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.lff(self.layers(x))
+
+
+@register_encoder("rdn")
+class RDN(nn.Module):
+    """Residual dense network encoder (published: G0=G=64, 8 blocks x 3 layers, 128 out)."""
+
+    def __init__(self, feature_dim: int = 128, width: int = 64, growth: int = 64, blocks: int = 8, layers: int = 3):
+        super().__init__()
+        self.sfe1 = conv3(1, width)
+        self.sfe2 = conv3(width, width)
+        self.rdbs = nn.ModuleList([ResidualDenseBlock(width, growth, layers) for _ in range(blocks)])
+        self.gff = nn.Sequential(conv1(width * blocks, width), conv3(width, width))
+        self.output = conv3(width, feature_dim)
+        self.receptive_radius = 2 + blocks * layers + 1 + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sfe1 = self.sfe1(x)
+        h = self.sfe2(sfe1)
+        outs = []
+        for block in self.rdbs:
+            h = block(h)
+            outs.append(h)
+        h = self.gff(torch.cat(outs, dim=1)) + sfe1
+        return self.output(h)
+
+
+def conv_relu_stack(channels: int, convs: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for _ in range(convs):
+        mods += [conv3(channels, channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*mods)
+
+
+@register_encoder("rescnn")
+class ResCNN(nn.Module):
+    """Residual CNN encoder (published: 64 wide, 3 blocks x 6 convs); output = input + convs."""
+
+    def __init__(self, feature_dim: int = 128, width: int = 64, blocks: int = 3, convs: int = 6):
+        super().__init__()
+        self.conv_start = nn.Sequential(conv3(1, width), nn.ReLU(inplace=True))
+        for i in range(blocks):
+            setattr(self, f"block{i + 1}", conv_relu_stack(width, convs))
+        self.blocks = blocks
+        self.conv_end = nn.Sequential(conv3(width, feature_dim))
+        self.receptive_radius = 1 + blocks * convs + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_start(x)
+        for i in range(self.blocks):
+            h = getattr(self, f"block{i + 1}")(h) + h
+        return x + self.conv_end(h)
+
+
+class SRResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.m = nn.Sequential(
+            nn.Sequential(conv3(channels, channels), nn.ReLU(inplace=True)),
+            nn.Sequential(conv3(channels, channels)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.m(x)
+
+
+@register_encoder("srresnet")
+class SRResnet(nn.Module):
+    """SRResNet-style encoder (published: 18 residual blocks, 64 wide, no global skip)."""
+
+    def __init__(self, feature_dim: int = 128, width: int = 64, blocks: int = 18):
+        super().__init__()
+        mods: list[nn.Module] = [nn.Sequential(conv3(1, width))]
+        mods += [SRResBlock(width) for _ in range(blocks)]
+        mods += [nn.Sequential(conv3(width, width)), nn.Sequential(conv3(width, feature_dim))]
+        self.features = nn.Sequential(*mods)
+        self.receptive_radius = 1 + 2 * blocks + 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with a ReLU after every one, the last too (published decoder)."""
+    mods: list[nn.Module] = []
+    for cin, cout in zip(sizes[:-1], sizes[1:]):
+        mods += [nn.Linear(cin, cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*mods)
+
+
+class Decoder(nn.Module):
+    """Two-stage MLP: y = stage_two(x + stage_one(x)), x = [feature, coord]."""
+
+    def __init__(self, in_dim: int = 131, width: int = 256, depth: int = 4):
+        super().__init__()
+        self.stage_one = mlp([in_dim] + [width] * (depth - 1) + [in_dim])
+        self.stage_two = mlp([in_dim] + [width] * (depth - 1) + [1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage_two(x + self.stage_one(x))
+
+
+@dataclass
+class ModelSpec:
+    """What a model is, small enough to store in ``model.json`` and rebuild it from."""
+
+    encoder: str = "rdn"
+    feature_dim: int = 128
+    encoder_args: dict[str, Any] = field(default_factory=dict)
+    decoder_width: int = 256
+    decoder_depth: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        return cls(**{k: d[k] for k in ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth") if k in d})
+
+
+class ArSSR(nn.Module):
+    """Encoder + trilinear feature query + decoder; ``forward`` mirrors the published API."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        if spec.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {spec.encoder!r}; known: {', '.join(sorted(ENCODERS))}")
+        self.spec = spec
+        self.encoder = ENCODERS[spec.encoder](feature_dim=spec.feature_dim, **spec.encoder_args)
+        self.decoder = Decoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth)
+
+    @property
+    def receptive_radius(self) -> int:
+        return int(self.encoder.receptive_radius)
+
+    def query(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Sample ``features`` (B,F,D,H,W) at ``coords`` (B,K,3, array axis order) -> (B,K,F)."""
+        b, k = coords.shape[:2]
+        grid = coords.flip(-1).view(b, 1, 1, k, 3)
+        sampled = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return sampled.view(b, features.shape[1], k).permute(0, 2, 1)
+
+    def decode(self, sampled: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([sampled, coords], dim=-1))
+
+    def forward(self, lr: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """lr (B,1,D,H,W), coords (B,K,3) in [-1,1] -> intensity (B,K,1)."""
+        return self.decode(self.query(self.encoder(lr), coords), coords)
+
+
+PUBLISHED_SPECS: dict[str, ModelSpec] = {
+    "rdn": ModelSpec("rdn"),
+    "rescnn": ModelSpec("rescnn"),
+    "srresnet": ModelSpec("srresnet"),
+}
+
+
+def build_model(spec: ModelSpec | dict[str, Any] | str) -> ArSSR:
+    """Build a model from a spec, a spec dict, or a published encoder name."""
+    if isinstance(spec, str):
+        spec = PUBLISHED_SPECS[spec]
+    elif isinstance(spec, dict):
+        spec = ModelSpec.from_dict(spec)
+    return ArSSR(spec)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
