@@ -1,0 +1,360 @@
+"""DICOM series in and out (pydicom): one folder = one series = one RAS+ Volume.
+
+Reading sorts slices by their position along the slice normal (file names and
+InstanceNumber are unreliable), checks that the folder holds one geometrically regular
+series, and applies RescaleSlope/Intercept. Writing makes a new *derived* series for the
+output grid (new Series/SOP UIDs, ImageType DERIVED\\SECONDARY, patient and study copied from
+the source) into a temporary folder that is renamed into place, so a crash never leaves a
+half-written series under the final name.
+
+DICOM patient coordinates are LPS; arssr-rt is RAS+ (nibabel), so x and y change sign at
+this boundary and nowhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, OutputError
+from .extras import require
+from .geometry import OutputGrid
+from .validation import DEFAULT_MAX_INPUT_VOXELS, check_affine, check_size, check_voxels
+from .volume import Volume
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+# relative deviation of one slice gap from the median gap that still counts as regular
+SPACING_TOLERANCE = 0.01
+ORIENTATION_TOLERANCE = 1e-4
+
+# attributes copied from the source so the derived series files under the same patient/study
+COPIED_ATTRIBUTES = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight",
+    "PatientSize", "IssuerOfPatientID", "OtherPatientIDs",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+    "ReferringPhysicianName", "StudyDescription",
+    "FrameOfReferenceUID", "PositionReferenceIndicator",
+    "Modality", "Manufacturer", "InstitutionName", "BodyPartExamined", "PatientPosition",
+    "MagneticFieldStrength", "RepetitionTime", "EchoTime", "InversionTime", "FlipAngle",
+    "ScanningSequence", "SequenceVariant", "MRAcquisitionType", "ImagingFrequency",
+    "SpecificCharacterSet",
+)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True if the file has the DICOM Part 10 preamble marker ('DICM' at byte 128)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM Part 10 files directly inside ``folder`` (DICOMDIR excluded), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.upper() != "DICOMDIR" and is_dicom_file(p))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_headers(folder: Path, files: list[Path]) -> list[Any]:
+    pydicom = require("pydicom")
+    headers = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{f}: is not a readable DICOM file ({exc})") from None
+        headers.append(ds)
+    return headers
+
+
+def _require_one_series(folder: Path, headers: list[Any]) -> None:
+    series = sorted({str(getattr(h, "SeriesInstanceUID", "")) for h in headers})
+    if len(series) > 1:
+        raise InputError(
+            f"{folder}: holds {len(series)} DICOM series ({', '.join(s[-12:] for s in series)}); "
+            "put each series in its own folder"
+        )
+    for name in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+        missing = [h for h in headers if name not in h]
+        if missing:
+            raise InputError(f"{folder}: slice {missing[0].filename} has no {name}; cannot place it in 3-D")
+    frames = {int(getattr(h, "NumberOfFrames", 1) or 1) for h in headers}
+    if frames != {1}:
+        raise InputError(f"{folder}: multi-frame DICOM (NumberOfFrames > 1) is not supported; convert it to single frames")
+    first = headers[0]
+    for h in headers[1:]:
+        if (h.Rows, h.Columns) != (first.Rows, first.Columns):
+            raise InputError(f"{folder}: slices differ in size ({first.Rows}x{first.Columns} vs {h.Rows}x{h.Columns}); mixed series")
+        if not np.allclose(np.asarray(h.ImageOrientationPatient, float), np.asarray(first.ImageOrientationPatient, float), atol=ORIENTATION_TOLERANCE):
+            raise InputError(f"{folder}: slices have different orientations (ImageOrientationPatient); mixed series")
+        if not np.allclose(np.asarray(h.PixelSpacing, float), np.asarray(first.PixelSpacing, float), rtol=1e-4):
+            raise InputError(f"{folder}: slices have different PixelSpacing; mixed series")
+
+
+def _sorted_by_position(folder: Path, headers: list[Any]) -> tuple[list[Any], np.ndarray]:
+    """Slices ordered along the normal and the mean step vector between them (LPS mm)."""
+    iop = np.asarray(headers[0].ImageOrientationPatient, dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.array([np.asarray(h.ImagePositionPatient, dtype=np.float64) for h in headers])
+    distance = positions @ normal
+    order = np.argsort(distance, kind="stable")
+    distance = distance[order]
+    gaps = np.diff(distance)
+    if np.any(gaps < 1e-3):
+        raise InputError(
+            f"{folder}: several slices share one position (multi-echo, repeated or time-series acquisition); "
+            "put one 3-D series per folder"
+        )
+    median = float(np.median(gaps))
+    worst = float(np.max(np.abs(gaps - median)))
+    if worst > SPACING_TOLERANCE * median:
+        raise InputError(
+            f"{folder}: slice spacing is irregular (gaps {gaps.min():.3f}..{gaps.max():.3f} mm, median {median:.3f}); "
+            "missing slices or a mixed series"
+        )
+    ordered = [headers[i] for i in order]
+    step = (positions[order[-1]] - positions[order[0]]) / (len(headers) - 1)
+    return ordered, step
+
+
+def _rescaled_dtype(values: np.ndarray) -> np.dtype:
+    """The smallest integer type that holds the rescaled values exactly, else float32."""
+    if not np.all(values == np.round(values)):
+        return np.dtype(np.float32)
+    lo, hi = float(values.min()), float(values.max())
+    for dtype in (np.int16, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.float32)
+
+
+def read_dicom_series(folder: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:
+    """Read the single series in ``folder`` into a RAS+ Volume.
+
+    Array axes: i = DICOM column index (along the row direction), j = row index, k = slice
+    along the normal. The affine's third column is the mean step between slice positions,
+    so a gantry tilt shows up as a shear instead of being silently dropped.
+    """
+    pydicom = require("pydicom")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: is not a DICOM series folder")
+    try:
+        files = dicom_files(folder)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot be listed ({exc.strerror or exc})") from None
+    if not files:
+        raise InputError(f"{folder}: contains no DICOM files")
+    headers = _read_headers(folder, files)
+    _require_one_series(folder, headers)
+    if len(headers) < 2:
+        raise InputError(f"{folder}: holds a single slice; a 3-D series needs at least 2")
+    headers, step = _sorted_by_position(folder, headers)
+    first = headers[0]
+    rows, cols = int(first.Rows), int(first.Columns)
+    shape = (cols, rows, len(headers))
+    check_size(folder, shape, 4, max_voxels)
+
+    iop = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * col_spacing  # along a row: column index i grows
+    lps[:3, 1] = iop[3:] * row_spacing  # down a column: row index j grows
+    lps[:3, 2] = step
+    lps[:3, 3] = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    affine = check_affine(folder, LPS_TO_RAS @ lps)
+
+    data = np.empty(shape, dtype=np.float32)
+    stored_dtype = None
+    for k, header in enumerate(headers):
+        try:
+            ds = pydicom.dcmread(header.filename)
+            pixels = ds.pixel_array
+        except (OSError, ValueError, EOFError, AttributeError, RuntimeError, NotImplementedError) as exc:
+            raise InputError(f"{header.filename}: pixel data cannot be decoded ({exc})") from None
+        if pixels.shape != (rows, cols):
+            raise InputError(f"{header.filename}: pixel data has shape {pixels.shape}, expected {(rows, cols)} (colour or multi-frame?)")
+        stored_dtype = pixels.dtype
+        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        data[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
+    check_voxels(folder, data)
+    reference = pydicom.dcmread(first.filename, stop_before_pixels=True)
+    return Volume(
+        data=data,
+        affine=affine,
+        header=None,
+        source_dtype=_rescaled_dtype(data),
+        source_path=folder,
+        meta={
+            "format": "dicom",
+            "series_instance_uid": str(getattr(first, "SeriesInstanceUID", "")),
+            "stored_dtype": str(stored_dtype),
+            "dicom_reference": reference,
+        },
+    )
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _pixel_encoding(data: np.ndarray, integral: bool) -> tuple[np.ndarray, float, float]:
+    """Stored integers + (slope, intercept) so that stored * slope + intercept ~ data.
+
+    Integral sources whose rounded values fit int16/uint16 are stored as they are (slope 1);
+    anything else is spread over the full uint16 range, which keeps 16-bit precision of the
+    range whatever it is.
+    """
+    lo, hi = float(data.min()), float(data.max())
+    if integral:
+        rounded = np.round(data)
+        for dtype in (np.int16, np.uint16):
+            info = np.iinfo(dtype)
+            if info.min <= rounded.min() and rounded.max() <= info.max:
+                return rounded.astype(dtype), 1.0, 0.0
+    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
+    stored = np.clip(np.round((data - lo) / slope), 0, 65535).astype(np.uint16)
+    return stored, slope, lo
+
+
+def _ds_number(value: float) -> str:
+    """A DICOM DS string (at most 16 characters) for ``value``."""
+    text = f"{value:.10g}"
+    if len(text) > 16:
+        text = f"{value:.8e}" if abs(value) >= 1e-4 else f"{value:.6e}"
+    return text
+
+
+def _base_dataset(source: Volume, series_description: str) -> Any:
+    pydicom = require("pydicom")
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    reference = source.meta.get("dicom_reference")
+    ds = Dataset()
+    if reference is not None:
+        for name in COPIED_ATTRIBUTES:
+            if name in reference:
+                setattr(ds, name, reference.data_element(name).value)
+        if "SeriesNumber" in reference and reference.SeriesNumber is not None:
+            ds.SeriesNumber = int(reference.SeriesNumber) + 1000
+    # a source that was not DICOM gets a new study of its own, anonymous but valid
+    ds.setdefault("PatientName", "")
+    ds.setdefault("PatientID", "")
+    ds.setdefault("StudyInstanceUID", generate_uid())
+    ds.setdefault("FrameOfReferenceUID", generate_uid())
+    ds.setdefault("Modality", "MR")
+    ds.setdefault("SeriesNumber", 1000)
+    now = _dt.datetime.now()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesDescription = series_description[:64]
+    ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = series_description[:1024]
+    ds.SOPClassUID = MR_IMAGE_STORAGE
+    if reference is not None and "SeriesInstanceUID" in reference:
+        ref = Dataset()
+        ref.SeriesInstanceUID = reference.SeriesInstanceUID
+        ds.ReferencedSeriesSequence = pydicom.Sequence([ref])
+    return ds
+
+
+def write_dicom_series(
+    folder: str | Path,
+    data: np.ndarray,
+    grid: OutputGrid,
+    source: Volume,
+    series_description: str = "ArSSR super-resolution",
+    force: bool = False,
+) -> Path:
+    """Write ``data`` (on ``grid``) as a new derived single-frame MR series in ``folder``.
+
+    One file per slice along the grid's third axis, named IM0001.dcm ...; the folder appears
+    under its final name only when every file is complete.
+    """
+    require("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    folder = Path(folder)
+    data = np.asarray(data, dtype=np.float32)
+    if data.shape != tuple(grid.shape):
+        raise OutputError(f"{folder}: data shape {data.shape} does not match the grid {tuple(grid.shape)}")
+    if folder.exists() and not force:
+        raise OutputError(f"{folder}: already exists (use --force to replace it)")
+    if not folder.parent.is_dir():
+        raise OutputError(f"{folder.parent}: output folder does not exist")
+    integral = np.issubdtype(np.dtype(source.source_dtype), np.integer)
+    stored, slope, intercept = _pixel_encoding(data, integral)
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(grid.affine, dtype=np.float64)
+    col_step, row_step, slice_step = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    row_dir = col_step / np.linalg.norm(col_step)
+    col_dir = row_step / np.linalg.norm(row_step)
+    normal = np.cross(row_dir, col_dir)
+    thickness = float(abs(slice_step @ normal))
+    low, high = np.percentile(data, [1.0, 99.5])
+
+    base = _base_dataset(source, series_description)
+    base.ImageOrientationPatient = [_ds_number(v) for v in (*row_dir, *col_dir)]
+    base.PixelSpacing = [_ds_number(float(np.linalg.norm(row_step))), _ds_number(float(np.linalg.norm(col_step)))]
+    base.SliceThickness = _ds_number(thickness)
+    base.SpacingBetweenSlices = _ds_number(thickness)
+    base.Rows, base.Columns = int(grid.shape[1]), int(grid.shape[0])
+    base.SamplesPerPixel = 1
+    base.PhotometricInterpretation = "MONOCHROME2"
+    base.BitsAllocated = base.BitsStored = 16
+    base.HighBit = 15
+    base.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
+    base.RescaleSlope = _ds_number(slope)
+    base.RescaleIntercept = _ds_number(intercept)
+    base.RescaleType = "US"
+    base.WindowCenter = _ds_number(float((low + high) / 2))
+    base.WindowWidth = _ds_number(float(max(high - low, 1e-3)))
+
+    tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for k in range(grid.shape[2]):
+            ds = base.copy()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+            ds.InstanceNumber = k + 1
+            position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
+            ds.ImagePositionPatient = [_ds_number(v) for v in position]
+            ds.SliceLocation = _ds_number(float(position @ normal))
+            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+            ds.save_as(tmp / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
+        _replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Move the finished ``new`` folder to ``final``, replacing an old one only at the end."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+    os.rename(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,231 @@
+"""DICOM series: round trip through a series synthesized from the fixture, derived-series
+attributes on a new grid, and refusal of folders that are not one regular series."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+from arssr_rt.errors import InputError, OutputError  # noqa: E402
+from arssr_rt.geometry import plan_output_grid  # noqa: E402
+from arssr_rt.io_dicom import read_dicom_series, write_dicom_series  # noqa: E402
+from arssr_rt.volume import Volume  # noqa: E402
+
+FIXTURE = Path(str(resources.files("arssr_rt") / "data" / "colin27_t1_crop64_1mm.nii.gz"))
+
+
+def _oblique(affine: np.ndarray, degrees: float = 12.0) -> np.ndarray:
+    a = np.deg2rad(degrees)
+    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    out = affine.copy()
+    out[:3, :3] = rot @ affine[:3, :3] @ np.diag([0.8, 0.9, 1.7])
+    return out
+
+
+def _fixture_volume(affine_fn=lambda a: a) -> Volume:
+    img = nib.load(FIXTURE)
+    data = np.asarray(img.dataobj)
+    return Volume(data=data.astype(np.float32), affine=affine_fn(img.affine), source_dtype=data.dtype, source_path=FIXTURE)
+
+
+def _same_grid(volume: Volume):
+    return plan_output_grid(volume.shape, volume.affine, shape=volume.shape)
+
+
+def _patient_reference() -> "pydicom.Dataset":
+    ref = pydicom.Dataset()
+    ref.PatientName = "Colin^Twentyseven"
+    ref.PatientID = "MNI-C27"
+    ref.StudyInstanceUID = pydicom.uid.generate_uid()
+    ref.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ref.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    ref.StudyDate = "19980101"
+    ref.Modality = "MR"
+    ref.SeriesNumber = 3
+    return ref
+
+
+@pytest.fixture
+def series(tmp_path) -> tuple[Path, Volume]:
+    """A DICOM series synthesized from the fixture on an oblique, anisotropic grid."""
+    volume = _fixture_volume(_oblique)
+    volume.meta["dicom_reference"] = _patient_reference()
+    folder = tmp_path / "series"
+    write_dicom_series(folder, volume.data, _same_grid(volume), volume, "synthetic source")
+    return folder, volume
+
+
+def test_round_trip_keeps_data_and_affine(series):
+    folder, volume = series
+    back = read_dicom_series(folder)
+    np.testing.assert_array_equal(back.data, volume.data)
+    np.testing.assert_allclose(back.affine, volume.affine, atol=1e-5)
+    assert back.source_dtype == np.int16
+    assert back.shape == (64, 64, 64)
+
+
+def test_slices_are_ordered_by_position_not_by_file_name(series):
+    folder, volume = series
+    files = sorted(folder.iterdir())
+    for f in files:  # reverse the names: IM0001 <-> IM0064
+        f.rename(f.with_name("tmp_" + f.name))
+    for i, f in enumerate(sorted(folder.iterdir())):
+        f.rename(folder / files[len(files) - 1 - i].name)
+    np.testing.assert_array_equal(read_dicom_series(folder).data, volume.data)
+
+
+def test_float_data_round_trips_within_16_bit_precision(tmp_path):
+    volume = _fixture_volume()
+    volume.data = volume.data / 7.3 - 4.0
+    volume.source_dtype = np.dtype(np.float32)
+    write_dicom_series(tmp_path / "f", volume.data, _same_grid(volume), volume)
+    back = read_dicom_series(tmp_path / "f")
+    step = (volume.data.max() - volume.data.min()) / 65535
+    assert np.max(np.abs(back.data - volume.data)) <= step * 0.51
+    assert pydicom.dcmread(next((tmp_path / "f").iterdir())).PixelRepresentation == 0
+
+
+def test_derived_series_on_a_new_grid(series, tmp_path):
+    folder, source_volume = series
+    source = read_dicom_series(folder)
+    grid = plan_output_grid(source.shape, source.affine, scale=(1.5, 1.5, 2.0))
+    out = np.random.default_rng(1).uniform(0, 300, grid.shape).astype(np.float32)
+    written = write_dicom_series(tmp_path / "sr", out, grid, source, "ArSSR x1.5x1.5x2")
+    files = sorted(written.iterdir())
+    assert len(files) == grid.shape[2]
+    datasets = [pydicom.dcmread(f) for f in files]
+    first = datasets[0]
+    src = pydicom.dcmread(next(folder.iterdir()))
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY"]
+    assert first.SeriesInstanceUID != src.SeriesInstanceUID
+    assert len({d.SeriesInstanceUID for d in datasets}) == 1
+    assert len({d.SOPInstanceUID for d in datasets}) == len(datasets)
+    assert all(d.SOPInstanceUID != s.SOPInstanceUID for d in datasets for s in [src])
+    for name in ("PatientName", "PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "StudyDate"):
+        assert first.data_element(name).value == src.data_element(name).value
+    assert first.SeriesDescription == "ArSSR x1.5x1.5x2"
+    assert first.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+    assert (first.Rows, first.Columns) == (grid.shape[1], grid.shape[0])
+    np.testing.assert_allclose([float(v) for v in first.PixelSpacing], [grid.spacing[1], grid.spacing[0]], rtol=1e-6)
+    # the slice gap is the grid's third spacing projected on the normal (oblique grid)
+    np.testing.assert_allclose(float(first.SliceThickness), float(first.SpacingBetweenSlices))
+    for k in (0, 7, grid.shape[2] - 1):
+        expected = np.diag([-1.0, -1.0, 1.0]) @ (grid.affine[:3, :3] @ [0, 0, k] + grid.affine[:3, 3])
+        np.testing.assert_allclose([float(v) for v in datasets[k].ImagePositionPatient], expected, atol=1e-4)
+    back = read_dicom_series(written)
+    np.testing.assert_allclose(back.affine, grid.affine, atol=1e-5)
+    # an integer source gives integer output, as the NIfTI writer does
+    np.testing.assert_array_equal(back.data, np.round(out))
+
+
+def test_series_from_a_nifti_source_gets_a_new_study(tmp_path):
+    volume = _fixture_volume()
+    write_dicom_series(tmp_path / "s", volume.data, _same_grid(volume), volume)
+    ds = pydicom.dcmread(next((tmp_path / "s").iterdir()))
+    assert ds.StudyInstanceUID and ds.FrameOfReferenceUID and ds.Modality == "MR"
+
+
+def test_existing_output_needs_force(series, tmp_path):
+    folder, volume = series
+    with pytest.raises(OutputError, match="already exists"):
+        write_dicom_series(folder, volume.data, _same_grid(volume), volume)
+    write_dicom_series(folder, volume.data, _same_grid(volume), volume, force=True)
+    assert len(list(folder.iterdir())) == 64
+
+
+def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    volume = _fixture_volume()
+    real_save = pydicom.Dataset.save_as
+    calls = {"n": 0}
+
+    def failing_save(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.Dataset, "save_as", failing_save)
+    with pytest.raises(OSError):
+        write_dicom_series(tmp_path / "out", volume.data, _same_grid(volume), volume)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_series_in_one_folder_are_refused(series, tmp_path):
+    folder, volume = series
+    other = tmp_path / "other"
+    write_dicom_series(other, volume.data, _same_grid(volume), volume)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    for f in other.iterdir():
+        shutil.copy(f, mixed / ("B" + f.name))
+    with pytest.raises(InputError, match="holds 2 DICOM series"):
+        read_dicom_series(mixed)
+
+
+def test_different_orientations_are_refused(series):
+    folder, _ = series
+    f = sorted(folder.iterdir())[10]
+    ds = pydicom.dcmread(f)
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    ds.save_as(f)
+    with pytest.raises(InputError, match="different orientations"):
+        read_dicom_series(folder)
+
+
+def test_different_sizes_are_refused(series):
+    folder, _ = series
+    f = sorted(folder.iterdir())[3]
+    ds = pydicom.dcmread(f)
+    ds.Rows = 32
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(f)
+    with pytest.raises(InputError, match="differ in size"):
+        read_dicom_series(folder)
+
+
+def test_missing_slice_is_refused(series):
+    folder, _ = series
+    sorted(folder.iterdir())[20].unlink()
+    with pytest.raises(InputError, match="irregular"):
+        read_dicom_series(folder)
+
+
+def test_repeated_positions_are_refused(series):
+    folder, _ = series
+    f = sorted(folder.iterdir())[5]
+    ds = pydicom.dcmread(f)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(folder / "echo2.dcm")
+    with pytest.raises(InputError, match="share one position"):
+        read_dicom_series(folder)
+
+
+def test_single_slice_is_refused(series, tmp_path):
+    folder, _ = series
+    (tmp_path / "one").mkdir()
+    shutil.copy(sorted(folder.iterdir())[0], tmp_path / "one")
+    with pytest.raises(InputError, match="single slice"):
+        read_dicom_series(tmp_path / "one")
+
+
+def test_folder_without_dicom_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="no DICOM files"):
+        read_dicom_series(tmp_path)
+
+
+def test_rescale_slope_and_intercept_are_applied(series):
+    folder, volume = series
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-10"
+        ds.save_as(f)
+    np.testing.assert_allclose(read_dicom_series(folder).data, volume.data * 0.5 - 10)
