@@ -1,0 +1,261 @@
+"""The full-volume pipeline, top to bottom in one screen:
+
+load + validate -> normalise -> encode (tiles with exact halo) -> sample + decode (chunks)
+-> restore intensities -> write atomically.
+
+Peak memory is bounded by the tile and chunk sizes, not by the volume: only one tile's
+features and one chunk's decoder input exist at a time (plus the output array).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .backends.base import Backend, BackendOptions, open_backend
+from .bundle import ModelBundle, resolve_model
+from .errors import InputError, OutputError
+from .geometry import OutputGrid, Triplet, describe_scale, parse_triplet, plan_output_grid
+from .intensity import Normalizer
+from .sampling import box_coords, sample_box
+from .tiling import Tile, auto_tile, output_chunks, plan_tiles
+from .volume import Volume
+
+DEFAULT_CHUNK = 1 << 17  # decoder points per call: ~70 MB of decoder input at F=128
+DEFAULT_MAX_MEMORY = 2 * 1024**3  # bytes the encoder tile may use (activations)
+DEFAULT_MAX_OUTPUT_VOXELS = 1024**3  # refuse outputs larger than this (4 GiB as float32)
+
+ProgressFn = Callable[[int], None]
+
+
+def encoder_bytes_per_voxel(spec: dict[str, Any]) -> float:
+    """Rough peak activation bytes per encoder voxel (float32), from the architecture spec.
+
+    Used only to choose a tile size; dense blocks (RDN) keep all block outputs alive.
+    """
+    args = spec.get("encoder_args", {})
+    width = int(args.get("width", 64))
+    feat = int(spec.get("feature_dim", 128))
+    if spec.get("encoder") == "rdn":
+        blocks, layers, growth = int(args.get("blocks", 8)), int(args.get("layers", 3)), int(args.get("growth", 64))
+        channels = width * (blocks + 2) + growth * layers + feat
+    else:
+        channels = 3 * width + feat
+    return 4.0 * channels * 1.5  # 1.5: runtime workspace and copies
+
+
+class Upsampler:
+    """A loaded model + backend, reusable across volumes (batch jobs load it once)."""
+
+    def __init__(
+        self,
+        model: str | Path | ModelBundle | None = None,
+        backend: str = "auto",
+        options: BackendOptions | None = None,
+        tile: int | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        normalization: str = "minmax",
+        max_memory: int = DEFAULT_MAX_MEMORY,
+    ):
+        self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
+        self.backend: Backend = open_backend(backend, self.bundle, options or BackendOptions())
+        if tile is not None and tile < 1:
+            raise InputError(f"--tile must be >= 1, got {tile}")
+        if chunk < 1:
+            raise InputError(f"--chunk must be >= 1, got {chunk}")
+        self.tile, self.chunk, self.max_memory = tile, chunk, max_memory
+        self.normalization = normalization
+
+    def __enter__(self) -> "Upsampler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def tile_for(self, shape: Sequence[int]) -> int:
+        if self.tile is not None:
+            return self.tile
+        return auto_tile(shape, self.bundle.receptive_radius, encoder_bytes_per_voxel(self.bundle.spec), self.max_memory)
+
+    def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
+        """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
+        norm = Normalizer(mode=self.normalization).fit(volume.data)  # type: ignore[arg-type]
+        lr = norm.normalize(volume.data)
+        out_shape = grid.shape
+        zyx = self.bundle.axis_order == "zyx"
+        if zyx:  # published weights saw SimpleITK (z, y, x) arrays
+            lr = np.ascontiguousarray(lr.transpose(2, 1, 0))
+            out_shape = out_shape[::-1]
+        out = self.infer(lr, out_shape, progress)
+        if zyx:
+            out = np.ascontiguousarray(out.transpose(2, 1, 0))
+        return norm.restore(out)
+
+    def infer(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
+        """Normalised LR (D,H,W) -> normalised output of ``out_shape``, tile by tile."""
+        out = np.empty(tuple(out_shape), dtype=np.float32)
+        tiles = plan_tiles(lr.shape, out_shape, self.tile_for(lr.shape), self.bundle.receptive_radius)
+        for tile in tiles:
+            self._run_tile(lr, out, tile, progress)
+        return out
+
+    def _run_tile(self, lr: np.ndarray, out: np.ndarray, tile: Tile, progress: ProgressFn | None) -> None:
+        enc = tuple(slice(a, b) for a, b in tile.encode)
+        features = self.backend.encode(np.ascontiguousarray(lr[enc]))
+        # keep core ± 1 as a channel-last block for the separable sampler
+        keep = tuple(slice(k0 - e0, k1 - e0) for (k0, k1), (e0, _) in zip(tile.keep, tile.encode))
+        block = np.ascontiguousarray(np.moveaxis(features[(slice(None),) + keep], 0, -1))
+        del features
+        offset = tuple(k0 for k0, _ in tile.keep)
+        for start, stop in output_chunks(tile.output, self.chunk):
+            sampled = sample_box(block, offset, lr.shape, out.shape, start, stop)
+            n = sampled.shape[:3]
+            values = self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out.shape, start, stop))
+            out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = values.reshape(n)
+            if progress:
+                progress(int(np.prod(n)))
+
+
+@dataclass
+class UpsampleResult:
+    """What one ``upsample_file`` call did, for the summary line and batch reports."""
+
+    out_path: Path
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    in_spacing: Triplet
+    out_spacing: Triplet
+    seconds: float
+    backend: str
+    model: str
+
+
+def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: Any = None, max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> OutputGrid:
+    """Parse the size options and refuse an output over the size limit (before any compute)."""
+    grid = plan_output_grid(
+        volume.shape,
+        volume.affine,
+        scale=parse_triplet(scale, "--scale") if scale is not None else None,
+        voxel_size=parse_triplet(voxel_size, "--voxel-size") if voxel_size is not None else None,
+        shape=[int(v) for v in parse_triplet(shape, "--shape")] if shape is not None and not isinstance(shape, (list, tuple)) else shape,
+    )
+    if grid.voxels > max_output_voxels:
+        raise OutputError(
+            f"output {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} = {grid.voxels:,} voxels is over the limit of "
+            f"{max_output_voxels:,} (--max-output-voxels)"
+        )
+    return grid
+
+
+def default_output_path(in_path: Path, grid: OutputGrid, in_shape: Sequence[int]) -> Path:
+    """``<stem>_x<scale>.nii.gz`` next to the input."""
+    name = in_path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".gz"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return in_path.with_name(f"{name}_{describe_scale(in_shape, grid.shape)}.nii.gz")
+
+
+def upsample(
+    data: np.ndarray,
+    affine: np.ndarray,
+    *,
+    scale: Any = None,
+    voxel_size: Any = None,
+    shape: Any = None,
+    model: str | Path | ModelBundle | None = None,
+    backend: str = "auto",
+    tile: int | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    normalization: str = "minmax",
+    max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Super-resolve an array with its affine; returns (float32 data, output affine).
+
+    Example:
+        >>> out, out_affine = upsample(img.get_fdata(), img.affine, scale=2.5)
+    """
+    from .validation import check_affine, check_voxels
+
+    arr = np.asarray(data, dtype=np.float32)
+    if arr.ndim != 3:
+        raise InputError(f"expected a 3-D array, got shape {arr.shape}")
+    if min(arr.shape) < 2:
+        raise InputError(f"every axis needs at least 2 voxels, got shape {arr.shape}")
+    check_voxels("array", arr)
+    check_affine("array", np.asarray(affine, dtype=np.float64))
+    volume = Volume(data=arr, affine=np.asarray(affine, dtype=np.float64))
+    grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
+    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization) as up:
+        return up.run(volume, grid), grid.affine
+
+
+def upsample_file(
+    in_path: str | Path,
+    out_path: str | Path | None = None,
+    *,
+    scale: Any = None,
+    voxel_size: Any = None,
+    shape: Any = None,
+    model: str | Path | ModelBundle | None = None,
+    backend: str = "auto",
+    options: BackendOptions | None = None,
+    tile: int | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    normalization: str = "minmax",
+    dtype: str | None = None,
+    force: bool = False,
+    max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
+    upsampler: Upsampler | None = None,
+    upsampler_factory: Callable[[], Upsampler] | None = None,
+    on_backend: Callable[[str], None] | None = None,
+    progress: Callable[[OutputGrid], ProgressFn] | None = None,
+) -> UpsampleResult:
+    """Read, validate, super-resolve and atomically write one volume.
+
+    Every check that can fail (input, size options, output path, model) runs before compute,
+    so a bad call costs nothing and leaves nothing behind. ``progress(grid)`` may return a
+    callable that receives the number of output voxels done after each chunk.
+    """
+    from .nifti_io import check_output_path, save_volume
+    from .readers import read_volume
+
+    t0 = time.perf_counter()
+    in_path = Path(in_path)
+    volume = read_volume(in_path)
+    grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
+    target = Path(out_path) if out_path is not None else default_output_path(in_path, grid, volume.shape)
+    check_output_path(target, force=force)
+    owner = upsampler is None
+    if upsampler is not None:
+        up = upsampler
+    elif upsampler_factory is not None:
+        up = upsampler_factory()
+    else:
+        up = Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization)
+    if on_backend:
+        on_backend(getattr(up.backend, "name", backend))
+    try:
+        result = up.run(volume, grid, progress(grid) if progress else None)
+        save_volume(target, result, grid, volume, dtype=dtype, force=force)
+    finally:
+        if owner:
+            up.close()
+    return UpsampleResult(
+        out_path=target,
+        in_shape=volume.shape,
+        out_shape=grid.shape,
+        in_spacing=tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0)),  # type: ignore[arg-type]
+        out_spacing=grid.spacing,
+        seconds=time.perf_counter() - t0,
+        backend=getattr(up.backend, "name", "?"),
+        model=up.bundle.name,
+    )

@@ -1,0 +1,170 @@
+"""Training data made on the fly: random HR crops, random (per-axis) scale, simulated LR.
+
+Each sample is an LR patch of ``lr_patch`` voxels per axis, the HR crop it was made from
+(``round(lr_patch * s)`` voxels per axis, so the LR grid covers exactly the HR crop's field
+of view, centre-aligned), and ``points`` HR voxels to supervise with their network coordinates.
+Intensities are min-max normalised per volume exactly as the runtime does.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..degrade import degrade, gaussian_blur_down
+from ..errors import InputError
+from ..geometry import normalized_centres
+
+
+@dataclass
+class TrainVolume:
+    """A normalised HR training volume and a foreground mask for crop placement."""
+
+    name: str
+    data: np.ndarray
+    foreground: np.ndarray  # flat indices of voxels above the background threshold
+
+
+@dataclass
+class SamplerConfig:
+    lr_patch: int = 16
+    points: int = 4096
+    margin: int = 2
+    scale_min: float = 2.0
+    scale_max: float = 4.0
+    anisotropic: float = 0.0  # probability of a per-axis scale (incl. thick-slice 1x1xk)
+    degradations: dict[str, float] = field(default_factory=lambda: {"cubic": 1.0})
+    noise: float = 0.0  # probability of adding mild Gaussian noise to the LR
+    flips: bool = True
+    foreground_bias: float = 0.9
+
+
+def expand_data_arg(data: str | Sequence[str]) -> list[Path]:
+    """Files from a directory, a glob, a CSV (first column) or a list of those."""
+    items = [data] if isinstance(data, (str, Path)) else list(data)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(x for x in p.iterdir() if x.name.endswith((".nii", ".nii.gz")))
+        elif p.suffix == ".csv" and p.is_file():
+            with open(p) as f:
+                rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+            if rows and rows[0][0].strip().lower() in ("input", "path", "file"):
+                rows = rows[1:]
+            out += [Path(r[0].strip()) if Path(r[0].strip()).is_absolute() else p.parent / r[0].strip() for r in rows]
+        elif p.is_file():
+            out.append(p)
+        else:
+            out += [Path(x) for x in sorted(glob.glob(str(item)))]
+    if not out:
+        raise InputError(f"no training volumes found in {data}")
+    return out
+
+
+def minmax(data: np.ndarray) -> np.ndarray:
+    lo, hi = float(data.min()), float(data.max())
+    if hi <= lo:
+        raise InputError("constant training volume")
+    return ((data - lo) / (hi - lo)).astype(np.float32)
+
+
+def load_training_volumes(paths: Sequence[Path], pyramid: int = 1, min_size: int = 48) -> list[TrainVolume]:
+    """Load volumes, normalise, and add ``pyramid`` coarser copies (x2 each, anti-aliased)."""
+    import nibabel as nib
+
+    vols: list[TrainVolume] = []
+    for path in paths:
+        img = nib.load(str(path))
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+        data = np.squeeze(data)
+        if data.ndim != 3:
+            raise InputError(f"{path}: training volumes must be 3-D")
+        level = minmax(data)
+        for k in range(pyramid + 1):
+            if min(level.shape) < min_size:
+                break
+            fg = np.flatnonzero(level > 0.1)
+            vols.append(TrainVolume(f"{Path(path).name}@{2 ** k}x", level, fg))
+            level = minmax(gaussian_blur_down(level, [max(1, round(n / 2)) for n in level.shape]))
+    return vols
+
+
+class PatchSampler:
+    """Draws training batches; deterministic for a given seed."""
+
+    def __init__(self, volumes: list[TrainVolume], config: SamplerConfig, seed: int = 0):
+        self.volumes = volumes
+        self.cfg = config
+        self.rng = np.random.default_rng(seed)
+        kinds = list(config.degradations)
+        w = np.array([config.degradations[k] for k in kinds], dtype=np.float64)
+        self.kinds, self.kind_p = kinds, w / w.sum()
+
+    def draw_scale(self) -> np.ndarray:
+        c, r = self.cfg, self.rng
+        if r.random() < c.anisotropic:
+            if r.random() < 0.5:  # thick-slice: in-plane 1, through-plane k
+                s = np.ones(3)
+                s[r.integers(3)] = r.uniform(c.scale_min, c.scale_max + 1.0)
+                return s
+            return r.uniform(1.0, c.scale_max, size=3)
+        return np.full(3, r.uniform(c.scale_min, c.scale_max))
+
+    def crop(self, vol: TrainVolume, size: Sequence[int]) -> np.ndarray:
+        shape = np.array(vol.data.shape)
+        size_a = np.array(size)
+        if np.any(size_a > shape):
+            pad = [(0, max(0, int(s - n))) for s, n in zip(size_a, shape)]
+            data = np.pad(vol.data, pad)
+        else:
+            data = vol.data
+        shape = np.array(data.shape)
+        if self.rng.random() < self.cfg.foreground_bias and len(vol.foreground):
+            centre = np.array(np.unravel_index(vol.foreground[self.rng.integers(len(vol.foreground))], vol.data.shape))
+            start = np.clip(centre - size_a // 2, 0, shape - size_a)
+        else:
+            start = np.array([self.rng.integers(0, n - s + 1) for n, s in zip(shape, size_a)])
+        sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size_a))
+        return data[sl]
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One (lr (p,p,p), coords (K,3), target (K,)) sample."""
+        c, r = self.cfg, self.rng
+        scale = self.draw_scale()
+        p = c.lr_patch
+        hr_size = [max(p, int(round(p * s))) for s in scale]
+        vol = self.volumes[r.integers(len(self.volumes))]
+        hr = self.crop(vol, hr_size)
+        if c.flips:
+            for axis in range(3):
+                if r.random() < 0.5:
+                    hr = np.flip(hr, axis)
+        hr = np.ascontiguousarray(hr, dtype=np.float32)
+        kind = self.kinds[r.choice(len(self.kinds), p=self.kind_p)]
+        lr = degrade(hr, [H / p for H in hr_size], kind)
+        if c.noise and r.random() < c.noise:
+            lr = lr + r.normal(0.0, r.uniform(0.005, 0.02), size=lr.shape).astype(np.float32)
+        # supervise HR voxels whose LR position lies at least `margin` voxels inside the patch
+        idx = []
+        for H in hr_size:
+            pos = (np.arange(H) + 0.5) * p / H - 0.5
+            ok = np.flatnonzero((pos >= c.margin - 0.5) & (pos <= p - c.margin - 0.5))
+            idx.append(ok if len(ok) else np.arange(H))
+        picks = [r.choice(ix, size=c.points) for ix in idx]
+        axes = [normalized_centres(H) for H in hr_size]
+        coords = np.stack([axes[a][picks[a]] for a in range(3)], axis=1).astype(np.float32)
+        target = hr[picks[0], picks[1], picks[2]]
+        return lr.astype(np.float32), coords, target.astype(np.float32)
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        samples = [self.sample() for _ in range(n)]
+        lr = np.stack([s[0] for s in samples])[:, None]
+        coords = np.stack([s[1] for s in samples])
+        target = np.stack([s[2] for s in samples])[..., None]
+        return lr, coords, target

@@ -1,0 +1,213 @@
+"""Training loop: paper recipe by default, checkpoints that resume exactly, DDP via torchrun.
+
+A run directory holds ``config.json``, ``checkpoint.pt`` (model + optimiser + scheduler +
+sampler RNG state, written atomically every ``checkpoint_every`` steps), ``best.pt`` (best
+validation PSNR gain over tricubic) and ``log.jsonl`` (one JSON object per logged step or
+validation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..degrade import cubic_resample, degrade
+from ..geometry import normalized_centres
+from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
+from .models import ArSSR, ModelSpec, build_model
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    spec: dict[str, Any] = field(default_factory=lambda: ModelSpec("rdn").to_dict())
+    sampler: dict[str, Any] = field(default_factory=lambda: asdict(SamplerConfig()))
+    batch: int = 15
+    steps: int = 100_000
+    lr: float = 1e-4
+    schedule: str = "step"  # "step": halve every lr_step steps (paper); "cosine": warmup + cosine
+    lr_step: int = 20_000
+    warmup: int = 200
+    min_lr_ratio: float = 0.05
+    pyramid: int = 1
+    seed: int = 0
+    checkpoint_every: int = 200
+    val_every: int = 1000
+    val_scales: list[float] = field(default_factory=lambda: [2.0, 4.0])
+    log_every: int = 20
+    threads: int | None = None
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if cfg.schedule == "cosine":
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return cfg.lr * (0.5 ** (step // cfg.lr_step))
+
+
+@torch.inference_mode()
+def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk: int = 1 << 18) -> np.ndarray:
+    """Whole-volume reference inference in torch (normalised LR in, normalised HR out)."""
+    model.eval()
+    feats = model.encoder(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None])
+    axes = [torch.from_numpy(normalized_centres(n)) for n in out_shape]
+    out = np.empty(tuple(out_shape), dtype=np.float32)
+    rows = max(1, chunk // (out_shape[1] * out_shape[2]))
+    for a in range(0, out_shape[0], rows):
+        b = min(out_shape[0], a + rows)
+        g = torch.stack(torch.meshgrid(axes[0][a:b], axes[1], axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
+        pred = model.decode(model.query(feats, g), g)
+        out[a:b] = pred.reshape(b - a, out_shape[1], out_shape[2]).numpy()
+    return out
+
+
+def head_mask(hr: np.ndarray) -> np.ndarray:
+    """Voxels above 10% of the range, dilated by 2: the head, not the air around it."""
+    from scipy import ndimage
+
+    lo, hi = float(hr.min()), float(hr.max())
+    mask = hr > lo + 0.1 * (hi - lo)
+    mask = ndimage.binary_fill_holes(ndimage.binary_dilation(mask, iterations=2))
+    return mask
+
+
+def psnr(ref: np.ndarray, test: np.ndarray, mask: np.ndarray, data_range: float) -> float:
+    mse = float(np.mean((ref[mask].astype(np.float64) - test[mask]) ** 2))
+    return 10 * math.log10(data_range**2 / max(mse, 1e-20))
+
+
+def validate(model: ArSSR, volumes: list[tuple[str, np.ndarray]], scales: Sequence[float]) -> dict[str, float]:
+    """PSNR (head mask) of model and tricubic on centre-aligned cubic down-sampling."""
+    res: dict[str, float] = {}
+    gains = []
+    for name, hr in volumes:
+        mask = head_mask(hr)
+        rng = float(hr.max() - hr.min())
+        for s in scales:
+            lr = degrade(hr, [s] * 3, "cubic")
+            lo, hi = float(lr.min()), float(lr.max())
+            pred = predict_volume(model, (lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo
+            cub = cubic_resample(lr, hr.shape)
+            pm, pc = psnr(hr, pred, mask, rng), psnr(hr, cub, mask, rng)
+            res[f"{name}/x{s:g}/model"] = round(pm, 3)
+            res[f"{name}/x{s:g}/tricubic"] = round(pc, 3)
+            gains.append(pm - pc)
+    res["mean_gain_db"] = round(float(np.mean(gains)), 3) if gains else float("nan")
+    return res
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) into ``run_dir``; returns the path of the last checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ddp = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if ddp and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if ddp else 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.spec)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid), SamplerConfig(**cfg.sampler), seed=cfg.seed + rank)
+    val_volumes = []
+    for p in cfg.val:
+        import nibabel as nib
+
+        v = np.squeeze(np.asarray(nib.load(p).get_fdata(dtype=np.float32)))
+        val_volumes.append((Path(p).name.split(".")[0], v))
+    step, best = 0, -1e9
+    ckpt = run_dir / "checkpoint.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, best = int(state["step"]), float(state.get("best", -1e9))
+        sampler.rng.bit_generator.state = state["sampler_rng"][rank] if isinstance(state["sampler_rng"], list) else state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"])
+    elif _is_main():
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    net: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    log = open(run_dir / "log.jsonl", "a") if _is_main() else None
+
+    def save(path: Path) -> None:
+        rngs: Any = sampler.rng.bit_generator.state
+        if ddp:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, rngs)
+            rngs = gathered
+        if _is_main():
+            _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
+                                "sampler_rng": rngs, "torch_rng": torch.get_rng_state(), "spec": cfg.spec, "config": asdict(cfg)}, path)
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (progress and _is_main()))
+    t0, ema = time.time(), None
+    with bar:
+        task = bar.add_task("train", total=cfg.steps, completed=step, info="")
+        while step < cfg.steps:
+            net.train()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            lr_np, coords_np, target_np = sampler.batch(cfg.batch)
+            pred = net(torch.from_numpy(lr_np), torch.from_numpy(coords_np))
+            loss = F.l1_loss(pred, torch.from_numpy(target_np))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
+            rate = (step - task_start(bar, task)) / max(1e-9, time.time() - t0)
+            bar.update(task, completed=step, info=f"L1 {ema:.4f}  {rate:.2f} step/s")
+            if log and step % cfg.log_every == 0:
+                log.write(json.dumps({"step": step, "loss": round(ema, 5), "lr": lr_at(cfg, step), "time": round(time.time() - t0, 1)}) + "\n")
+                log.flush()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save(ckpt)
+            if val_volumes and (step % cfg.val_every == 0 or step == cfg.steps) and _is_main():
+                res = validate(model, val_volumes, cfg.val_scales)
+                if res["mean_gain_db"] > best:
+                    best = res["mean_gain_db"]
+                    _atomic_torch_save({"model": model.state_dict(), "spec": cfg.spec, "step": step, "validation": res}, run_dir / "best.pt")
+                if log:
+                    log.write(json.dumps({"step": step, "validation": res}) + "\n")
+                    log.flush()
+    if log:
+        log.close()
+    if ddp:
+        dist.barrier()
+    return ckpt
+
+
+_task_start: dict[int, int] = {}
+
+
+def task_start(bar: Any, task: int) -> int:
+    """Step count when this process started (so steps/s ignores resumed steps)."""
+    if task not in _task_start:
+        _task_start[task] = int(bar.tasks[task].completed) - 1
+    return _task_start[task]
