@@ -1,0 +1,351 @@
+"""Safe NIfTI reading and writing.
+
+Reading validates everything a user's file can get wrong and raises a one-line InputError
+naming the file and the reason, before any compute starts: the header (dimensions, size,
+voxel type, spacing, affine) is checked before a single voxel is read, then the data is read
+fully (nibabel is lazy: truncated or corrupt gzip only shows up then) and checked for NaN/Inf
+and constant images.
+
+Writing is atomic (temp file in the output folder + ``os.replace``) and keeps the input's
+header where that is meaningful; see ``save_volume`` for the header rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import logging
+import os
+import tempfile
+import warnings
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError, OutputError
+from .geometry import OutputGrid
+from .intensity import choose_output_dtype, to_output_dtype
+from .validation import (
+    DEFAULT_MAX_INPUT_VOXELS,
+    check_affine,
+    check_scalar_dtype,
+    check_size,
+    check_spacing,
+    check_voxels,
+    spatial_shape,
+)
+from .volume import Volume
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI1_MAX_DIM = 32767  # dim[] is int16 in NIfTI-1; larger grids are written as NIfTI-2
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's logger and warnings: they print to stderr, and the CLI promises
+    exactly one line there on failure (header problems become InputErrors instead)."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _describe_read_error(exc: BaseException) -> str:
+    """A short reason for an exception nibabel or gzip raised while reading a file."""
+    if isinstance(exc, EOFError):
+        return "is truncated (the data ends early)"
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
+        return f"is not valid gzip data (corrupt file?): {exc}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot be read as NIfTI: {text}"
+
+
+def _check_readable_file(path: Path) -> None:
+    """Missing, directory, empty and permission problems, each with its own message."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a NIfTI file")
+    if not path.is_file():
+        raise InputError(f"{path}: is not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: is empty (0 bytes)")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _raw_header(img) -> object:
+    """The header exactly as stored: nibabel's loader silently 'fixes' zero or negative
+    pixdim (sets them to 1 or abs), which would hide a broken voxel size."""
+    from nibabel.openers import ImageOpener
+
+    holder = img.file_map.get("header") or img.file_map["image"]  # single files have only "image"
+    filename = holder.filename
+    with _quiet_nibabel(), ImageOpener(filename) as handle:
+        return img.header_class.from_fileobj(handle, check=False)
+
+
+def _check_data_bytes_present(path: Path, img, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """For uncompressed files the file size tells, before reading, whether the data is all there."""
+    data_file = Path(img.file_map["image"].filename)
+    if data_file.name.lower().endswith(".gz"):
+        return
+    if not data_file.is_file():
+        raise InputError(f"{path}: its data file {data_file.name} is missing")
+    needed = int(img.header.get_data_offset()) + int(np.prod(shape)) * dtype.itemsize
+    have = data_file.stat().st_size
+    if have < needed:
+        raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the file has {have:,}")
+
+
+def _verify_gzip_stream(path: Path, img) -> None:
+    """Decompress every gzip member to its end so the CRC is checked.
+
+    nibabel reads only the bytes it needs and never reaches the gzip trailer, so most
+    single-byte corruptions of a .nii.gz load silently as wrong voxel values; a streaming
+    pass (constant memory) turns them into an error.
+    """
+    names = {holder.filename for holder in img.file_map.values() if holder.filename}
+    for name in sorted(str(n) for n in names):
+        if not name.lower().endswith(".gz"):
+            continue
+        try:
+            with gzip.open(name, "rb") as handle:
+                while handle.read(1 << 24):
+                    pass
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: {_describe_read_error(exc)}") from None
+
+
+def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:
+    """Read and validate a 3-D NIfTI-1/2 volume (``.nii``, ``.nii.gz``, or a ``.hdr``/``.img`` pair).
+
+    The affine is nibabel's best affine (sform if its code > 0, else qform if its code > 0,
+    else pixdim). 4-D files with one volume are squeezed to 3-D. ``data`` is float32 with
+    scl_slope/scl_inter applied; ``source_dtype`` is the on-disk type (native byte order).
+
+    Raises:
+        InputError: one line naming the file and what is wrong with it.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    _check_readable_file(p)
+    try:
+        with _quiet_nibabel():
+            img = nib.load(p, mmap=False)
+    except Exception as exc:  # nibabel raises many types on garbage; all mean "bad input file"
+        raise InputError(f"{p}: {_describe_read_error(exc)}") from None
+    if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and the pairs
+        raise InputError(f"{p}: is a {type(img).__name__} file, not NIfTI")
+
+    header = img.header
+    full_shape = tuple(int(n) for n in header.get_data_shape())
+    on_disk = np.dtype(img.get_data_dtype())
+    check_scalar_dtype(p, on_disk)
+    check_size(p, full_shape, on_disk.itemsize, max_voxels)
+    shape = spatial_shape(p, full_shape)
+    try:
+        raw = _raw_header(img)
+    except Exception as exc:
+        raise InputError(f"{p}: {_describe_read_error(exc)}") from None
+    check_spacing(p, np.asarray(raw["pixdim"][1:4], dtype=np.float64))
+    try:
+        with _quiet_nibabel():
+            affine = img.affine
+    except Exception as exc:
+        raise InputError(f"{p}: invalid orientation in the header: {exc}") from None
+    affine = check_affine(p, affine)
+    _check_data_bytes_present(p, img, full_shape, on_disk)
+    _verify_gzip_stream(p, img)
+
+    try:
+        with _quiet_nibabel():
+            data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+    except MemoryError:
+        raise InputError(f"{p}: not enough memory to read {np.prod(full_shape):,} voxels") from None
+    except Exception as exc:
+        raise InputError(f"{p}: {_describe_read_error(exc)}") from None
+    data = np.ascontiguousarray(data.reshape(shape))
+    check_voxels(p, data)
+
+    slope, inter = header.get_slope_inter()
+    meta = {
+        "format": "nifti2" if isinstance(header, nib.Nifti2Header) else "nifti1",
+        "scl_slope": slope,
+        "scl_inter": inter,
+        "on_disk_shape": full_shape,
+    }
+    return Volume(
+        data=data,
+        affine=affine,
+        header=header,
+        source_dtype=on_disk.newbyteorder("="),
+        source_path=p,
+        meta=meta,
+    )
+
+
+def output_suffix(path: Path) -> str:
+    """``.nii.gz`` or ``.nii``; anything else cannot be written by this module."""
+    name = path.name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    raise OutputError(f"{path}: output must end in .nii or .nii.gz")
+
+
+def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
+    """Refuse an output path that cannot be written safely; call it before any compute.
+
+    Raises OutputError when the suffix is not .nii/.nii.gz, the folder does not exist, the
+    path is a directory, or the file exists and ``force`` is False.
+    """
+    p = Path(path)
+    output_suffix(p)
+    parent = p.parent
+    if not parent.is_dir():
+        raise OutputError(f"{p}: output folder {parent} does not exist")
+    if p.is_dir():
+        raise OutputError(f"{p}: is a directory")
+    if (p.exists() or p.is_symlink()) and not force:
+        raise OutputError(f"{p}: already exists (use --force to overwrite)")
+    return p
+
+
+def _scaling_for(source: Volume, out_dtype: np.dtype) -> tuple[float, float]:
+    """Integer outputs reuse the input's scl_slope/scl_inter so stored integers decode to the
+    right values (e.g. a uint8 file with slope 1/255 holding 0..1); floats are stored unscaled."""
+    if out_dtype.kind not in "iu" or source.header is None or not hasattr(source.header, "get_slope_inter"):
+        return 1.0, 0.0
+    slope, inter = source.header.get_slope_inter()
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    return slope, inter
+
+
+def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: float, inter: float, value_range: tuple[float, float]):
+    """The header of the output file; see ``save_volume`` for the rules."""
+    import nibabel as nib
+
+    src = source.header
+    if isinstance(src, nib.Nifti1Header):  # Nifti2Header is a subclass
+        hdr = src.copy()
+        qcode, scode = int(src["qform_code"]), int(src["sform_code"])
+    else:
+        hdr = nib.Nifti1Header()
+        hdr.set_xyzt_units("mm", "sec")
+        qcode = scode = 0
+    if qcode == 0 and scode == 0:
+        # the input's geometry came from pixdim alone; code 0 would make readers ignore the
+        # moved origin of the new grid, so assert scanner coordinates on both forms
+        qcode = scode = 1
+    if max(grid.shape) > NIFTI1_MAX_DIM and not isinstance(hdr, nib.Nifti2Header):
+        with _quiet_nibabel():
+            hdr = nib.Nifti2Header.from_header(hdr, check=False)
+        hdr["sizeof_hdr"] = 540
+    # extensions (AFNI, dcm2niix JSON, CIFTI) describe the old grid; AFNI's would even override it
+    hdr.extensions.clear()
+    hdr.set_data_shape(grid.shape)
+    hdr.set_data_dtype(out_dtype)
+    hdr.set_qform(grid.affine, code=qcode)
+    hdr.set_sform(grid.affine, code=scode)
+    hdr.set_slope_inter(slope, inter)
+    hdr["cal_min"], hdr["cal_max"] = value_range
+    # slice timing indices refer to the input's slices; dim_info and slice_duration still hold
+    hdr["slice_start"] = 0
+    hdr["slice_end"] = 0
+    hdr["slice_code"] = 0
+    return hdr
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask (read once: os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_volume(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    grid: OutputGrid,
+    source: Volume,
+    dtype: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write the restored intensities ``data`` (float32, ``grid.shape``) as NIfTI, atomically.
+
+    Voxel type: ``dtype`` if given (e.g. ``"float32"``); else float inputs give float32 and
+    integer inputs keep their type, rounded and clipped to its range; an integer output reuses
+    the input's scl_slope/scl_inter so the stored values decode to the right intensities.
+
+    Header: a copy of the input's NIfTI header (descrip, intent, xyzt_units, dim_info, TR are
+    kept; NIfTI-2 stays NIfTI-2) with the new shape, voxel type, both qform and sform set to
+    ``grid.affine`` (pixdim follows), the input's qform/sform codes copied (both 0 in the
+    input -> both written as 1, scanner, so readers do not ignore the new origin), cal_min/max
+    set to the output range, slice-timing indices and extensions dropped. Inputs without a
+    NIfTI header get a fresh NIfTI-1 header with codes 1 and units mm/s.
+
+    The file is written to a hidden temp file in the output folder (same suffix, so nibabel
+    picks gzip for .nii.gz) and renamed over ``path``; on any failure the temp file is removed
+    and nothing appears at ``path``.
+
+    Raises:
+        OutputError: bad suffix, missing folder, existing file without ``force``, non-finite
+            result, or a write failure (disk full, permissions).
+    """
+    import nibabel as nib
+
+    p = check_output_path(path, force)
+    suffix = output_suffix(p)
+    data = np.asarray(data)
+    if tuple(data.shape) != tuple(grid.shape):
+        raise ValueError(f"data shape {data.shape} does not match the output grid {grid.shape}")
+    if not np.all(np.isfinite(data)):
+        raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
+
+    out_dtype = choose_output_dtype(source.source_dtype, dtype)
+    slope, inter = _scaling_for(source, out_dtype)
+    stored = to_output_dtype(data, out_dtype, slope, inter)
+    decoded_min = float(stored.min()) * slope + inter
+    decoded_max = float(stored.max()) * slope + inter
+    header = output_header(source, grid, out_dtype, slope, inter, (decoded_min, decoded_max))
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    with _quiet_nibabel():
+        image = image_class(stored, grid.affine, header=header)
+    # the constructor re-derives some fields; assert the forms, codes and scaling once more
+    image.header.set_qform(grid.affine, code=int(header["qform_code"]))
+    image.header.set_sform(grid.affine, code=int(header["sform_code"]))
+    image.header.set_slope_inter(slope, inter)
+    image.header.extensions.clear()
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{suffix}", dir=p.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with _quiet_nibabel():
+            image.to_filename(tmp)
+        with open(tmp, "rb") as handle:  # flush to disk before the rename makes it visible
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask
+        os.replace(tmp, p)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{p}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
