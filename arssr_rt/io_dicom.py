@@ -358,3 +358,9 @@ def _replace_folder(new: Path, final: Path) -> None:
     os.rename(new, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def load_dicom_series(path: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:
+    """readers.read_volume's entry: a series folder, or any one file of it (its folder is read)."""
+    path = Path(path)
+    return read_dicom_series(path.parent if path.is_file() else path, max_voxels=max_voxels)

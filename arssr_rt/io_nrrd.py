@@ -125,3 +125,7 @@ def read_nrrd(path: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> V
         source_path=path,
         meta={"format": "nrrd", "space": header.get("space")},
     )
+
+
+# the name readers.read_volume dispatches to
+load_nrrd = read_nrrd
