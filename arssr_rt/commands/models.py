@@ -1,0 +1,102 @@
+"""``arssr-rt models``: list model bundles (embedded, user dir, --model DIRs) and verify them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..bundle import MODEL_JSON, embedded_models_dir, load_bundle, sha256_file, user_models_dir
+from ..errors import ModelError
+
+
+@dataclass
+class BundleRow:
+    """One line of the table; ``status`` is "ok" or the one-line reason the bundle fails."""
+
+    name: str
+    source: str
+    path: str
+    encoder: str = "?"
+    feature_dim: str = "?"
+    receptive_radius: str = "?"
+    axis_order: str = "?"
+    params: str = "?"
+    sha256: str = "?"
+    status: str = "ok"
+
+
+def find_bundles(extra_dirs: list[Path]) -> list[tuple[str, Path]]:
+    """(source, dir) for every bundle folder: embedded first, then the user dir, then given dirs."""
+    found: list[tuple[str, Path]] = []
+    for source, root in (("embedded", embedded_models_dir()), ("user", user_models_dir())):
+        if root.is_dir():
+            found += [(source, d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    found += [("--model", Path(d)) for d in extra_dirs]
+    return found
+
+
+def describe_bundle(source: str, path: Path) -> BundleRow:
+    """Verify one bundle (schema + every sha256) and summarise it; never raises ModelError."""
+    row = BundleRow(name=path.name, source=source, path=str(path))
+    try:
+        bundle = load_bundle(path)
+    except ModelError as exc:
+        row.status = f"error: {exc}"
+        return row
+    spec, meta = bundle.spec, bundle.meta
+    params = meta.get("parameters", {}).get("total")
+    row.name = bundle.name
+    row.encoder = str(spec.get("encoder", "?"))
+    row.feature_dim = str(bundle.feature_dim)
+    row.receptive_radius = str(bundle.receptive_radius)
+    row.axis_order = bundle.axis_order
+    row.params = f"{params / 1e6:.2f} M" if isinstance(params, (int, float)) else "?"
+    # model.json lists the sha256 of every file, so its own hash identifies the whole bundle
+    row.sha256 = sha256_file(path / MODEL_JSON)[:12]
+    return row
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("models")
+    def models_command(
+        model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Extra bundle directory to list (repeatable).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """List model bundles: the embedded default, the user models dir and any --model DIR.
+
+        Every bundle is verified (schema version and the sha256 of every file); the sha256
+        column is the short hash of model.json, which pins every file of the bundle. Exit
+        code 2 when any listed bundle fails verification.
+        The user models dir is $ARSSR_RT_MODELS or ~/.local/share/arssr-rt/models.
+
+        Example: arssr-rt models --model bundles/rdn
+        """
+        rows = [describe_bundle(source, path) for source, path in find_bundles(list(model or []))]
+        failed = any(r.status != "ok" for r in rows)
+        if as_json:
+            typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+            if failed:
+                raise typer.Exit(ModelError.exit_code)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        # a pipe or CI log has no width; do not fold paths and hashes into 80 columns
+        console = Console() if sys.stdout.isatty() else Console(width=200)
+        if not rows:
+            console.print(f"no model bundles found (embedded: {embedded_models_dir()}, user: {user_models_dir()})", highlight=False)
+            return
+        table = Table(title="arssr-rt model bundles")
+        for col in ("name", "source", "encoder", "F", "radius", "axes", "params", "sha256", "status"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            status = "[green]ok[/green]" if r.status == "ok" else f"[red]{r.status}[/red]"
+            table.add_row(r.name, r.source, r.encoder, r.feature_dim, r.receptive_radius, r.axis_order, r.params, r.sha256, status)
+        console.print(table)
+        if failed:  # the table is the report; the exit code lets scripts notice
+            raise typer.Exit(ModelError.exit_code)
