@@ -61,6 +61,13 @@ def describe_bundle(source: str, path: Path) -> BundleRow:
     return row
 
 
+def _raise_if_failed(rows: list[BundleRow]) -> None:
+    """The table is the report; the error (exit code 2) lets scripts notice a bad bundle."""
+    bad = [r for r in rows if r.status != "ok"]
+    if bad:
+        raise ModelError(f"{len(bad)} of {len(rows)} bundles failed verification: {', '.join(r.path for r in bad)}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("models")
     def models_command(
@@ -77,11 +84,9 @@ def register(app: typer.Typer) -> None:
         Example: arssr-rt models --model bundles/rdn
         """
         rows = [describe_bundle(source, path) for source, path in find_bundles(list(model or []))]
-        failed = any(r.status != "ok" for r in rows)
         if as_json:
             typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
-            if failed:
-                raise typer.Exit(ModelError.exit_code)
+            _raise_if_failed(rows)
             return
         from rich.console import Console
         from rich.table import Table
@@ -98,5 +103,4 @@ def register(app: typer.Typer) -> None:
             status = "[green]ok[/green]" if r.status == "ok" else f"[red]{r.status}[/red]"
             table.add_row(r.name, r.source, r.encoder, r.feature_dim, r.receptive_radius, r.axis_order, r.params, r.sha256, status)
         console.print(table)
-        if failed:  # the table is the report; the exit code lets scripts notice
-            raise typer.Exit(ModelError.exit_code)
+        _raise_if_failed(rows)
