@@ -180,11 +180,12 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     data = np.ascontiguousarray(data.reshape(shape))
     check_voxels(p, data)
 
-    slope, inter = header.get_slope_inter()
+    # nibabel moves scl_slope/scl_inter from the header into the data proxy on load (the
+    # header then says NaN), so the scaling the writer must reuse is taken from the proxy
     meta = {
         "format": "nifti2" if isinstance(header, nib.Nifti2Header) else "nifti1",
-        "scl_slope": slope,
-        "scl_inter": inter,
+        "scl_slope": float(getattr(img.dataobj, "slope", 1.0)),
+        "scl_inter": float(getattr(img.dataobj, "inter", 0.0)),
         "on_disk_shape": full_shape,
     }
     return Volume(
@@ -225,11 +226,13 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
 
 
 def _scaling_for(source: Volume, out_dtype: np.dtype) -> tuple[float, float]:
-    """Integer outputs reuse the input's scl_slope/scl_inter so stored integers decode to the
-    right values (e.g. a uint8 file with slope 1/255 holding 0..1); floats are stored unscaled."""
-    if out_dtype.kind not in "iu" or source.header is None or not hasattr(source.header, "get_slope_inter"):
+    """Integer outputs reuse the input's scaling (``meta["scl_slope"]``/``["scl_inter"]``, set
+    by load_volume) so stored integers decode to the right values (e.g. a uint8 file with
+    slope 1/255 holding 0..1); floats are stored unscaled."""
+    if out_dtype.kind not in "iu":
         return 1.0, 0.0
-    slope, inter = source.header.get_slope_inter()
+    slope = source.meta.get("scl_slope")
+    inter = source.meta.get("scl_inter")
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     return slope, inter
@@ -257,7 +260,9 @@ def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: 
         hdr["sizeof_hdr"] = 540
     # extensions (AFNI, dcm2niix JSON, CIFTI) describe the old grid; AFNI's would even override it
     hdr.extensions.clear()
+    kept_pixdim = np.array(hdr["pixdim"][4:], copy=True)  # TR etc.: set_data_shape resets them
     hdr.set_data_shape(grid.shape)
+    hdr["pixdim"][4:] = kept_pixdim
     hdr.set_data_dtype(out_dtype)
     hdr.set_qform(grid.affine, code=qcode)
     hdr.set_sform(grid.affine, code=scode)
