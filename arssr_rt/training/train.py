@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
 
     bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (progress and _is_main()))
-    t0, ema = time.time(), None
+    t0, ema, start_step = time.time(), None, step
     with bar:
         task = bar.add_task("train", total=cfg.steps, completed=step, info="")
         while step < cfg.steps:
@@ -180,8 +180,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
             loss.backward()
             opt.step()
             step += 1
-            ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
-            rate = (step - task_start(bar, task)) / max(1e-9, time.time() - t0)
+            value = float(loss.detach())
+            ema = value if ema is None else 0.98 * ema + 0.02 * value
+            rate = (step - start_step) / max(1e-9, time.time() - t0)
             bar.update(task, completed=step, info=f"L1 {ema:.4f}  {rate:.2f} step/s")
             if log and step % cfg.log_every == 0:
                 log.write(json.dumps({"step": step, "loss": round(ema, 5), "lr": lr_at(cfg, step), "time": round(time.time() - t0, 1)}) + "\n")
@@ -202,12 +203,3 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         dist.barrier()
     return ckpt
 
-
-_task_start: dict[int, int] = {}
-
-
-def task_start(bar: Any, task: int) -> int:
-    """Step count when this process started (so steps/s ignores resumed steps)."""
-    if task not in _task_start:
-        _task_start[task] = int(bar.tasks[task].completed) - 1
-    return _task_start[task]

@@ -1,0 +1,126 @@
+"""Reference model layout, training data, exact resume and DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from arssr_rt.training.data import PatchSampler, SamplerConfig, load_training_volumes  # noqa: E402
+from arssr_rt.training.models import PUBLISHED_SPECS, build_model, count_parameters  # noqa: E402
+from arssr_rt.training.train import TrainConfig, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+
+# (encoder params, receptive radius) from the published layout (ARSSR.md)
+PUBLISHED = {"rdn": (5_918_784, 28), "rescnn": (2_214_912, 20), "srresnet": (4_317_376, 39)}
+DECODER_SHAPES = {
+    "decoder.stage_one.0.weight": (256, 131), "decoder.stage_one.2.weight": (256, 256),
+    "decoder.stage_one.4.weight": (256, 256), "decoder.stage_one.6.weight": (131, 256),
+    "decoder.stage_two.0.weight": (256, 131), "decoder.stage_two.2.weight": (256, 256),
+    "decoder.stage_two.4.weight": (256, 256), "decoder.stage_two.6.weight": (1, 256),
+}
+ENCODER_SHAPES = {
+    "rdn": {"encoder.sfe1.weight": (64, 1, 3, 3, 3), "encoder.rdbs.7.layers.2.conv.weight": (64, 192, 3, 3, 3),
+            "encoder.rdbs.0.lff.weight": (64, 256, 1, 1, 1), "encoder.gff.0.weight": (64, 512, 1, 1, 1),
+            "encoder.gff.1.weight": (64, 64, 3, 3, 3), "encoder.output.weight": (128, 64, 3, 3, 3)},
+    "rescnn": {"encoder.conv_start.0.weight": (64, 1, 3, 3, 3), "encoder.block3.10.weight": (64, 64, 3, 3, 3),
+               "encoder.conv_end.0.weight": (128, 64, 3, 3, 3)},
+    "srresnet": {"encoder.features.0.0.weight": (64, 1, 3, 3, 3), "encoder.features.18.m.1.0.weight": (64, 64, 3, 3, 3),
+                 "encoder.features.19.0.weight": (64, 64, 3, 3, 3), "encoder.features.20.0.weight": (128, 64, 3, 3, 3)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_layout_loads_strict(name):
+    model = build_model(name)
+    params, radius = PUBLISHED[name]
+    assert count_parameters(model.encoder) == params
+    assert model.receptive_radius == radius
+    sd = model.state_dict()
+    for key, shape in {**DECODER_SHAPES, **ENCODER_SHAPES[name]}.items():
+        assert tuple(sd[key].shape) == shape, key
+    # a state dict with exactly the published keys (as plain tensors) loads with strict=True
+    fresh = {k: torch.randn_like(v) for k, v in sd.items()}
+    other = build_model(name)
+    other.load_state_dict(fresh, strict=True)
+    assert torch.equal(other.state_dict()["decoder.stage_two.6.weight"], fresh["decoder.stage_two.6.weight"])
+    with pytest.raises(RuntimeError):
+        build_model(name).load_state_dict({k: v for k, v in fresh.items() if k != "decoder.stage_one.0.bias"}, strict=True)
+
+
+def test_decoder_output_is_nonnegative_and_uses_both_stages():
+    model = build_model(PUBLISHED_SPECS["rescnn"]).eval()
+    x = torch.randn(100, 131)
+    y = model.decoder(x)
+    assert y.shape == (100, 1) and float(y.min()) >= 0.0
+
+
+def test_patch_sampler_geometry_is_centre_aligned():
+    """LR patch and HR targets come from one FOV: a linear ramp is reproduced exactly."""
+    ramp = np.broadcast_to(np.linspace(0, 1, 80, dtype=np.float32)[:, None, None], (80, 80, 80)).copy()
+    from arssr_rt.training.data import TrainVolume
+
+    vol = TrainVolume("ramp", ramp, np.flatnonzero(ramp > 0.1))
+    s = PatchSampler([vol], SamplerConfig(lr_patch=10, points=64, flips=False, margin=2), seed=3)
+    lr, coords, target = s.sample()
+    # HR coordinate -> LR continuous index; a ramp is linear so trilinear of LR == HR value
+    p = (coords[:, 0] + 1) / 2 * 10 - 0.5
+    i0 = np.floor(p).astype(int)
+    f = p - i0
+    interp = lr[i0, 5, 5] * (1 - f) + lr[i0 + 1, 5, 5] * f
+    np.testing.assert_allclose(interp, target, atol=2e-3)
+
+
+def _tiny_config(tmp: Path, steps: int) -> TrainConfig:
+    spec = {"encoder": "rescnn", "feature_dim": 4, "encoder_args": {"width": 4, "blocks": 1, "convs": 1}, "decoder_width": 8, "decoder_depth": 2}
+    sampler = {"lr_patch": 6, "points": 64, "margin": 1, "scale_min": 2.0, "scale_max": 3.0, "anisotropic": 0.3,
+               "degradations": {"cubic": 0.5, "kspace": 0.25, "slice": 0.25}, "noise": 0.2, "flips": True, "foreground_bias": 0.9}
+    return TrainConfig(data=[str(FIXTURE)], spec=spec, sampler=sampler, batch=2, steps=steps, lr=1e-3, pyramid=0,
+                       checkpoint_every=3, val_every=1000, log_every=1, threads=1, seed=7)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train(_tiny_config(tmp_path, 6), tmp_path / "a", progress=False)
+    first = train(_tiny_config(tmp_path, 3), tmp_path / "b", progress=False)
+    cfg = _tiny_config(tmp_path, 6)
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    a = torch.load(straight, weights_only=False)["model"]
+    b = torch.load(resumed, weights_only=False)["model"]
+    assert first.exists()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_training_reduces_loss(tmp_path):
+    cfg = _tiny_config(tmp_path, 60)
+    cfg.checkpoint_every = 60
+    train(cfg, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    first = np.mean([r["loss"] for r in log[:5]])
+    last = np.mean([r["loss"] for r in log[-5:]])
+    assert last < first
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    """torchrun with 2 gloo processes trains and writes one checkpoint."""
+    spec = json.dumps({"encoder": "rescnn", "feature_dim": 4, "encoder_args": {"width": 4, "blocks": 1, "convs": 1}, "decoder_width": 8, "decoder_depth": 2})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731", "-m", "arssr_rt", "train",
+           "--data", str(FIXTURE), "--out", str(tmp_path / "ddp"), "--spec", spec, "--lr-patch", "6", "--points", "64",
+           "--batch", "2", "--steps", "4", "--checkpoint-every", "2", "--quiet"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4
+    assert isinstance(state["sampler_rng"], list) and len(state["sampler_rng"]) == 2
