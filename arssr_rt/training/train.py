@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..degrade import cubic_resample, degrade
+from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
 from ..geometry import normalized_centres
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
 from .models import ArSSR, ModelSpec, build_model
@@ -72,21 +73,6 @@ def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk
         pred = model.decode(model.query(feats, g), g)
         out[a:b] = pred.reshape(b - a, out_shape[1], out_shape[2]).numpy()
     return out
-
-
-def head_mask(hr: np.ndarray) -> np.ndarray:
-    """Voxels above 10% of the range, dilated by 2: the head, not the air around it."""
-    from scipy import ndimage
-
-    lo, hi = float(hr.min()), float(hr.max())
-    mask = hr > lo + 0.1 * (hi - lo)
-    mask = ndimage.binary_fill_holes(ndimage.binary_dilation(mask, iterations=2))
-    return mask
-
-
-def psnr(ref: np.ndarray, test: np.ndarray, mask: np.ndarray, data_range: float) -> float:
-    mse = float(np.mean((ref[mask].astype(np.float64) - test[mask]) ** 2))
-    return 10 * math.log10(data_range**2 / max(mse, 1e-20))
 
 
 def validate(model: ArSSR, volumes: list[tuple[str, np.ndarray]], scales: Sequence[float]) -> dict[str, float]:
