@@ -1,0 +1,135 @@
+"""``arssr-rt batch`` (many volumes, resumable) and ``arssr-rt export-triton`` (serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+BATCH_HELP = """\
+Super-resolve many volumes: files, folders (recursive: .nii, .nii.gz, .nrrd and DICOM series
+folders) or a CSV list with columns input[,output,scale].
+
+The model loads once per worker. A broken input is reported and skipped; the exit code is 1
+if any input failed, 0 otherwise. Each output gets a sidecar JSON (input sha256, model
+sha256, options) written last, so a rerun skips complete, up-to-date outputs and a killed
+run resumes where it stopped. Outputs mirror the input folders under OUT_DIR as
+<name>_<label>.nii.gz (label: x2, x1x1x3, 0.5mm, 256x256x100) or, with --output-format
+dicom, as a new derived DICOM series folder. The report (default OUT_DIR/batch_report.json)
+lists every input with its status, output, shapes, spacing, backend, time and error.
+
+Examples:
+
+  arssr-rt batch scans/ -o sr/ --scale 2 --jobs 2 --qc
+  arssr-rt batch list.csv -o sr/ --voxel-size 0.7 --report sr/report.json
+  arssr-rt batch dicom_study/ -o sr/ --scale 1,1,3 --output-format dicom
+  arssr-rt batch scans/ -o sr/ --scale 2 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+  arssr-rt batch scans/ -o sr/ --scale 2 --ray --ray-address ray://head:10001
+"""
+
+TRITON_HELP = """\
+Write a Triton Inference Server model repository for a model bundle: the encoder and
+decoder as ONNX models with dynamic shapes, and a Python-backend model "arssr" that takes a
+volume, its affine and an output shape and does the tiling and trilinear sampling, calling
+the two networks through Triton (BLS). See docs/batch.md, "Serving with Triton".
+
+Example:
+
+  arssr-rt export-triton --model default -o triton_repo
+  docker run --gpus all -v $PWD/triton_repo:/models nvcr.io/nvidia/tritonserver:<tag>-py3 \\
+      tritonserver --model-repository /models
+"""
+
+STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "pending": "yellow"}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("batch", help=BATCH_HELP)
+    def batch_cmd(
+        inputs: List[Path] = typer.Argument(..., help="Files, folders or .csv lists."),
+        out_dir: Path = typer.Option(..., "-o", "--output-dir", help="Output folder (created if missing)."),
+        scale: Optional[str] = typer.Option(None, "--scale", "-s", help="Scale factor: S or SX,SY,SZ."),
+        voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="Target spacing in mm: V or V1,V2,V3."),
+        shape: Optional[str] = typer.Option(None, "--shape", help="Output shape N1,N2,N3."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory."),
+        backend: str = typer.Option("auto", "--backend", "-b", help="auto | onnxruntime | torch | openvino | tensorrt | torch-cuda"),
+        device: int = typer.Option(0, "--device", help="GPU index for GPU backends."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per worker."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 or a faster mode the backend supports."),
+        tile: Optional[int] = typer.Option(None, "--tile", help="Encoder tile core size in voxels."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input)."),
+        jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (each loads the model once)."),
+        shard: Optional[str] = typer.Option(None, "--shard", help="I/N: process only shard I of N (0-based) of the sorted inputs."),
+        report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default OUT_DIR/batch_report[.shard-I-of-N].json)."),
+        force: bool = typer.Option(False, "--force", "-f", help="Redo outputs even when they are up to date."),
+        fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
+        qc: bool = typer.Option(False, "--qc", help="Write a QC montage PNG next to each output."),
+        output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
+        ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 (implies --ray)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    ) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..batch.discovery import parse_shard
+        from ..batch.runner import BatchOptions, run_batch
+        from ..errors import InputError
+
+        if output_format not in ("nifti", "dicom"):
+            raise InputError(f"--output-format must be nifti or dicom, got {output_format!r}")
+        if jobs < 1:
+            raise InputError(f"--jobs must be >= 1, got {jobs}")
+        shard_pair = parse_shard(shard) if shard else None
+        if report is None:
+            name = f"batch_report.shard-{shard_pair[0]}-of-{shard_pair[1]}.json" if shard_pair else "batch_report.json"
+            report = out_dir / name
+        options = BatchOptions(
+            scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend, device=device, threads=threads,
+            precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
+        )
+        console = Console(stderr=True, highlight=False)
+        progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console, disable=quiet, transient=True)
+        task_id = None
+
+        def on_plan(plan) -> None:
+            nonlocal task_id
+            task_id = progress.add_task("batch", total=len(plan.items))
+
+        def on_result(result) -> None:
+            if task_id is not None:
+                progress.advance(task_id)
+            if quiet:
+                return
+            style = STATUS_STYLE.get(result.status, "")
+            detail = f" -> {result.output}" if result.output and result.status != "failed" else ""
+            timing = f" ({result.seconds:.1f} s)" if result.status == "done" and result.seconds is not None else ""
+            why = f": {result.message}" if result.status == "failed" and result.message else ""
+            console.print(f"[{style}]{result.status:>7}[/] {result.input}{detail}{timing}{why}", markup=True)
+
+        with progress:
+            outcome = run_batch(
+                inputs, out_dir, options, jobs=jobs, shard=shard_pair, report_path=report, fail_fast=fail_fast,
+                on_plan=on_plan, on_result=on_result, executor="ray" if (ray or ray_address) else "process",
+                ray_address=ray_address,
+            )
+        counts = outcome.counts()
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}")
+        if counts.get("failed") or counts.get("pending"):
+            raise typer.Exit(1)
+
+    @app.command("export-triton", help=TRITON_HELP)
+    def export_triton_cmd(
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory."),
+        out: Path = typer.Option(..., "-o", "--output", help="Model repository folder to create."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (uses the bundle's fp16 ONNX files)."),
+        max_batch_points: int = typer.Option(1 << 17, "--chunk", help="Decoder points per Triton request."),
+        force: bool = typer.Option(False, "--force", "-f", help="Replace an existing repository."),
+    ) -> None:
+        from ..batch.triton import export_triton_repository
+
+        path = export_triton_repository(model, out, precision=precision, chunk=max_batch_points, force=force)
+        typer.echo(f"Triton model repository written to {path} (models: arssr, arssr_encoder, arssr_decoder)", err=True)
