@@ -58,13 +58,19 @@ def _quiet_nibabel() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _describe_read_error(exc: BaseException) -> str:
+def _describe_read_error(exc: BaseException, path: Path | None = None) -> str:
     """A short reason for an exception nibabel or gzip raised while reading a file."""
+    from nibabel.filebasedimages import ImageFileError
+
     if isinstance(exc, EOFError):
         return "is truncated (the data ends early)"
     if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
         return f"is not valid gzip data (corrupt file?): {exc}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ImageFileError):  # nibabel's messages repeat the path; ours names it once
+        return "is not a NIfTI file" + (" (named .gz but not gzip-compressed)" if "gzip" in text else "")
+    if path is not None:
+        text = text.replace(str(path), "the file")
     return f"cannot be read as NIfTI: {text}"
 
 
@@ -146,7 +152,7 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
         with _quiet_nibabel():
             img = nib.load(p, mmap=False)
     except Exception as exc:  # nibabel raises many types on garbage; all mean "bad input file"
-        raise InputError(f"{p}: {_describe_read_error(exc)}") from None
+        raise InputError(f"{p}: {_describe_read_error(exc, p)}") from None
     if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and the pairs
         raise InputError(f"{p}: is a {type(img).__name__} file, not NIfTI")
 
