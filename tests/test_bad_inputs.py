@@ -402,3 +402,15 @@ def test_python_m_arssr_rt_refuses(case, scale, dirs, colin, cli, tiny_bundle):
     assert_clean_failure(proc.returncode, proc.stderr, reason)
     assert proc.stdout == ""
     assert listing(out_dir) == []
+
+
+def test_cli_control_valid_input_writes_only_the_output(dirs, good_input, cli, tiny_bundle, capsys):
+    """The control for every test above: the same command on a valid input succeeds and leaves
+    exactly one file, so the refusals come from the bad inputs, not from the set-up."""
+    out_dir = dirs[1]
+    code, err = cli(upsample_args(good_input, out_dir / "result.nii.gz", tiny_bundle), capsys)
+    assert code == 0, err
+    assert listing(out_dir) == ["result.nii.gz"]
+    out = nib.load(out_dir / "result.nii.gz")
+    assert out.shape == (32, 32, 32)
+    assert out.get_data_dtype() == np.uint8

