@@ -378,3 +378,16 @@ def test_uint8_with_slope_real_volume(shared, tmp_path):
     assert out.get_data_dtype() == np.uint8
     assert out.dataobj.slope == pytest.approx(slope)
     np.testing.assert_allclose(out.get_fdata(dtype=np.float32), vol.data, atol=slope / 2 + 1e-7)
+
+
+def test_grid_too_long_for_nifti1_is_written_as_nifti2(tmp_path, fixture_path):
+    """NIfTI-1 stores dimensions as int16: an axis over 32767 voxels needs NIfTI-2."""
+    vol = load_volume(fixture_path)
+    grid = plan_output_grid(vol.shape, vol.affine, shape=(32768, 2, 2))
+    result = np.linspace(0, 200, grid.voxels, dtype=np.float32).reshape(grid.shape)
+    out = nib.load(save_volume(tmp_path / "long.nii.gz", result, grid, vol))
+    assert isinstance(out, nib.Nifti2Image)
+    assert out.shape == (32768, 2, 2)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
+    np.testing.assert_allclose(out.affine, grid.affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), np.rint(result).astype(np.uint8))
