@@ -222,11 +222,15 @@ def test_evaluate_runs_every_degradation(kind, tiny_test_bundle, hr, capsys):
 
 
 def test_evaluate_baseline_only_needs_no_model(capsys):
-    rc = main(["evaluate", str(FIXTURE), "-s", "3", "--baseline-only", "--markdown", "-q", "--model", "no-such-model"])
+    rc = main(["evaluate", str(FIXTURE), "-s", "3", "-s", "4", "--baseline-only", "--markdown", "--region", "head", "-q",
+               "--model", "no-such-model"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    cells = [c.strip() for c in captured.out.splitlines()[2].strip("|").split("|")]
-    assert cells[1] == "x3" and cells[5] == "-" and float(cells[4]) > 20
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 4  # header, rule, one head-mask line per scale
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [c[1] for c in cells] == ["x3", "x4"] and {c[3] for c in cells} == {"head mask"}
+    assert all(c[5] == "-" for c in cells) and float(cells[0][4]) > float(cells[1][4]) > 20
 
 
 @pytest.mark.parametrize("args, reason", [
@@ -234,6 +238,7 @@ def test_evaluate_baseline_only_needs_no_model(capsys):
     (["-s", "1"], "does not reduce"),
     (["-s", "2", "--montage", "m.png", "--montage-scale", "3"], "--montage-scale"),
     (["-s", "2", "--csv", "no/such/folder/r.csv"], "does not exist"),
+    (["-s", "2", "--region", "brain"], "--region"),
 ])
 def test_evaluate_refuses_bad_arguments_before_compute(args, reason, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

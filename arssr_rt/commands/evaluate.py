@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         montage: Optional[Path] = typer.Option(None, "--montage", help="PNG: HR | tricubic | model | errors, central slices."),
         montage_scale: Optional[str] = typer.Option(None, "--montage-scale", help="Scale shown in the montage (default: the first --scale)."),
         markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table instead of the terminal table."),
+        region: str = typer.Option("both", "--region", help="Table lines: both | head | whole (files always hold both)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
     ) -> None:
         from rich.console import Console
@@ -63,6 +64,9 @@ def register(app: typer.Typer) -> None:
         if degradation not in DEGRADATIONS:
             raise InputError(f"--degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
         shown = scale_label(parse_scales([montage_scale])[0]) if montage_scale else scale_label(scales[0])
+        regions = {"both": ("head", "whole"), "head": ("head",), "whole": ("whole",)}.get(region)
+        if regions is None:
+            raise InputError(f"--region must be both, head or whole, got {region!r}")
         if montage is not None and shown not in {scale_label(s) for s in scales}:
             raise InputError(f"--montage-scale {shown} is not one of the --scale values")
         for path in (csv_path, json_path, figure, montage):
@@ -98,12 +102,12 @@ def register(app: typer.Typer) -> None:
                 upsampler.close()
 
         if markdown:
-            sys.stdout.write(markdown_table(rows))
+            sys.stdout.write(markdown_table(rows, regions))
         else:
             out = Console()
             if not out.is_terminal:  # piped or captured: do not fold columns at 80 characters
                 out = Console(width=200)
-            out.print(rich_table(rows))
+            out.print(rich_table(rows, regions))
         meta = {
             "model": rows[0].model_name if rows else None,
             "backend": rows[0].backend if rows else None,

@@ -26,6 +26,7 @@ from .runner import EvalRow, ScaleOutputs
 HEADERS = ("volume", "scale", "LR shape", "region", "PSNR tricubic", "PSNR model", "ΔPSNR dB",
            "SSIM tricubic", "SSIM model", "ΔSSIM")
 REGION_LABELS = {"head": "head mask", "whole": "whole volume"}
+REGIONS = ("head", "whole")
 
 
 def _fmt(value: float | None, digits: int, signed: bool = False) -> str:
@@ -36,11 +37,11 @@ def _fmt(value: float | None, digits: int, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def table_cells(rows: Sequence[EvalRow]) -> list[list[str]]:
-    """Formatted cells, two lines per row (head mask first, then whole volume)."""
+def table_cells(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> list[list[str]]:
+    """Formatted cells, one line per row and region (head mask first, then whole volume)."""
     cells = []
     for row in rows:
-        for region in ("head", "whole"):
+        for region in regions:
             p, s = f"psnr_{region}", f"ssim_{region}"
             cells.append([
                 row.volume, row.scale, row.lr_shape, REGION_LABELS[region],
@@ -59,14 +60,14 @@ def describe_setup(rows: Sequence[EvalRow]) -> str:
     return f"{model}; degradation {first.degradation}; PSNR data range = HR max - min"
 
 
-def rich_table(rows: Sequence[EvalRow]) -> Any:
+def rich_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> Any:
     """A rich Table for the terminal (numbers right-aligned, gains coloured)."""
     from rich.table import Table
 
     table = Table(title=describe_setup(rows), title_justify="left")
     for i, header in enumerate(HEADERS):
         table.add_column(header, justify="right" if i >= 4 else "left", no_wrap=True)
-    for cells in table_cells(rows):
+    for cells in table_cells(rows, regions):
         styled = list(cells)
         for i in (6, 9):
             if cells[i].startswith("+"):
@@ -77,10 +78,10 @@ def rich_table(rows: Sequence[EvalRow]) -> Any:
     return table
 
 
-def markdown_table(rows: Sequence[EvalRow]) -> str:
+def markdown_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> str:
     """A GitHub Markdown table of the same cells as the terminal table."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * 6) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, regions)]
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ..pipeline import Upsampler
 
 METHODS = ("tricubic", "model")
-REGIONS = ("head", "whole")
 MIN_LR_VOXELS = 2  # the pipeline needs at least 2 voxels on every LR axis
 
 
