@@ -6,7 +6,6 @@ Broken files are made from the real fixture (corrupted, truncated, reshaped, poi
 
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 import sys
