@@ -380,6 +380,13 @@ def test_cli_refuses_bad_output_suffix(dirs, good_input, cli, tiny_bundle, capsy
     assert listing(out_dir) == []
 
 
+def test_cli_refuses_unknown_dtype(dirs, good_input, cli, tiny_bundle, capsys):
+    out_dir = dirs[1]
+    code, err = cli(upsample_args(good_input, out_dir / "result.nii.gz", tiny_bundle, "--dtype", "complex64"), capsys)
+    assert_clean_failure(code, err, "--dtype")
+    assert listing(out_dir) == []
+
+
 # ----- the real entry point, in a fresh interpreter --------------------------------------------
 
 
