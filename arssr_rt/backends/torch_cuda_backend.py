@@ -1,0 +1,182 @@
+"""torch-cuda backend: the bundle's torch weights on a CUDA GPU, fp32 or fp16 autocast.
+
+The GPU path for machines with torch but no TensorRT, and the GPU reference the TensorRT
+engines are compared with. fp32 means fp32: TF32 is switched off for the convolutions
+while this backend runs them (cuDNN enables it by default). fp16 runs the networks under
+``torch.autocast(float16)``; sampling and outputs stay float32.
+
+Besides the Backend protocol it offers the optional fast path
+
+    decode_box(features, in_offset, in_shape, out_shape, out_start, out_stop) -> np.ndarray
+
+with the same contract as the tensorrt backend's (see tensorrt_backend.py): the feature block
+(F, d, h, w) starting at global input voxel ``in_offset`` is sampled at output voxels
+[out_start, out_stop) of the grid ``out_shape`` and decoded on the GPU; the result (float32,
+shape ``out_stop - out_start``) is copied to the host once. Sampling is the CPU path's
+separable formula (arssr_rt.sampling.axis_weights) run as torch ops in the same order, so
+it matches the numpy sampler. A view of the last ``encode`` result reuses its GPU copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+
+from ..bundle import WEIGHTS
+from ..errors import BackendError, ModelError
+from ..extras import require
+from .base import BackendOptions, register_backend
+
+if TYPE_CHECKING:
+    from ..bundle import ModelBundle
+
+DEFAULT_CHUNK = 262144
+
+
+class TorchCudaBackend:
+    """Reference model on one CUDA device; see the module doc for decode_box."""
+
+    name = "torch-cuda"
+
+    def __init__(self, bundle: "ModelBundle", options: BackendOptions, *, torch_device: str | None = None, chunk: int = DEFAULT_CHUNK):
+        torch = self._torch = require("torch")
+        if options.precision not in ("fp32", "fp16"):
+            raise BackendError(f"torch-cuda backend supports precision fp32 or fp16, not {options.precision!r}")
+        if torch_device is None:  # tests pass "cpu" to exercise the logic without a GPU
+            if not torch.cuda.is_available():
+                raise BackendError("torch-cuda needs a CUDA GPU visible to torch (torch.cuda.is_available() is False)")
+            if not 0 <= options.device < torch.cuda.device_count():
+                raise BackendError(f"--device {options.device} does not exist; torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+            torch_device = f"cuda:{options.device}"
+        from ..training.models import build_model
+        from .torch_backend import load_weights
+
+        payload = load_weights(bundle.file(WEIGHTS))
+        model = build_model(payload["spec"])
+        try:
+            model.load_state_dict(payload["state_dict"], strict=True)
+        except RuntimeError as exc:
+            raise ModelError(f"{bundle.file(WEIGHTS)} does not match its spec: {str(exc).splitlines()[0]}") from exc
+        self.device = torch.device(torch_device)
+        self.model = model.to(self.device).eval()
+        self.fp16 = options.precision == "fp16"
+        self.feature_dim = bundle.feature_dim
+        self.chunk = int(chunk)
+        self._last_host: np.ndarray | None = None
+        self._last_device: Any = None
+
+    @contextlib.contextmanager
+    def _run(self) -> Iterator[None]:
+        """inference_mode + the precision policy (TF32 off for fp32, autocast for fp16)."""
+        torch = self._torch
+        with torch.inference_mode():
+            if self.device.type != "cuda":
+                yield
+            elif self.fp16:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    yield
+            else:
+                with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=False):
+                    yield
+
+    def _tensor(self, array: np.ndarray) -> Any:
+        return self._torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device, non_blocking=False)
+
+    # ------------------------------------------------------------ Backend protocol
+
+    def encode(self, lr: np.ndarray) -> np.ndarray:
+        """(D, H, W) float32 in [0, 1] -> (F, D, H, W) float32 (read-only, see decode_box)."""
+        if lr.ndim != 3:
+            raise BackendError(f"encode expects a (D, H, W) tile, got shape {lr.shape}")
+        with self._run():
+            features = self.model.encoder(self._tensor(lr)[None, None])[0].float()
+        host = features.cpu().numpy()
+        host.flags.writeable = False  # decode_box may reuse the GPU copy of this exact array
+        self._last_host, self._last_device = host, features
+        return host
+
+    def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        """(N, F) sampled features + (N, 3) coords -> (N,) float32 intensities."""
+        if features.ndim != 2 or features.shape[1] != self.feature_dim or coords.shape != (features.shape[0], 3):
+            raise BackendError(f"decode expects (N, {self.feature_dim}) features and (N, 3) coords, got {features.shape} and {coords.shape}")
+        torch = self._torch
+        with self._run():
+            x = torch.cat([self._tensor(features), self._tensor(coords)], dim=-1)
+            return self.model.decoder(x)[:, 0].float().cpu().numpy()
+
+    # ------------------------------------------------------------ device fast path
+
+    def _device_block(self, features: np.ndarray) -> Any:
+        """GPU tensor of ``features``: a strided view of the last encoder output, or an upload."""
+        from ..engines.device_decode import view_in
+
+        if self._last_host is not None:
+            found = view_in(self._last_host, features)
+            if found is not None:
+                offset, strides = found
+                return self._torch.as_strided(self._last_device, features.shape, strides, self._last_device.storage_offset() + offset)
+        return self._tensor(features)
+
+    def _blend(self, x: Any, dim: int, h: int, H: int, start: int, stop: int, offset: int) -> Any:
+        """1-D trilinear blend along ``dim``: the CPU sampler's two-weight formula and op order."""
+        from ..sampling import axis_weights
+
+        w = axis_weights(h, H, start, stop, offset, x.shape[dim])
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        lo = x.index_select(dim, self._torch.from_numpy(w.lower).to(self.device))
+        hi = x.index_select(dim, self._torch.from_numpy(w.upper).to(self.device))
+        lo = lo * self._torch.from_numpy(w.w_lower).to(self.device).view(shape)
+        hi = hi * self._torch.from_numpy(w.w_upper).to(self.device).view(shape)
+        return lo + hi
+
+    def decode_box(self, features: np.ndarray, in_offset: Sequence[int], in_shape: Sequence[int],
+                   out_shape: Sequence[int], out_start: Sequence[int], out_stop: Sequence[int]) -> np.ndarray:
+        """Sample + decode output box [out_start, out_stop) on the GPU; see the module doc."""
+        from ..engines.sampler import BoxSpec
+        from ..geometry import normalized_centres
+
+        if features.ndim != 4 or features.shape[0] != self.feature_dim:
+            raise BackendError(f"decode_box expects a ({self.feature_dim}, d, h, w) feature block, got {features.shape}")
+        spec = BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop)
+        torch = self._torch
+        n0, n1, n2 = spec.extents
+        slab = max(1, self.chunk // max(1, n1 * n2))  # output planes of axis 0 per step
+        out = torch.empty((n0, n1, n2), dtype=torch.float32, device=self.device)
+        centres = [torch.from_numpy(normalized_centres(n)[a:b]).to(self.device) for n, a, b in zip(spec.out_shape, spec.out_start, spec.out_stop)]
+        with self._run():
+            block = self._device_block(features).float()
+            # axis 0 first, then 1, then 2: the CPU sampler's order, so the blends agree bit for bit
+            for s in range(0, n0, slab):
+                e = min(s + slab, n0)
+                x = self._blend(block, 1, spec.in_shape[0], spec.out_shape[0], spec.out_start[0] + s, spec.out_start[0] + e, spec.in_offset[0])
+                x = self._blend(x, 2, spec.in_shape[1], spec.out_shape[1], spec.out_start[1], spec.out_stop[1], spec.in_offset[1])
+                x = self._blend(x, 3, spec.in_shape[2], spec.out_shape[2], spec.out_start[2], spec.out_stop[2], spec.in_offset[2])
+                rows = x.permute(1, 2, 3, 0).reshape(-1, self.feature_dim)  # (points, F) in C order
+                g0, g1, g2 = torch.meshgrid(centres[0][s:e], centres[1], centres[2], indexing="ij")
+                coords = torch.stack([g0.reshape(-1), g1.reshape(-1), g2.reshape(-1)], dim=1)
+                values = torch.empty(rows.shape[0], dtype=torch.float32, device=self.device)
+                for a in range(0, rows.shape[0], self.chunk):
+                    x_in = torch.cat([rows[a:a + self.chunk], coords[a:a + self.chunk]], dim=-1)
+                    values[a:a + self.chunk] = self.model.decoder(x_in)[:, 0].float()
+                out[s:e] = values.view(e - s, n1, n2)
+        return out.cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None
+        self._last_host = self._last_device = None
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def __enter__(self) -> "TorchCudaBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@register_backend("torch-cuda", priority=20)
+def open_torch_cuda(bundle: "ModelBundle", options: BackendOptions) -> TorchCudaBackend:
+    return TorchCudaBackend(bundle, options)
