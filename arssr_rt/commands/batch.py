@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import ArssrError
+
 BATCH_HELP = """\
 Super-resolve many volumes: files, folders (recursive: .nii, .nii.gz, .nrrd and DICOM series
 folders) or a CSV list with columns input[,output,scale].
@@ -40,6 +42,12 @@ Example:
   docker run --gpus all -v $PWD/triton_repo:/models nvcr.io/nvidia/tritonserver:<tag>-py3 \\
       tritonserver --model-repository /models
 """
+
+class BatchFailures(ArssrError):
+    """Some inputs failed (each is in the report); the others were processed."""
+
+    exit_code = 1
+
 
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "pending": "yellow"}
 
@@ -107,7 +115,7 @@ def register(app: typer.Typer) -> None:
             detail = f" -> {result.output}" if result.output and result.status != "failed" else ""
             timing = f" ({result.seconds:.1f} s)" if result.status == "done" and result.seconds is not None else ""
             why = f": {result.message}" if result.status == "failed" and result.message else ""
-            console.print(f"[{style}]{result.status:>7}[/] {result.input}{detail}{timing}{why}", markup=True)
+            console.print(f"[{style}]{result.status:>7}[/] {result.input}{detail}{timing}{why}", markup=True, soft_wrap=True)
 
         with progress:
             outcome = run_batch(
@@ -117,9 +125,10 @@ def register(app: typer.Typer) -> None:
             )
         counts = outcome.counts()
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}")
+        console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}", soft_wrap=True)
         if counts.get("failed") or counts.get("pending"):
-            raise typer.Exit(1)
+            raise BatchFailures(f"{counts['failed']} of {len(outcome.items)} inputs failed"
+                                + (f", {counts['pending']} not run (--fail-fast)" if counts.get("pending") else "") + f"; see {report}")
 
     @app.command("export-triton", help=TRITON_HELP)
     def export_triton_cmd(
