@@ -96,3 +96,17 @@ def test_output_from_another_input_is_refused(lr, tmp_path):
     with pytest.raises(InputError, match="not a field-of-view-preserving"):
         write_qc_montage(tmp_path / "qc.png", data, affine, out, shifted)
     assert not (tmp_path / "qc.png").exists()
+
+
+def test_qc_command_on_files(tmp_path, lr):
+    from arssr_rt.cli import main
+
+    data, affine = lr
+    out, grid = _model_stand_in(data, affine, (2.0, 2.0, 4.0))
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "lr.nii.gz")
+    nib.save(nib.Nifti1Image(out, grid.affine), tmp_path / "lr_x2.nii.gz")
+    assert main(["qc", str(tmp_path / "lr.nii.gz"), str(tmp_path / "lr_x2.nii.gz")]) == 0
+    assert (tmp_path / "lr_x2_qc.png").stat().st_size > 10_000
+    # the 1 mm original is on a corner-aligned grid, not the FOV-preserving one: refused
+    assert main(["qc", str(tmp_path / "lr.nii.gz"), str(FIXTURE), "-o", str(tmp_path / "bad.png")]) == 2
+    assert not (tmp_path / "bad.png").exists()
