@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -164,7 +165,8 @@ def test_evaluate_end_to_end_on_the_fixture(tiny_test_bundle, hr, tmp_path, caps
                "--csv", str(out["csv"]), "--json", str(out["json"]), "--figure", str(figure), "--montage", str(montage)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "tiny-random-TEST" in captured.out and "head mask" in captured.out and "x1x1x3" in captured.out
+    assert re.search(r"model tiny-random-TEST \[[a-z-]+\]", captured.out)  # the backend is named, markup-safe
+    assert "head mask" in captured.out and "x1x1x3" in captured.out
 
     rows = list(csv.DictReader(out["csv"].open()))
     assert [r["scale"] for r in rows] == ["x2", "x1x1x3"]

@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         from ..backends.base import BackendOptions
         from .. import __version__
         from ..errors import InputError, OutputError
-        from ..evaluation.report import markdown_table, rich_table, write_csv, write_figure, write_json, write_montage
+        from ..evaluation.report import describe_setup, markdown_table, rich_table, write_csv, write_figure, write_json, write_montage
         from ..evaluation.runner import ScaleOutputs, evaluate_volume, parse_scales, scale_label
 
         # every cheap check before any model load or compute
@@ -103,6 +103,8 @@ def register(app: typer.Typer) -> None:
 
         if markdown:
             sys.stdout.write(markdown_table(rows, regions))
+            if not quiet:
+                err.print(describe_setup(rows), highlight=False, markup=False)
         else:
             out = Console()
             if not out.is_terminal:  # piped or captured: do not fold columns at 80 characters

@@ -62,9 +62,10 @@ def describe_setup(rows: Sequence[EvalRow]) -> str:
 
 def rich_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> Any:
     """A rich Table for the terminal (numbers right-aligned, gains coloured)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=describe_setup(rows), title_justify="left")
+    table = Table(title=escape(describe_setup(rows)), title_justify="left")
     for i, header in enumerate(HEADERS):
         table.add_column(header, justify="right" if i >= 4 else "left", no_wrap=True)
     for cells in table_cells(rows, regions):
