@@ -399,3 +399,37 @@ def test_auto_falls_through_the_gpu_backends_without_a_gpu(bundle):
         assert backend.name not in ("tensorrt", "torch-cuda")
     finally:
         backend.close()
+
+
+# ---------------------------------------------------------------- the engines command
+
+
+def test_engines_list_shows_the_cached_keys(bundle, cache, capsys):
+    from arssr_rt.cli import main
+
+    assert main(["engines", "list", "--cache-dir", str(cache.root)]) == 0
+    assert "no cached engines" in capsys.readouterr().out
+    builder.ensure_engines(make_fake_tensorrt(TRT11), bundle, builder.BuildSettings(precision="fp16", tile=8), GPU, cache)
+    assert main(["engines", "list", "--cache-dir", str(cache.root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fp16") >= 2 and TRT11 in out and "sm_90" in out and "tile <= 12x12x12" in out and "N <= 262144" in out
+    assert main(["engines", "list", "--cache-dir", str(cache.root), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(e["key"]["role"] for e in listed) == ["decoder", "encoder"]
+
+
+@pytest.mark.skipif(not gpu_unavailable_reason(), reason="a GPU is present")
+def test_engines_build_without_a_gpu_is_one_line_and_exit_2(bundle, tmp_path, capsys):
+    from arssr_rt.cli import main
+
+    assert main(["engines", "build", "--model", str(bundle.path), "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("arssr-rt: error:") and "GPU" in err and "\n" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_engines_build_refuses_a_bad_precision_before_touching_the_gpu(bundle, tmp_path, capsys):
+    from arssr_rt.cli import main
+
+    assert main(["engines", "build", "--model", str(bundle.path), "--precision", "int8", "--cache-dir", str(tmp_path)]) == 2
+    assert "--precision" in capsys.readouterr().err
