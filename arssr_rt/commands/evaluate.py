@@ -53,8 +53,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from rich.console import Console
 
-        from ..backends.base import BackendOptions
         from .. import __version__
+        from ..backends.base import BackendOptions
         from ..errors import InputError, OutputError
         from ..evaluation.report import describe_setup, markdown_table, rich_table, write_csv, write_figure, write_json, write_montage
         from ..evaluation.runner import ScaleOutputs, evaluate_volume, parse_scales, scale_label
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
             if not path.exists():
                 raise InputError(f"{path}: no such file or folder")
 
-        err = Console(stderr=True, soft_wrap=True)
+        err = Console(stderr=True, soft_wrap=True, markup=False)  # file names may hold [ ]
         upsampler = None
         if not baseline_only:
             from ..pipeline import Upsampler
@@ -89,13 +89,13 @@ def register(app: typer.Typer) -> None:
                 kept.append(outputs)
             if not quiet:
                 seconds = outputs.row.model_seconds
-                err.print(f"  {outputs.row.volume} {outputs.row.scale} done" + (f" (model {seconds:.1f} s)" if seconds else ""), highlight=False)
+                err.print(f"  {outputs.row.volume} {outputs.row.scale} done" + (f" (model {seconds:.1f} s)" if seconds else ""))
 
         rows = []
         try:
             for path in hr:
                 if not quiet:
-                    err.print(f"evaluating {path} ({degradation} degradation)", highlight=False)
+                    err.print(f"evaluating {path} ({degradation} degradation)")
                 rows += evaluate_volume(path, scales, degradation, upsampler, keep)
         finally:
             if upsampler is not None:
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
         if markdown:
             sys.stdout.write(markdown_table(rows, regions))
             if not quiet:
-                err.print(describe_setup(rows), highlight=False, markup=False)
+                err.print(describe_setup(rows))
         else:
             out = Console()
             if not out.is_terminal:  # piped or captured: do not fold columns at 80 characters
@@ -133,4 +133,4 @@ def register(app: typer.Typer) -> None:
         if montage is not None:
             written.append(write_montage(montage, kept))
         if written and not quiet:
-            err.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+            err.print("wrote " + ", ".join(str(p) for p in written))
