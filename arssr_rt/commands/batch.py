@@ -136,9 +136,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--output", help="Model repository folder to create."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (uses the bundle's fp16 ONNX files)."),
         max_batch_points: int = typer.Option(1 << 17, "--chunk", help="Decoder points per Triton request."),
+        tensorrt: bool = typer.Option(False, "--tensorrt", help="Serve the networks through ONNX Runtime's TensorRT accelerator (engines built in the server)."),
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing repository."),
     ) -> None:
         from ..batch.triton import export_triton_repository
 
-        path = export_triton_repository(model, out, precision=precision, chunk=max_batch_points, force=force)
+        path = export_triton_repository(model, out, precision=precision, chunk=max_batch_points, tensorrt=tensorrt, force=force)
         typer.echo(f"Triton model repository written to {path} (models: arssr, arssr_encoder, arssr_decoder)", err=True)

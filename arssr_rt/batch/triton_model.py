@@ -1,0 +1,106 @@
+"""Triton Python-backend model "arssr": a whole volume in, the super-resolved volume out.
+
+Copied by ``arssr-rt export-triton`` to ``<repo>/arssr/1/model.py``. It runs the arssr-rt
+pipeline (normalise, encoder tiles with an exact halo, separable trilinear sampling, decoder
+chunks, restore intensities) with a backend whose encode/decode are BLS requests to the
+``arssr_encoder`` and ``arssr_decoder`` models in the same server, so the networks run on
+Triton's ONNX Runtime / TensorRT backends and their GPU instances.
+
+Needs ``pip install arssr-rt`` in the Python backend's environment (numpy + nibabel only
+are used on this path; torch is never imported).
+
+Inputs: ``volume`` FP32 (X, Y, Z), ``affine`` FP64 (4, 4), ``out_shape`` INT32 (3).
+Outputs: ``output`` FP32 (out_shape), ``output_affine`` FP64 (4, 4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from arssr_rt.backends.base import BackendOptions, register_backend
+from arssr_rt.bundle import ModelBundle
+from arssr_rt.errors import ArssrError
+from arssr_rt.geometry import plan_output_grid
+from arssr_rt.pipeline import Upsampler
+from arssr_rt.validation import check_affine, check_voxels
+from arssr_rt.volume import Volume
+
+ENCODER_MODEL = "arssr_encoder"
+DECODER_MODEL = "arssr_decoder"
+
+
+class TritonBLSBackend:
+    """The arssr-rt Backend protocol answered by BLS calls to the two network models."""
+
+    name = "triton-bls"
+
+    def __init__(self, io_dtype: np.dtype):
+        self.io_dtype = io_dtype
+
+    @staticmethod
+    def _call(model: str, inputs: list, output: str) -> np.ndarray:
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output], inputs=inputs)
+        response = request.exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(f"{model}: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
+
+    def encode(self, lr: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(lr, dtype=self.io_dtype)[None, None]
+        features = self._call(ENCODER_MODEL, [pb_utils.Tensor("lr", x)], "features")
+        return np.asarray(features[0], dtype=np.float32)
+
+    def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        inputs = [
+            pb_utils.Tensor("features", np.ascontiguousarray(features, dtype=self.io_dtype)),
+            pb_utils.Tensor("coords", np.ascontiguousarray(coords, dtype=self.io_dtype)),
+        ]
+        return np.asarray(self._call(DECODER_MODEL, inputs, "intensity"), dtype=np.float32).reshape(-1)
+
+    def close(self) -> None:
+        pass
+
+
+class TritonPythonModel:
+    """Triton's entry points: initialize once per instance, execute per batch of requests."""
+
+    def initialize(self, args: dict) -> None:
+        model_dir = Path(args["model_repository"]) / str(args["model_version"])
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        meta = json.loads((model_dir / "bundle" / "model.json").read_text())
+        io_dtype = np.dtype(np.float16 if parameters.get("precision") == "fp16" else np.float32)
+        register_backend("triton-bls", priority=-1000)(lambda bundle, options: TritonBLSBackend(io_dtype))
+        bundle = ModelBundle(path=model_dir / "bundle", meta=meta)
+        self.upsampler = Upsampler(
+            bundle, backend="triton-bls", options=BackendOptions(),
+            chunk=int(parameters.get("chunk", 1 << 17)), normalization=parameters.get("normalization", "minmax"),
+        )
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            try:
+                volume = pb_utils.get_input_tensor_by_name(request, "volume").as_numpy().astype(np.float32)
+                affine = pb_utils.get_input_tensor_by_name(request, "affine").as_numpy().astype(np.float64)
+                out_shape = [int(n) for n in pb_utils.get_input_tensor_by_name(request, "out_shape").as_numpy().reshape(-1)]
+                if volume.ndim != 3 or affine.shape != (4, 4) or len(out_shape) != 3 or min(out_shape) < 1:
+                    raise ArssrError(f"need volume (X,Y,Z), affine (4,4), out_shape (3), got {volume.shape}, {affine.shape}, {out_shape}")
+                check_voxels("volume", volume)
+                check_affine("affine", affine)
+                grid = plan_output_grid(volume.shape, affine, shape=out_shape)
+                result = self.upsampler.run(Volume(data=volume, affine=affine), grid)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("output", result.astype(np.float32)),
+                    pb_utils.Tensor("output_affine", np.asarray(grid.affine, dtype=np.float64)),
+                ]))
+            except ArssrError as exc:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+        return responses
+
+    def finalize(self) -> None:
+        self.upsampler.close()

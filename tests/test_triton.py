@@ -1,0 +1,159 @@
+"""export-triton: the repository layout, configs that match the ONNX graphs, and the
+Python-backend model run against a stand-in of Triton's python-backend utilities (BLS calls
+served by onnxruntime on the repository's own ONNX files) matching the local pipeline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from arssr_rt.cli import main
+from arssr_rt.geometry import plan_output_grid
+from arssr_rt.pipeline import Upsampler
+from arssr_rt.volume import Volume
+
+from conftest import FIXTURE_PATH
+
+
+class _Tensor:
+    def __init__(self, name: str, array: np.ndarray):
+        self._name, self._array = name, np.asarray(array)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+class _Error:
+    def __init__(self, message: str):
+        self._message = message
+
+    def message(self) -> str:
+        return self._message
+
+
+class _Response:
+    def __init__(self, output_tensors=(), error=None):
+        self.output_tensors, self.error_ = list(output_tensors), error
+
+    def has_error(self) -> bool:
+        return self.error_ is not None
+
+    def error(self):
+        return self.error_
+
+
+def fake_pb_utils(repo: Path) -> types.ModuleType:
+    """Just enough of triton_python_backend_utils; BLS requests run the repo's ONNX models."""
+    import onnxruntime as ort
+
+    sessions: dict[str, ort.InferenceSession] = {}
+    calls: dict[str, int] = {}
+
+    class InferenceRequest:
+        def __init__(self, model_name, requested_output_names, inputs):
+            self.model_name, self.outputs, self.inputs = model_name, requested_output_names, inputs
+
+        def exec(self):
+            if self.model_name not in sessions:
+                sessions[self.model_name] = ort.InferenceSession(str(repo / self.model_name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+            calls[self.model_name] = calls.get(self.model_name, 0) + 1
+            feeds = {t.name(): t.as_numpy() for t in self.inputs}
+            results = sessions[self.model_name].run(self.outputs, feeds)
+            return _Response([_Tensor(n, r) for n, r in zip(self.outputs, results)])
+
+    module = types.ModuleType("triton_python_backend_utils")
+    module.Tensor = _Tensor
+    module.InferenceRequest = InferenceRequest
+    module.InferenceResponse = _Response
+    module.TritonError = _Error
+    module.TritonModelException = RuntimeError
+    module.get_input_tensor_by_name = lambda request, name: next(t for t in request.inputs if t.name() == name)
+    module.get_output_tensor_by_name = lambda response, name: next(t for t in response.output_tensors if t.name() == name)
+    module.calls = calls
+    return module
+
+
+@pytest.fixture
+def repo(tmp_path, tiny_bundle) -> Path:
+    assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(tmp_path / "repo")]) == 0
+    return tmp_path / "repo"
+
+
+def test_repository_layout(repo):
+    files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+    assert files == [
+        "arssr/1/bundle/model.json", "arssr/1/model.py", "arssr/config.pbtxt",
+        "arssr_decoder/1/model.onnx", "arssr_decoder/config.pbtxt",
+        "arssr_encoder/1/model.onnx", "arssr_encoder/config.pbtxt",
+    ]
+
+
+def _tensors(config: str) -> dict[str, tuple[str, list[int]]]:
+    found = re.findall(r'name: "(\w+)"\s+data_type: (\w+)\s+dims: \[ ([^\]]*) \]', config)
+    return {name: (dtype, [int(d) for d in dims.split(",")]) for name, dtype, dims in found}
+
+
+def test_configs_have_dynamic_dims_matching_the_onnx_graphs(repo, tiny_bundle):
+    feature_dim = json.loads((tiny_bundle / "model.json").read_text())["spec"]["feature_dim"]
+    encoder = (repo / "arssr_encoder" / "config.pbtxt").read_text()
+    decoder = (repo / "arssr_decoder" / "config.pbtxt").read_text()
+    pipeline = (repo / "arssr" / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in encoder and "max_batch_size: 0" in encoder
+    assert _tensors(encoder) == {"lr": ("TYPE_FP32", [1, 1, -1, -1, -1]), "features": ("TYPE_FP32", [1, feature_dim, -1, -1, -1])}
+    assert _tensors(decoder) == {"features": ("TYPE_FP32", [-1, feature_dim]), "coords": ("TYPE_FP32", [-1, 3]), "intensity": ("TYPE_FP32", [-1, 1])}
+    assert 'backend: "python"' in pipeline
+    assert _tensors(pipeline) == {"volume": ("TYPE_FP32", [-1, -1, -1]), "affine": ("TYPE_FP64", [4, 4]), "out_shape": ("TYPE_INT32", [3]),
+                                  "output": ("TYPE_FP32", [-1, -1, -1]), "output_affine": ("TYPE_FP64", [4, 4])}
+    assert json.loads((repo / "arssr" / "1" / "bundle" / "model.json").read_text())["receptive_radius"] > 0
+
+
+def test_tensorrt_accelerator_and_refusals(tmp_path, tiny_bundle):
+    assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(tmp_path / "trt"), "--tensorrt", "--precision", "fp16"]) == 0
+    encoder = (tmp_path / "trt" / "arssr_encoder" / "config.pbtxt").read_text()
+    assert 'name : "tensorrt"' in encoder and 'value: "FP16"' in encoder and "TYPE_FP16" in encoder
+    assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(tmp_path / "trt")]) == 2  # exists
+    assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(tmp_path / "x"), "--precision", "int4"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trt"]
+
+
+def test_python_model_matches_the_local_pipeline(repo, tiny_bundle, monkeypatch):
+    pb_utils = fake_pb_utils(repo)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils)
+    spec = importlib.util.spec_from_file_location("arssr_triton_model", repo / "arssr" / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = (repo / "arssr" / "config.pbtxt").read_text()
+    parameters = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', config))
+    model = module.TritonPythonModel()
+    model.initialize({"model_repository": str(repo / "arssr"), "model_version": "1",
+                      "model_config": json.dumps({"parameters": {k: {"string_value": v} for k, v in parameters.items()}})})
+
+    img = nib.load(FIXTURE_PATH)
+    data = np.asarray(img.dataobj, dtype=np.float32)[:20, :18, :16]
+    out_shape = np.array([40, 27, 32], dtype=np.int32)
+    request = types.SimpleNamespace(inputs=[_Tensor("volume", data), _Tensor("affine", img.affine), _Tensor("out_shape", out_shape)])
+    bad = types.SimpleNamespace(inputs=[_Tensor("volume", np.zeros((4, 4, 4), np.float32)), _Tensor("affine", img.affine), _Tensor("out_shape", out_shape)])
+    good_response, bad_response = model.execute([request, bad])
+
+    assert not good_response.has_error()
+    served = {t.name(): t.as_numpy() for t in good_response.output_tensors}
+    grid = plan_output_grid(data.shape, img.affine, shape=out_shape.tolist())
+    with Upsampler(tiny_bundle, backend="onnxruntime") as local:
+        expected = local.run(Volume(data=data, affine=img.affine), grid)
+    assert served["output"].shape == (40, 27, 32)
+    np.testing.assert_allclose(served["output"], expected, atol=1e-5 * float(np.ptp(data)))
+    np.testing.assert_allclose(served["output_affine"], grid.affine)
+    assert pb_utils.calls["arssr_encoder"] >= 1 and pb_utils.calls["arssr_decoder"] >= 1
+    assert bad_response.has_error() and "constant" in bad_response.error().message()
+    model.finalize()
