@@ -21,6 +21,7 @@ ahead of time or with other limits.
 
 Examples:
 
+\b
   arssr-rt engines build --model default --precision fp16
   arssr-rt engines build --model bundles/rdn --tile 64 --max-points 131072 --device 1
   arssr-rt engines list
