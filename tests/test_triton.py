@@ -128,8 +128,12 @@ def test_tensorrt_accelerator_and_refusals(tmp_path, tiny_bundle):
 
 
 def test_python_model_matches_the_local_pipeline(repo, tiny_bundle, monkeypatch):
+    from arssr_rt.backends import base as backends_base
+
     pb_utils = fake_pb_utils(repo)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils)
+    # the served model registers a "triton-bls" backend; keep it out of the other tests
+    monkeypatch.setattr(backends_base, "_REGISTRY", dict(backends_base._REGISTRY))
     spec = importlib.util.spec_from_file_location("arssr_triton_model", repo / "arssr" / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
