@@ -225,6 +225,7 @@ def upsample_file(
     so a bad call costs nothing and leaves nothing behind. ``progress(grid)`` may return a
     callable that receives the number of output voxels done after each chunk.
     """
+    from .intensity import choose_output_dtype
     from .nifti_io import check_output_path, save_volume
     from .readers import read_volume
 
@@ -234,6 +235,7 @@ def upsample_file(
     grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
     target = Path(out_path) if out_path is not None else default_output_path(in_path, grid, volume.shape)
     check_output_path(target, force=force)
+    choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     owner = upsampler is None
     if upsampler is not None:
         up = upsampler
