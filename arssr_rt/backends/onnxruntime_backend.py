@@ -22,6 +22,20 @@ PRECISION_FILES = {
     "fp32": (contract.ENCODER_FP32, contract.DECODER_FP32, np.float32),
     "fp16": (contract.ENCODER_FP16, contract.DECODER_FP16, np.float16),
 }
+PRECISIONS = (*PRECISION_FILES, "int8")
+# decoder rows per session call: a few thousand points keep the MLP's activations in cache
+# (measured 2-3x more points/s than 65,536-point calls on an AVX-512 CPU)
+DECODE_BATCH = 2048
+
+
+def _model_paths(bundle: "ModelBundle", precision: str):
+    """(encoder, decoder, io dtype) for a precision; int8 copies come from the user cache."""
+    if precision == "int8":
+        from ..quantize import dynamic_int8_decoder, static_int8_encoder
+
+        return static_int8_encoder(bundle), dynamic_int8_decoder(bundle), np.float32
+    enc_name, dec_name, io_dtype = PRECISION_FILES[precision]
+    return bundle.file(enc_name), bundle.file(dec_name), io_dtype
 
 
 def _create_session(ort, path, options: BackendOptions, expected_inputs: list[str], expected_outputs: list[str]):
@@ -50,13 +64,13 @@ class OnnxRuntimeBackend:
 
     def __init__(self, bundle: "ModelBundle", options: BackendOptions):
         ort = require("onnxruntime")
-        if options.precision not in PRECISION_FILES:
-            raise BackendError(f"onnxruntime backend supports precision fp32 or fp16, not {options.precision!r}")
-        enc_name, dec_name, self._io_dtype = PRECISION_FILES[options.precision]
+        if options.precision not in PRECISIONS:
+            raise BackendError(f"onnxruntime backend supports precision {', '.join(PRECISIONS)}, not {options.precision!r}")
+        encoder_path, decoder_path, self._io_dtype = _model_paths(bundle, options.precision)
         self.feature_dim = bundle.feature_dim
-        self._encoder = _create_session(ort, bundle.file(enc_name), options, [contract.ENCODER_INPUT], [contract.ENCODER_OUTPUT])
+        self._encoder = _create_session(ort, encoder_path, options, [contract.ENCODER_INPUT], [contract.ENCODER_OUTPUT])
         self._decoder = _create_session(
-            ort, bundle.file(dec_name), options, [contract.DECODER_FEATURES, contract.DECODER_COORDS], [contract.DECODER_OUTPUT]
+            ort, decoder_path, options, [contract.DECODER_FEATURES, contract.DECODER_COORDS], [contract.DECODER_OUTPUT]
         )
 
     def encode(self, lr: np.ndarray) -> np.ndarray:
@@ -71,14 +85,16 @@ class OnnxRuntimeBackend:
         """(N, F) sampled features + (N, 3) coords -> (N,) float32 intensities."""
         if features.ndim != 2 or features.shape[1] != self.feature_dim or coords.shape != (features.shape[0], 3):
             raise BackendError(f"decode expects (N, {self.feature_dim}) features and (N, 3) coords, got {features.shape} and {coords.shape}")
-        (out,) = self._decoder.run(
-            [contract.DECODER_OUTPUT],
-            {
-                contract.DECODER_FEATURES: np.ascontiguousarray(features, dtype=self._io_dtype),
-                contract.DECODER_COORDS: np.ascontiguousarray(coords, dtype=self._io_dtype),
-            },
-        )
-        return np.asarray(out[:, 0], dtype=np.float32)
+        features = np.ascontiguousarray(features, dtype=self._io_dtype)
+        coords = np.ascontiguousarray(coords, dtype=self._io_dtype)
+        out = np.empty(features.shape[0], dtype=np.float32)
+        for s in range(0, features.shape[0], DECODE_BATCH):
+            e = min(s + DECODE_BATCH, features.shape[0])
+            (values,) = self._decoder.run(
+                [contract.DECODER_OUTPUT], {contract.DECODER_FEATURES: features[s:e], contract.DECODER_COORDS: coords[s:e]}
+            )
+            out[s:e] = values[:, 0]
+        return out
 
     def close(self) -> None:
         self._encoder = None
