@@ -243,3 +243,32 @@ def test_contract_constants_match_docs() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "onnx-contract.md").read_text()
     for name in (contract.ENCODER_INPUT, contract.ENCODER_OUTPUT, contract.DECODER_COORDS, contract.DECODER_OUTPUT, *ONNX_FILES):
         assert f"`{name}`" in doc
+
+
+ORT_INCLUDE_CANDIDATES = ("/usr/include/onnxruntime", "/usr/local/include/onnxruntime")
+
+
+def _ort_include_dir() -> Path | None:
+    import os
+
+    for d in filter(None, (os.environ.get("ORT_INCLUDE_DIR"), *ORT_INCLUDE_CANDIDATES)):
+        if (Path(d) / "onnxruntime_cxx_api.h").is_file():
+            return Path(d)
+    return None
+
+
+def test_cpp_snippet_compiles_against_onnxruntime_headers() -> None:
+    """docs/examples/ort_contract.cpp must stay valid C++ against the real ORT C++ API."""
+    import shutil as sh
+    import subprocess
+
+    compiler = sh.which("g++")
+    include = _ort_include_dir()
+    if compiler is None:
+        pytest.skip("g++ not found")
+    if include is None:
+        pytest.skip("onnxruntime C++ headers not found (set ORT_INCLUDE_DIR or apt-get install libonnxruntime-dev)")
+    source = Path(__file__).resolve().parents[1] / "docs" / "examples" / "ort_contract.cpp"
+    run = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", f"-I{include}", str(source)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -1,0 +1,126 @@
+// Run an arssr-rt model bundle from C++ with onnxruntime, following docs/onnx-contract.md.
+//
+// Build (Debian 13: apt-get install libonnxruntime-dev; or the release tarball's include/ and lib/):
+//   g++ -std=c++17 -O2 ort_contract.cpp -I/usr/include/onnxruntime -lonnxruntime -o ort_contract
+// Use:
+//   ./ort_contract BUNDLE_DIR D H W SCALE    (runs a synthetic [0,1] volume, prints a checksum)
+//
+// The input must already be normalised to [0, 1] (min-max) and in the bundle's axis order
+// (model.json "axis_order": xyz = NIfTI (i,j,k) arrays, zyx = the reverse); the output is in
+// [0, 1]-space too: restore with out * (max - min) + min. Output geometry (FOV-preserving
+// grid, spacing = old * h / H) is the caller's job; see docs/onnx-contract.md.
+// The whole volume goes through the encoder at once here; real products tile it with a halo of
+// receptive_radius + 1 voxels (model.json) to bound memory.
+
+#include <onnxruntime_cxx_api.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+// Network coordinate of voxel centre j on an axis of n voxels: c = -1 + (2j + 1) / n.
+float centre(int64_t j, int64_t n) { return -1.0f + (2.0f * static_cast<float>(j) + 1.0f) / static_cast<float>(n); }
+
+// Trilinear sample of features [F, D, H, W] (C order) at coords c (array axis order), exactly
+// grid_sample(bilinear, padding zeros, align_corners=false): u = ((c + 1) * n - 1) / 2 per axis,
+// corners floor(u) and floor(u) + 1 weighted 1 - frac and frac, corners outside the volume weigh 0.
+void sample_features(const float* feat, int64_t channels, const std::array<int64_t, 3>& dims, const float* c, float* out) {
+  std::array<int64_t, 3> lo{};
+  std::array<float, 3> frac{};
+  for (int a = 0; a < 3; ++a) {
+    const float u = ((c[a] + 1.0f) * static_cast<float>(dims[a]) - 1.0f) * 0.5f;
+    const float fl = std::floor(u);
+    lo[a] = static_cast<int64_t>(fl);
+    frac[a] = u - fl;
+  }
+  std::fill(out, out + channels, 0.0f);
+  const int64_t plane = dims[1] * dims[2];
+  const int64_t volume = dims[0] * plane;
+  for (int corner = 0; corner < 8; ++corner) {
+    float weight = 1.0f;
+    int64_t offset = 0;
+    bool inside = true;
+    for (int a = 0; a < 3; ++a) {
+      const int bit = (corner >> (2 - a)) & 1;
+      const int64_t idx = lo[a] + bit;
+      weight *= bit ? frac[a] : 1.0f - frac[a];
+      inside = inside && idx >= 0 && idx < dims[a];
+      offset = offset * dims[a] + idx;
+    }
+    if (!inside || weight == 0.0f) continue;
+    for (int64_t f = 0; f < channels; ++f) out[f] += weight * feat[f * volume + offset];
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 6) {
+    std::fprintf(stderr, "usage: %s BUNDLE_DIR D H W SCALE\n", argv[0]);
+    return 2;
+  }
+  const std::string bundle = argv[1];
+  const std::array<int64_t, 3> in_dims{std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4])};
+  const double scale = std::atof(argv[5]);
+  std::array<int64_t, 3> out_dims{};
+  for (int a = 0; a < 3; ++a) out_dims[a] = static_cast<int64_t>(std::llround(in_dims[a] * scale));  // H = round(h * s)
+
+  Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "arssr-rt");
+  Ort::SessionOptions options;
+  options.SetIntraOpNumThreads(1);
+  options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+  Ort::Session encoder(env, (bundle + "/encoder.onnx").c_str(), options);
+  Ort::Session decoder(env, (bundle + "/decoder.onnx").c_str(), options);
+  Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+
+  // encoder: "lr" float32 [1, 1, D, H, W] -> "features" float32 [1, F, D, H, W]
+  std::vector<float> lr(static_cast<size_t>(in_dims[0] * in_dims[1] * in_dims[2]));
+  for (size_t i = 0; i < lr.size(); ++i) lr[i] = static_cast<float>(i % 97) / 96.0f;  // stand-in for a normalised volume
+  const std::array<int64_t, 5> lr_shape{1, 1, in_dims[0], in_dims[1], in_dims[2]};
+  Ort::Value lr_tensor = Ort::Value::CreateTensor<float>(cpu, lr.data(), lr.size(), lr_shape.data(), lr_shape.size());
+  const char* enc_inputs[] = {"lr"};
+  const char* enc_outputs[] = {"features"};
+  std::vector<Ort::Value> enc_result = encoder.Run(Ort::RunOptions{nullptr}, enc_inputs, &lr_tensor, 1, enc_outputs, 1);
+  const float* features = enc_result[0].GetTensorData<float>();
+  const int64_t channels = enc_result[0].GetTensorTypeAndShapeInfo().GetShape()[1];
+
+  // decoder: "features" float32 [N, F] + "coords" float32 [N, 3] -> "intensity" float32 [N, 1], in chunks
+  const int64_t total = out_dims[0] * out_dims[1] * out_dims[2];
+  const int64_t chunk = 65536;
+  std::vector<float> output(static_cast<size_t>(total));
+  std::vector<float> sampled, coords;
+  const char* dec_inputs[] = {"features", "coords"};
+  const char* dec_outputs[] = {"intensity"};
+  for (int64_t start = 0; start < total; start += chunk) {
+    const int64_t n = std::min(chunk, total - start);
+    sampled.resize(static_cast<size_t>(n * channels));
+    coords.resize(static_cast<size_t>(n * 3));
+    for (int64_t p = 0; p < n; ++p) {
+      const int64_t flat = start + p;  // C order over the output grid
+      const int64_t idx[3] = {flat / (out_dims[1] * out_dims[2]), (flat / out_dims[2]) % out_dims[1], flat % out_dims[2]};
+      for (int a = 0; a < 3; ++a) coords[p * 3 + a] = centre(idx[a], out_dims[a]);
+      sample_features(features, channels, in_dims, &coords[p * 3], &sampled[p * channels]);
+    }
+    const std::array<int64_t, 2> f_shape{n, channels};
+    const std::array<int64_t, 2> c_shape{n, 3};
+    std::array<Ort::Value, 2> inputs{
+        Ort::Value::CreateTensor<float>(cpu, sampled.data(), sampled.size(), f_shape.data(), f_shape.size()),
+        Ort::Value::CreateTensor<float>(cpu, coords.data(), coords.size(), c_shape.data(), c_shape.size())};
+    std::vector<Ort::Value> result = decoder.Run(Ort::RunOptions{nullptr}, dec_inputs, inputs.data(), inputs.size(), dec_outputs, 1);
+    const float* intensity = result[0].GetTensorData<float>();
+    std::copy(intensity, intensity + n, output.begin() + start);
+  }
+
+  double sum = 0.0;
+  for (float v : output) sum += v;
+  std::printf("output %lld x %lld x %lld, mean %.6f\n", static_cast<long long>(out_dims[0]), static_cast<long long>(out_dims[1]),
+              static_cast<long long>(out_dims[2]), sum / static_cast<double>(total));
+  return 0;
+}
