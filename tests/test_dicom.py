@@ -229,3 +229,16 @@ def test_rescale_slope_and_intercept_are_applied(series):
         ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-10"
         ds.save_as(f)
     np.testing.assert_allclose(read_dicom_series(folder).data, volume.data * 0.5 - 10)
+
+
+def test_left_handed_grid_round_trips_in_world_space(tmp_path):
+    """A LAS volume (negative determinant) comes back with k reversed: DICOM slices are sorted
+    along the right-handed normal, so the same voxels sit at the same world points."""
+    volume = _fixture_volume(lambda a: np.diag([-1.0, 1.0, 1.0, 1.0]) @ a)
+    assert np.linalg.det(volume.affine[:3, :3]) < 0
+    write_dicom_series(tmp_path / "las", volume.data, _same_grid(volume), volume)
+    back = read_dicom_series(tmp_path / "las")
+    flip_k = np.eye(4)
+    flip_k[2, 2], flip_k[2, 3] = -1.0, volume.shape[2] - 1
+    np.testing.assert_allclose(back.affine @ flip_k, volume.affine, atol=1e-5)
+    np.testing.assert_array_equal(back.data[:, :, ::-1], volume.data)

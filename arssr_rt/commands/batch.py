@@ -114,7 +114,10 @@ def register(app: typer.Typer) -> None:
             style = STATUS_STYLE.get(result.status, "")
             detail = f" -> {result.output}" if result.output and result.status != "failed" else ""
             timing = f" ({result.seconds:.1f} s)" if result.status == "done" and result.seconds is not None else ""
-            why = f": {result.message}" if result.status == "failed" and result.message else ""
+            message = result.message or ""
+            if message.startswith(f"{result.input}: "):  # reader messages name the file already
+                message = message[len(result.input) + 2:]
+            why = f": {message}" if result.status == "failed" and message else ""
             console.print(f"[{style}]{result.status:>7}[/] {result.input}{detail}{timing}{why}", markup=True, soft_wrap=True)
 
         with progress:
