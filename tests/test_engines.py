@@ -24,7 +24,7 @@ from arssr_rt.engines.cache import EngineCache, EngineKey, key_mismatch
 from arssr_rt.engines.device_decode import view_in
 from arssr_rt.engines.gpu_probe import GpuInfo, gpu_unavailable_reason
 from arssr_rt.engines.runner import TrtEngine, device_memory_size
-from arssr_rt.errors import BackendError, ModelError
+from arssr_rt.errors import BackendError, MissingExtraError, ModelError
 from arssr_rt.sampling import box_coords, sample_box
 
 from fake_tensorrt import FakeDevice, NumpySampler, fake_decoder, fake_encoder, make_fake_bundle, make_fake_tensorrt
@@ -433,3 +433,23 @@ def test_engines_build_refuses_a_bad_precision_before_touching_the_gpu(bundle, t
 
     assert main(["engines", "build", "--model", str(bundle.path), "--precision", "int8", "--cache-dir", str(tmp_path)]) == 2
     assert "--precision" in capsys.readouterr().err
+
+
+def test_decode_box_falls_back_to_cpu_sampling_without_the_cuda_sampler(bundle, cache):
+    class BrokenSampler:
+        def launch(self, *args, **kwargs):
+            raise AssertionError("must not be used")
+
+    device = FakeDevice()
+    trt = make_fake_tensorrt(TRT10, device)
+    backend = TensorRTBackend(bundle, BackendOptions(), trt=trt, device=device, gpu=GPU, cache=cache, chunk=300)
+
+    def no_sampler():
+        raise MissingExtraError("NVRTC is needed to compile the CUDA sampler")
+
+    backend._box_decoder = no_sampler
+    features = np.random.default_rng(8).standard_normal((F, 6, 7, 5)).astype(np.float32)
+    args = ((1, 0, 2), (9, 7, 9), (20, 15, 19), (3, 0, 5), (13, 15, 14))
+    got = backend.decode_box(features, *args)
+    np.testing.assert_allclose(got, cpu_box(features, *args), atol=1e-5, rtol=0)
+    backend.close()

@@ -21,12 +21,13 @@ diverge from the copy.
 
 from __future__ import annotations
 
+import logging
 from itertools import product
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, MissingExtraError
 from ..export import contract
 from ..extras import require
 from .base import BackendOptions, register_backend
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from ..engines.gpu_probe import GpuInfo
 
 DEFAULT_CHUNK = 262144
+log = logging.getLogger(__name__)
 
 
 def encode_in_tiles(encode_tile: Callable[[np.ndarray], np.ndarray], lr: np.ndarray, max_edge: Sequence[int], halo: int) -> np.ndarray:
@@ -108,6 +110,7 @@ class TensorRTBackend:
         self._chunk = chunk
         self._box: "DeviceBoxDecoder | None" = None
         self._last_features: np.ndarray | None = None  # what encode returned last, if its device copy is intact
+        self._sampler_error: str | None = None  # why the CUDA sampler cannot run, once known
 
     # ------------------------------------------------------------ Backend protocol
 
@@ -178,11 +181,36 @@ class TensorRTBackend:
         spec = BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop)
         return self._box_decoder().decode(features, spec)
 
+    def _decode_box_on_host(self, features: np.ndarray, in_offset: Sequence[int], in_shape: Sequence[int],
+                            out_shape: Sequence[int], out_start: Sequence[int], out_stop: Sequence[int]) -> np.ndarray:
+        """decode_box with the numpy sampler: used when the CUDA sampler cannot be loaded."""
+        from ..sampling import box_coords, sample_box
+        from ..tiling import output_chunks
+
+        block = np.ascontiguousarray(np.moveaxis(np.asarray(features, dtype=np.float32), 0, -1))
+        out = np.empty([b - a for a, b in zip(out_start, out_stop)], dtype=np.float32)
+        for start, stop in output_chunks(tuple(zip(out_start, out_stop)), self._chunk):
+            sampled = sample_box(block, in_offset, in_shape, out_shape, start, stop)
+            values = self.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out_shape, start, stop))
+            out[tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, out_start))] = values.reshape(sampled.shape[:3])
+        return out
+
     def decode_box(self, features: np.ndarray, in_offset: Sequence[int], in_shape: Sequence[int],
                    out_shape: Sequence[int], out_start: Sequence[int], out_stop: Sequence[int]) -> np.ndarray:
         """Sample + decode output box [out_start, out_stop) on the GPU; see the module doc."""
         if features.ndim != 4 or features.shape[0] != self.feature_dim:
             raise BackendError(f"decode_box expects a ({self.feature_dim}, d, h, w) feature block, got {features.shape}")
+        if self._sampler_error is None:
+            try:
+                self._box_decoder()
+            except (BackendError, MissingExtraError) as exc:  # e.g. NVRTC not installed: the engines still work
+                self._sampler_error = str(exc)
+                log.warning("CUDA sampler unavailable (%s); sampling on the CPU instead", exc)
+        if self._sampler_error is not None:
+            from ..engines.sampler import BoxSpec
+
+            BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop)  # same checks
+            return self._decode_box_on_host(features, in_offset, in_shape, out_shape, out_start, out_stop)
         on_device = self._device_copy(features)
         if on_device is None:
             on_device = self._box_decoder().upload_features(features)
