@@ -436,10 +436,6 @@ def test_engines_build_refuses_a_bad_precision_before_touching_the_gpu(bundle, t
 
 
 def test_decode_box_falls_back_to_cpu_sampling_without_the_cuda_sampler(bundle, cache):
-    class BrokenSampler:
-        def launch(self, *args, **kwargs):
-            raise AssertionError("must not be used")
-
     device = FakeDevice()
     trt = make_fake_tensorrt(TRT10, device)
     backend = TensorRTBackend(bundle, BackendOptions(), trt=trt, device=device, gpu=GPU, cache=cache, chunk=300)
