@@ -243,6 +243,27 @@ def test_unreadable_file_is_a_failed_item(tmp_path, tiny_bundle):
     assert report.items[0].status == "failed" and "ermission" in report.items[0].message
 
 
+def test_permission_denied_is_a_failed_item_even_as_root(tmp_path, tiny_bundle, monkeypatch):
+    """Root ignores file modes, so the EACCES a normal user gets is raised by a patched open()."""
+    import builtins
+
+    crop(tmp_path / "in" / "a.nii.gz", 0)
+    locked = crop(tmp_path / "in" / "locked.nii.gz", 1)
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if Path(str(file)) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    report = run_batch([tmp_path / "in"], tmp_path / "out", BatchOptions(scale="2", model=str(tiny_bundle), threads=1))
+    by_name = {Path(i.input).name: i for i in report.items}
+    assert by_name["a.nii.gz"].status == "done"
+    assert by_name["locked.nii.gz"].status == "failed" and "Permission denied" in by_name["locked.nii.gz"].message
+    assert listing(tmp_path / "out") == ["a_x2.json", "a_x2.nii.gz"]
+
+
 def test_disk_full_during_a_write_fails_that_file_only(tmp_path, tiny_bundle, monkeypatch):
     sources = [crop(tmp_path / "in" / f"v{n}.nii.gz", n) for n in range(3)]
     options = BatchOptions(scale="2", model=str(tiny_bundle), threads=1, qc=False)

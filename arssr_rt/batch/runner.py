@@ -384,10 +384,10 @@ def run_batch(
                 from .ray_runner import run_on_ray
 
                 run_on_ray(tasks, options, reporter.record, fail_fast=fail_fast, address=ray_address, workers=jobs)
-            elif jobs <= 1:
+            elif min(jobs, len(tasks)) <= 1:
                 _run_here(tasks, options, reporter.record, fail_fast)
             else:
-                _run_in_pool(tasks, options, reporter.record, fail_fast, jobs)
+                _run_in_pool(tasks, options, reporter.record, fail_fast, min(jobs, len(tasks)))
         report.complete = all(r.status != "pending" for r in report.items)
     finally:
         report.finished = _now()
