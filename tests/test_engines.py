@@ -145,7 +145,7 @@ def test_engines_are_built_once_and_the_timing_cache_is_kept(bundle, cache):
     assert json.loads(timing.read_bytes())["builds"] == 2
 
 
-@pytest.mark.parametrize("bad", [{"tile": 0}, {"max_points": 0}, {"precision": "int8"}])
+@pytest.mark.parametrize("bad", [{"tile": 0}, {"max_points": 0}, {"max_points": 255}, {"precision": "int8"}])
 def test_bad_build_settings_are_refused(bad):
     from arssr_rt.errors import InputError
 

@@ -52,8 +52,8 @@ class BuildSettings:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision must be fp16 or fp32, got {self.precision!r}")
-        if self.max_points < 1:
-            raise InputError(f"--max-points must be >= 1, got {self.max_points}")
+        if self.max_points < 256:  # decode chunks start at multiples of 256 points (256-byte aligned)
+            raise InputError(f"--max-points must be >= 256, got {self.max_points}")
         if self.tile < 1:
             raise InputError(f"--tile must be >= 1, got {self.tile}")
 
