@@ -10,13 +10,8 @@ worker; a worker that dies (OOM killer) is replaced and its file retried once.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 import time
-import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,10 +19,8 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..errors import ArssrError, InputError
 from .discovery import BatchItem, discover, select_shard
+from .report import BatchReport, ItemResult, Reporter, now_utc
 from .sidecar import input_sha256, model_sha256, output_size, read_sidecar, sidecar_path, stale_reason, write_sidecar
-
-REPORT_SCHEMA = 1
-REPORT_INTERVAL_S = 2.0  # rewrite the report at most this often while running (and at the end)
 
 
 @dataclass(frozen=True)
@@ -57,23 +50,6 @@ class BatchOptions:
             "scale": scale, "voxel_size": self.voxel_size, "shape": self.shape, "precision": self.precision,
             "normalization": self.normalization, "dtype": self.dtype, "output_format": self.output_format, "qc": self.qc,
         }
-
-
-@dataclass
-class ItemResult:
-    """One input's line in the report."""
-
-    input: str
-    status: str  # done | skipped | failed | pending
-    output: str | None = None
-    message: str | None = None
-    in_shape: list[int] | None = None
-    out_shape: list[int] | None = None
-    in_spacing: list[float] | None = None
-    out_spacing: list[float] | None = None
-    backend: str | None = None
-    seconds: float | None = None
-    qc: str | None = None
 
 
 @dataclass
@@ -208,87 +184,8 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-# ------------------------------------------------------------------ worker processes
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(options: BatchOptions) -> None:
-    """Pool initializer: load the model once; remember a failure to report it per task."""
-    try:
-        _WORKER["upsampler"] = make_upsampler(options)
-    except ArssrError as exc:
-        _WORKER["error"] = exc
-    _WORKER["options"] = options
-
-
-def _run_in_worker(task: Task) -> ItemResult:
-    if "error" in _WORKER:
-        raise _WORKER["error"]
-    return process_item(task, _WORKER["options"], _WORKER["upsampler"])
-
-
 # ------------------------------------------------------------------ the batch
 
-
-@dataclass
-class BatchReport:
-    """The JSON report: every input with its status, plus what ran and how it ended."""
-
-    options: dict[str, Any]
-    model: dict[str, str]
-    shard: str | None
-    items: list[ItemResult]
-    started: str = field(default_factory=lambda: _now())
-    finished: str | None = None
-    complete: bool = False
-
-    def counts(self) -> dict[str, int]:
-        out = {"done": 0, "skipped": 0, "failed": 0, "pending": 0}
-        for item in self.items:
-            out[item.status] = out.get(item.status, 0) + 1
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": REPORT_SCHEMA, "tool": f"arssr-rt {__version__}", "started": self.started, "finished": self.finished,
-            "complete": self.complete, "shard": self.shard, "model": self.model, "options": self.options,
-            "counts": self.counts(), "items": [asdict(i) for i in self.items],
-        }
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_report(path: Path, report: BatchReport) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-class _Reporter:
-    """Keeps the report file current (throttled) and forwards results to the caller."""
-
-    def __init__(self, report: BatchReport, path: Path | None, on_result: Callable[[ItemResult], None] | None):
-        self.report, self.path, self.on_result = report, path, on_result
-        self.index = {r.input: i for i, r in enumerate(report.items)}
-        self.last_write = 0.0
-
-    def record(self, result: ItemResult) -> None:
-        self.report.items[self.index[result.input]] = result
-        if self.on_result:
-            self.on_result(result)
-        self.flush(force=False)
-
-    def flush(self, force: bool = True) -> None:
-        if self.path is None:
-            return
-        now = time.monotonic()
-        if force or now - self.last_write >= REPORT_INTERVAL_S:
-            write_report(self.path, self.report)
-            self.last_write = now
 
 
 def plan_tasks(items: Sequence[BatchItem], out_dir: Path, options: BatchOptions, model_digest: str) -> tuple[list[Task], list[ItemResult]]:
@@ -371,7 +268,7 @@ def run_batch(
         options={k: v for k, v in asdict(options).items()}, model={"name": bundle.name, "path": str(bundle.path), "sha256": model_digest},
         shard=f"{shard[0]}/{shard[1]}" if shard else None, items=[by_input[str(i.input)] for i in items],
     )
-    reporter = _Reporter(report, Path(report_path) if report_path else None, on_result)
+    reporter = Reporter(report, Path(report_path) if report_path else None, on_result)
     if on_plan:
         on_plan(report)
     for result in known:
@@ -387,10 +284,12 @@ def run_batch(
             elif min(jobs, len(tasks)) <= 1:
                 _run_here(tasks, options, reporter.record, fail_fast)
             else:
-                _run_in_pool(tasks, options, reporter.record, fail_fast, min(jobs, len(tasks)))
+                from .pool import run_in_pool
+
+                run_in_pool(tasks, options, reporter.record, fail_fast, min(jobs, len(tasks)))
         report.complete = all(r.status != "pending" for r in report.items)
     finally:
-        report.finished = _now()
+        report.finished = now_utc()
         reporter.flush()
     return report
 
@@ -406,54 +305,3 @@ def _run_here(tasks: Sequence[Task], options: BatchOptions, record: Callable[[It
             record(result)
             if _stop_after(result, fail_fast):
                 return
-
-
-def _run_in_pool(tasks: Sequence[Task], options: BatchOptions, record: Callable[[ItemResult], None], fail_fast: bool, jobs: int) -> None:
-    """At most 2 x jobs tasks in flight; a dead worker's task is retried once in a fresh pool."""
-    import multiprocessing
-
-    queue = list(tasks)
-    attempts: dict[str, int] = {}
-    context = multiprocessing.get_context("spawn")  # no forked copies of threads or sessions
-    while queue:
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(options,))
-        in_flight: dict[Future, Task] = {}
-        broken = False
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < 2 * jobs and not broken:
-                    task = queue.pop(0)
-                    in_flight[pool.submit(_run_in_worker, task)] = task
-                if not in_flight:
-                    break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    task = in_flight.pop(future)
-                    try:
-                        result = future.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        key = str(task.item.input)
-                        attempts[key] = attempts.get(key, 0) + 1
-                        if attempts[key] >= 2:
-                            record(ItemResult(input=key, status="failed", output=str(task.output),
-                                              message="worker process died twice on this input (out of memory or killed)"))
-                        else:
-                            queue.insert(0, task)
-                        continue
-                    record(result)
-                    if _stop_after(result, fail_fast):
-                        # let files already running finish and be reported; start nothing new
-                        for f in in_flight:
-                            f.cancel()
-                        for f, t in in_flight.items():
-                            if not f.cancelled():
-                                try:
-                                    record(f.result())
-                                except (BrokenProcessPool, ArssrError):
-                                    pass
-                        return
-                if broken and not in_flight:
-                    break
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
