@@ -448,3 +448,16 @@ def test_ray_local_instance(tmp_path, tiny_bundle):
     assert [i.status for i in report.items] == ["done", "done", "failed"]
     assert_complete_output(tmp_path / "out" / "a_x2.nii.gz", (32, 32, 32))
     assert read_report(tmp_path / "r.json")["complete"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_backend_that_cannot_open_stops_the_batch_with_one_line(tmp_path, tiny_bundle, capsys, jobs):
+    crop(tmp_path / "in" / "a.nii.gz", 0)
+    crop(tmp_path / "in" / "b.nii.gz", 1)
+    code = main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--scale", "2", "--model", str(tiny_bundle),
+                 "--backend", "no-such-backend", "--jobs", jobs, "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("arssr-rt: error: unknown backend 'no-such-backend'")
+    report = read_report(tmp_path / "out" / "batch_report.json")
+    assert report["counts"]["pending"] == 2 and not report["complete"]
+    assert listing(tmp_path / "out") == ["batch_report.json"]
