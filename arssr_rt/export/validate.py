@@ -3,7 +3,8 @@
 Polygraphy's habit: run two backends on the same inputs and compare. Each graph is compared
 on its own (encoder features, decoder intensity on torch-sampled features) and end to end
 (ONNX encoder -> trilinear query -> ONNX decoder vs ``model(lr, coords)``), on random and on
-real [0, 1] volumes. fp32 must agree to ``FP32_TOLERANCE``; fp16 differences are recorded.
+real [0, 1] volumes. fp32 outputs must agree to ``FP32_TOLERANCE`` (features to the same
+tolerance relative to their largest magnitude); fp16 differences are recorded.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def compare_precision(model: "ArSSR", encoder_path: Path, decoder_path: Path, in
     io_dtype = np.float16 if half else np.float32
     enc, dec = _session(encoder_path), _session(decoder_path)
     gen = torch.Generator().manual_seed(1)
-    result = {"encoder_max_abs": 0.0, "decoder_max_abs": 0.0, "forward_max_abs": 0.0, "inputs": sorted(inputs)}
+    result = {"encoder_max_abs": 0.0, "decoder_max_abs": 0.0, "forward_max_abs": 0.0, "features_max_abs_value": 0.0, "inputs": sorted(inputs)}
     # the decoder ends in a ReLU: if torch outputs only zeros the comparison says little, so record it
     positive, total = 0, 0
     model.eval()
@@ -80,6 +81,7 @@ def compare_precision(model: "ArSSR", encoder_path: Path, decoder_path: Path, in
             feats_ref = model.encoder(lr_t)
             feats_onnx = enc.run([contract.ENCODER_OUTPUT], {contract.ENCODER_INPUT: lr_t.numpy().astype(io_dtype)})[0]
             result["encoder_max_abs"] = max(result["encoder_max_abs"], _max_abs(feats_onnx, feats_ref.numpy()))
+            result["features_max_abs_value"] = max(result["features_max_abs_value"], float(feats_ref.abs().max()))
 
             sampled_ref = model.query(feats_ref, coords)[0]
             out_ref = model.decode(sampled_ref[None], coords)[0]
@@ -110,10 +112,17 @@ def validate_exports(model: "ArSSR", out_dir: Path, real_input: np.ndarray | Non
     """
     inputs = validation_inputs(real_input)
     fp32 = compare_precision(model, out_dir / contract.ENCODER_FP32, out_dir / contract.DECODER_FP32, inputs, half=False)
-    for key in ("encoder_max_abs", "decoder_max_abs", "forward_max_abs"):
-        if not fp32[key] <= FP32_TOLERANCE:
+    # outputs are in [0, 1]-space: absolute tolerance; features have a model-dependent scale
+    # (unnormalised residual stacks reach tens), so the encoder's is relative to it
+    limits = {
+        "encoder_max_abs": FP32_TOLERANCE * max(1.0, fp32["features_max_abs_value"]),
+        "decoder_max_abs": FP32_TOLERANCE,
+        "forward_max_abs": FP32_TOLERANCE,
+    }
+    for key, limit in limits.items():
+        if not fp32[key] <= limit:
             graph = contract.ENCODER_FP32 if key.startswith("encoder") else contract.DECODER_FP32
-            raise ModelError(f"{out_dir / graph} disagrees with torch: {key.replace('_', ' ')} {fp32[key]:.3g} > {FP32_TOLERANCE:g}")
+            raise ModelError(f"{out_dir / graph} disagrees with torch: {key.replace('_', ' ')} {fp32[key]:.3g} > {limit:.3g}")
     fp16 = compare_precision(model, out_dir / contract.ENCODER_FP16, out_dir / contract.DECODER_FP16, inputs, half=True)
     for key in ("encoder_max_abs", "decoder_max_abs", "forward_max_abs"):
         if not np.isfinite(fp16[key]):
