@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,31 +21,77 @@ from .bundle import ModelBundle, resolve_model
 from .errors import InputError, OutputError
 from .geometry import OutputGrid, Triplet, describe_scale, parse_triplet, plan_output_grid
 from .intensity import Normalizer
+from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages
 from .sampling import box_coords, sample_box
-from .tiling import Tile, auto_tile, output_chunks, plan_tiles
+from .tiling import Tile, output_chunks, plan_tiles
 from .volume import Volume
 
 DEFAULT_CHUNK = 1 << 17  # decoder points per call: ~70 MB of decoder input at F=128
-DEFAULT_MAX_MEMORY = 2 * 1024**3  # bytes the encoder tile may use (activations)
+DEFAULT_MAX_MEMORY = 2 * 1024**3  # peak bytes the whole run may use (see memory.py)
 DEFAULT_MAX_OUTPUT_VOXELS = 1024**3  # refuse outputs larger than this (4 GiB as float32)
 
 ProgressFn = Callable[[int], None]
 
 
 def encoder_bytes_per_voxel(spec: dict[str, Any]) -> float:
-    """Rough peak activation bytes per encoder voxel (float32), from the architecture spec.
+    """Peak bytes per encoder voxel (float32, features returned included), from the spec.
 
-    Used only to choose a tile size; dense blocks (RDN) keep all block outputs alive.
+    Used only to choose a tile size. Fitted to the hungriest CPU runtime measured (OpenVINO:
+    RDN 12.3 kB, ResCNN 2.3 kB, the default model 0.6 kB per voxel; onnxruntime needs about
+    half): dense blocks (RDN) keep every block output, their concatenation and each dense
+    layer's growing input alive.
     """
     args = spec.get("encoder_args", {})
     width = int(args.get("width", 64))
     feat = int(spec.get("feature_dim", 128))
     if spec.get("encoder") == "rdn":
         blocks, layers, growth = int(args.get("blocks", 8)), int(args.get("layers", 3)), int(args.get("growth", 64))
-        channels = width * (blocks + 2) + growth * layers + feat
+        dense_inputs = sum(width + growth * i for i in range(layers + 1))
+        channels = 2 * width * blocks + dense_inputs + 2 * feat + 2 * width
     else:
-        channels = 3 * width + feat
+        channels = 4 * width + feat
     return 4.0 * channels * 1.5  # 1.5: runtime workspace and copies
+
+
+def _model_bytes(bundle: ModelBundle) -> int:
+    """Size of the fp32 graphs a CPU runtime holds (weights, plus its own repacked copy)."""
+    from .export import contract
+
+    total = 0
+    for name in (contract.ENCODER_FP32, contract.DECODER_FP32):
+        if bundle.has(name) and bundle.file(name).is_file():
+            total += bundle.file(name).stat().st_size
+    return total
+
+
+def _slabs(n: int, rows: int) -> Iterator[tuple[int, int]]:
+    for a in range(0, n, rows):
+        yield a, min(n, a + rows)
+
+
+def _slab_rows(shape: Sequence[int], slab_bytes: int = 64 * 1024**2) -> int:
+    return max(1, slab_bytes // max(1, 4 * int(np.prod(shape[1:]))))
+
+
+def restore_in_place(norm: Normalizer, out: np.ndarray) -> np.ndarray:
+    """``norm.restore`` slab by slab into ``out`` itself: no second full-size array."""
+    for a, b in _slabs(out.shape[0], _slab_rows(out.shape)):
+        out[a:b] = norm.restore(out[a:b])
+        release_pages(out)
+    return out
+
+
+def transposed(out: np.ndarray) -> np.ndarray:
+    """(i, j, k) -> (k, j, i) as a C-contiguous array; file-backed in, file-backed out."""
+    if not is_file_backed(out):
+        return np.ascontiguousarray(out.transpose(2, 1, 0))
+    shape = out.shape[::-1]
+    dst = output_buffer(shape, in_memory=False)
+    for a, b in _slabs(shape[0], _slab_rows(shape)):
+        dst[a:b] = out[:, :, a:b].transpose(2, 1, 0)
+        release_pages(dst)
+        release_pages(out)
+    return dst
 
 
 class Upsampler:
@@ -79,10 +125,17 @@ class Upsampler:
     def close(self) -> None:
         self.backend.close()
 
-    def tile_for(self, shape: Sequence[int]) -> int:
-        if self.tile is not None:
-            return self.tile
-        return auto_tile(shape, self.bundle.receptive_radius, encoder_bytes_per_voxel(self.bundle.spec), self.max_memory)
+    def memory_plan(self, shape: Sequence[int], out_shape: Sequence[int] | None = None) -> MemoryPlan:
+        """Tile size and output placement that keep the run inside ``max_memory``."""
+        plan = plan_memory(
+            shape, out_shape if out_shape is not None else shape, max_memory=self.max_memory,
+            encoder_bytes_per_voxel=encoder_bytes_per_voxel(self.bundle.spec), receptive_radius=self.bundle.receptive_radius,
+            feature_dim=self.bundle.feature_dim, chunk=self.chunk, model_bytes=_model_bytes(self.bundle),
+        )
+        return plan if self.tile is None else MemoryPlan(self.tile, plan.output_in_memory, plan.encoder_budget)
+
+    def tile_for(self, shape: Sequence[int], out_shape: Sequence[int] | None = None) -> int:
+        return self.memory_plan(shape, out_shape).tile
 
     def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
         """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
@@ -94,16 +147,19 @@ class Upsampler:
             lr = np.ascontiguousarray(lr.transpose(2, 1, 0))
             out_shape = out_shape[::-1]
         out = self.infer(lr, out_shape, progress)
+        del lr
         if zyx:
-            out = np.ascontiguousarray(out.transpose(2, 1, 0))
-        return norm.restore(out)
+            out = transposed(out)
+        return restore_in_place(norm, out)
 
     def infer(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
         """Normalised LR (D,H,W) -> normalised output of ``out_shape``, tile by tile."""
-        out = np.empty(tuple(out_shape), dtype=np.float32)
-        tiles = plan_tiles(lr.shape, out_shape, self.tile_for(lr.shape), self.bundle.receptive_radius)
+        plan = self.memory_plan(lr.shape, out_shape)
+        out = output_buffer(out_shape, in_memory=plan.output_in_memory)
+        tiles = plan_tiles(lr.shape, out_shape, plan.tile, self.bundle.receptive_radius)
         for tile in tiles:
             self._run_tile(lr, out, tile, progress)
+            release_pages(out)
         return out
 
     def _run_tile(self, lr: np.ndarray, out: np.ndarray, tile: Tile, progress: ProgressFn | None) -> None:

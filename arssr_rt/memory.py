@@ -1,0 +1,101 @@
+"""Keep a whole upsampling run inside a memory budget (``--max-memory``).
+
+The budget is for the process, not one buffer: a fixed share for the interpreter, the runtime
+libraries and the compiled model, the input, one decoder chunk, the output array when it is
+small enough, and whatever is left for an encoder tile (which sets the tile size). An output
+that would take more than a quarter of the budget lives in a temporary file mapped into
+memory; its pages are handed back to the kernel after every tile (they stay in the page
+cache, not in this process), so peak RSS does not grow with the output.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .tiling import auto_tile
+
+# interpreter + numpy + nibabel + onnxruntime/OpenVINO libraries, measured 100-160 MB, with margin
+RUNTIME_BASE_BYTES = 320 * 1024**2
+OUTPUT_IN_MEMORY_FRACTION = 0.25  # larger outputs go to a mapped temporary file
+SAMPLER_COPIES = 3  # sample_box holds the blended chunk plus two temporaries
+ENV_TMPDIR = "ARSSR_RT_TMPDIR"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a run fits the budget: the encoder tile core and where the output lives."""
+
+    tile: int
+    output_in_memory: bool
+    encoder_budget: int
+
+
+def plan_memory(
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    *,
+    max_memory: int,
+    encoder_bytes_per_voxel: float,
+    receptive_radius: int,
+    feature_dim: int,
+    chunk: int,
+    model_bytes: int,
+) -> MemoryPlan:
+    """Split ``max_memory`` between fixed costs, the output and the encoder tile."""
+    out_bytes = 4 * int(np.prod(out_shape))
+    in_bytes = 4 * int(np.prod(in_shape))
+    in_memory = out_bytes <= OUTPUT_IN_MEMORY_FRACTION * max_memory
+    decode_bytes = chunk * (SAMPLER_COPIES * feature_dim + 8) * 4
+    fixed = RUNTIME_BASE_BYTES + 2 * model_bytes + 3 * in_bytes + decode_bytes + (out_bytes if in_memory else 0)
+    encoder_budget = max(0, int(max_memory) - fixed)
+    # the kept feature block (channel-last copy) lives next to the encoder's own output
+    per_voxel = encoder_bytes_per_voxel + 4 * feature_dim
+    tile = auto_tile(in_shape, receptive_radius, per_voxel, max(encoder_budget, 1))
+    return MemoryPlan(tile=tile, output_in_memory=in_memory, encoder_budget=encoder_budget)
+
+
+def output_buffer(shape: Sequence[int], in_memory: bool) -> np.ndarray:
+    """A float32 array of ``shape``: in memory, or backed by an unlinked temporary file.
+
+    The file is removed from the directory at once, so nothing is left behind even if the
+    process dies; its space is freed when the last array referring to the mapping is gone.
+    """
+    shape = tuple(int(n) for n in shape)
+    if in_memory:
+        return np.empty(shape, dtype=np.float32)
+    nbytes = 4 * int(np.prod(shape))
+    directory = os.environ.get(ENV_TMPDIR) or tempfile.gettempdir()
+    fd, name = tempfile.mkstemp(prefix="arssr-rt-out-", suffix=".f32", dir=directory)
+    try:
+        os.unlink(name)
+        os.ftruncate(fd, max(nbytes, 1))
+        mapping = mmap.mmap(fd, max(nbytes, 1), flags=mmap.MAP_SHARED, access=mmap.ACCESS_WRITE)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mapping, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
+
+
+def _mapping_of(arr: np.ndarray) -> mmap.mmap | None:
+    base = arr
+    while base is not None:
+        if isinstance(base, mmap.mmap):
+            return base
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj  # type: ignore[assignment]
+    return None
+
+
+def is_file_backed(arr: np.ndarray) -> bool:
+    return _mapping_of(arr) is not None
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Drop a file-backed array's pages from this process (data stays in the file/page cache)."""
+    mapping = _mapping_of(arr)
+    if mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED)
