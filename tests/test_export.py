@@ -272,3 +272,43 @@ def test_cpp_snippet_compiles_against_onnxruntime_headers() -> None:
     run = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", f"-I{include}", str(source)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+ORT_LIB_CANDIDATES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/lib", "/usr/lib")
+
+
+def _ort_lib_dir() -> Path | None:
+    import os
+
+    for d in filter(None, (os.environ.get("ORT_LIB_DIR"), *ORT_LIB_CANDIDATES)):
+        if (Path(d) / "libonnxruntime.so").exists():
+            return Path(d)
+    return None
+
+
+def test_cpp_snippet_runs_and_matches_the_python_runtime(exported, tmp_path: Path) -> None:
+    """Built and run against a bundle, the C++ example reproduces the onnxruntime pipeline."""
+    import shutil as sh
+    import subprocess
+
+    pipeline = pytest.importorskip("arssr_rt.pipeline")
+    compiler, include, lib = sh.which("g++"), _ort_include_dir(), _ort_lib_dir()
+    if compiler is None or include is None or lib is None:
+        pytest.skip("needs g++, the onnxruntime C++ headers and libonnxruntime.so (ORT_INCLUDE_DIR / ORT_LIB_DIR)")
+    _, out = exported
+    source = Path(__file__).resolve().parents[1] / "docs" / "examples" / "ort_contract.cpp"
+    exe = tmp_path / "ort_contract"
+    build = subprocess.run([compiler, "-std=c++17", "-O1", f"-I{include}", str(source), f"-L{lib}", "-lonnxruntime",
+                            f"-Wl,-rpath,{lib}", "-o", str(exe)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    in_shape, scale = (12, 10, 9), 1.5
+    raw = tmp_path / "out.raw"
+    ran = subprocess.run([str(exe), str(out), *map(str, in_shape), str(scale), str(raw)], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    out_shape = tuple(int(round(n * scale)) for n in in_shape)
+    cpp = np.fromfile(raw, dtype=np.float32).reshape(out_shape)
+    lr = (np.arange(np.prod(in_shape)) % 97 / 96.0).astype(np.float32).reshape(in_shape)
+    with pipeline.Upsampler(load_bundle(out), backend="onnxruntime") as up:
+        expected = up.infer(lr, out_shape)
+    assert (expected > 0).mean() > 0.3
+    assert np.abs(cpp - expected).max() <= 1e-4

@@ -3,7 +3,9 @@
 // Build (Debian 13: apt-get install libonnxruntime-dev; or the release tarball's include/ and lib/):
 //   g++ -std=c++17 -O2 ort_contract.cpp -I/usr/include/onnxruntime -lonnxruntime -o ort_contract
 // Use:
-//   ./ort_contract BUNDLE_DIR D H W SCALE    (runs a synthetic [0,1] volume, prints a checksum)
+//   ./ort_contract BUNDLE_DIR D H W SCALE [OUT.raw]
+// runs a synthetic [0,1] volume (voxel i = (i % 97) / 96 in C order), prints the output mean and
+// optionally writes the output as raw float32 (C order) for comparison with the Python runtime.
 //
 // The input must already be normalised to [0, 1] (min-max) and in the bundle's axis order
 // (model.json "axis_order": xyz = NIfTI (i,j,k) arrays, zyx = the reverse); the output is in
@@ -62,8 +64,8 @@ void sample_features(const float* feat, int64_t channels, const std::array<int64
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 6) {
-    std::fprintf(stderr, "usage: %s BUNDLE_DIR D H W SCALE\n", argv[0]);
+  if (argc != 6 && argc != 7) {
+    std::fprintf(stderr, "usage: %s BUNDLE_DIR D H W SCALE [OUT.raw]\n", argv[0]);
     return 2;
   }
   const std::string bundle = argv[1];
@@ -118,6 +120,14 @@ int main(int argc, char** argv) {
     std::copy(intensity, intensity + n, output.begin() + start);
   }
 
+  if (argc == 7) {
+    std::FILE* raw = std::fopen(argv[6], "wb");
+    if (raw == nullptr || std::fwrite(output.data(), sizeof(float), output.size(), raw) != output.size()) {
+      std::fprintf(stderr, "cannot write %s\n", argv[6]);
+      return 1;
+    }
+    std::fclose(raw);
+  }
   double sum = 0.0;
   for (float v : output) sum += v;
   std::printf("output %lld x %lld x %lld, mean %.6f\n", static_cast<long long>(out_dims[0]), static_cast<long long>(out_dims[1]),
