@@ -60,7 +60,9 @@ _register_commands()
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, map ArssrError to a one-line message + exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        if isinstance(rv, int):  # typer.Exit(code) comes back as the return value here
+            return rv
     except ArssrError as exc:
         print(f"arssr-rt: error: {exc}", file=sys.stderr)
         return exc.exit_code
