@@ -21,7 +21,7 @@ from ..errors import ModelError, OutputError
 from ..extras import require
 from . import contract
 from .onnx_export import export_all
-from .validate import validate_exports
+from .validate import validate_exports, validation_inputs
 
 if TYPE_CHECKING:
     from ..training.models import ArSSR
@@ -110,6 +110,8 @@ def write_bundle(
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, force)
     meta = bundle_meta(model, name, axis_order, extra_meta)
+    if validate and real_input is not None:
+        validation_inputs(real_input)  # refuse a bad validation volume before minutes of export
     model.eval()
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
