@@ -44,7 +44,9 @@ def register(app: typer.Typer) -> None:
         Every ONNX file passes the ONNX checker and is compared with torch on random and real
         [0, 1] inputs (fp32 must agree to 1e-4); the differences are stored in model.json.
 
-        Example: arssr-rt export runs/rdn/checkpoint.pt -o bundles/rdn --name rdn-colin
+        \b
+        Example:
+          arssr-rt export runs/rdn/checkpoint.pt -o bundles/rdn --name rdn-colin
         """
         from ..export.checkpoint_import import export_checkpoint
 
@@ -66,7 +68,9 @@ def register(app: typer.Typer) -> None:
         The state dict must match the published layout exactly (strict load); the bundle is
         validated like `export`.
 
-        Example: arssr-rt import-checkpoint ArSSR_RDN.pkl --encoder rdn -o bundles/arssr-rdn
+        \b
+        Example:
+          arssr-rt import-checkpoint ArSSR_RDN.pkl --encoder rdn -o bundles/arssr-rdn
         """
         from ..export.checkpoint_import import import_published
 

@@ -83,7 +83,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print shape, spacing, orientation, header codes, intensity range and the planned output.
 
-        Example: arssr-rt info t1.nii.gz --voxel-size 0.5
+        \b
+        Example:
+          arssr-rt info t1.nii.gz --voxel-size 0.5
         """
         facts = describe_volume(input, scale, voxel_size, shape, dtype)
         if as_json:

@@ -81,7 +81,9 @@ def register(app: typer.Typer) -> None:
         code 2 when any listed bundle fails verification.
         The user models dir is $ARSSR_RT_MODELS or ~/.local/share/arssr-rt/models.
 
-        Example: arssr-rt models --model bundles/rdn
+        \b
+        Example:
+          arssr-rt models --model bundles/rdn
         """
         rows = [describe_bundle(source, path) for source, path in find_bundles(list(model or []))]
         if as_json:
