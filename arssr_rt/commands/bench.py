@@ -1,0 +1,68 @@
+"""``arssr-rt bench``: the CPU benchmark (reference torch pipeline vs exact and fast modes).
+
+The benchmark lives in the source tree (``benchmarks/``, also ``python -m benchmarks``), not in
+the wheel: it needs torch for the reference and builds its own model bundles.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError
+from ..extras import require
+
+HELP = """\
+Time the straightforward torch pipeline (a), arssr-rt exact mode (b) and fast mode (c) on the
+same weights and inputs, each in its own process; print times, speed-ups, points/s, peak RSS
+and PSNR against (a), then the fast mode's quality on the held-out volume.
+
+Needs a source checkout (benchmarks/) and torch. Examples:
+
+  arssr-rt bench
+  arssr-rt bench --cases rdn-48-x2,rdn-32-x4 --threads 2 --json bench.json
+"""
+
+
+def _benchmarks_module():
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "benchmarks" / "cpu.py").is_file():
+        raise InputError("arssr-rt bench needs a source checkout (benchmarks/ next to arssr_rt/); it is not in the wheel")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    import benchmarks.cpu as cpu
+
+    return cpu
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench", help=HELP)
+    def bench_cmd(
+        cases: str = typer.Option("all", "--cases", help="Comma list of case names (default all)."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every mode (default: all cores)."),
+        backend: str = typer.Option("auto", "--backend", help="Backend of the exact mode (b)."),
+        fast_backend: str = typer.Option("auto", "--fast-backend", help="Backend of the fast mode (c)."),
+        fast_precision: str = typer.Option("int8", "--fast-precision", help="Precision of the fast mode (c): int8 or bf16."),
+        max_memory: float = typer.Option(2.0, "--max-memory", help="GiB budget for (b) and (c)."),
+        default_model: Optional[Path] = typer.Option(None, "--default-model", help="Bundle for the default-model cases."),
+        no_quality: bool = typer.Option(False, "--no-quality", help="Skip the fast-mode quality check."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    ) -> None:
+        require("torch")
+        cpu = _benchmarks_module()
+        argv = ["--cases", cases, "--backend", backend, "--fast-backend", fast_backend, "--fast-precision", fast_precision,
+                "--max-memory", str(max_memory)]
+        if threads:
+            argv += ["--threads", str(threads)]
+        if default_model:
+            argv += ["--default-model", str(default_model)]
+        if no_quality:
+            argv.append("--no-quality")
+        if json_out:
+            argv += ["--json", str(json_out)]
+        code = cpu.main(argv)
+        if code:
+            raise typer.Exit(code)

@@ -1,0 +1,39 @@
+"""Reference (a): the published pipeline done the straightforward way in torch.
+
+Whole-volume encoder, ``F.grid_sample`` of every output point at once, the MLP decoder in
+large chunks, fp32, torch's default threading. This is what a user would write from the
+paper's code; arssr-rt's modes are timed and compared against it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from arssr_rt.geometry import normalized_centres
+from arssr_rt.training.models import ArSSR
+
+DECODER_CHUNK = 1 << 18  # points per decoder call ("large chunks")
+
+
+def all_coords(out_shape: Sequence[int]) -> torch.Tensor:
+    """(1, N, 3) network coordinates of every output voxel, C order, array axis order."""
+    axes = [torch.from_numpy(normalized_centres(n)) for n in out_shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, 3)
+
+
+@torch.inference_mode()
+def reference_upsample(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk: int = DECODER_CHUNK) -> np.ndarray:
+    """Normalised LR (D, H, W) -> normalised output of ``out_shape`` (float32)."""
+    model.eval()
+    features = model.encoder(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None])
+    coords = all_coords(out_shape)
+    sampled = model.query(features, coords)  # (1, N, F): every point at once
+    del features
+    out = torch.empty(coords.shape[1])
+    for start in range(0, coords.shape[1], chunk):
+        stop = min(coords.shape[1], start + chunk)
+        out[start:stop] = model.decode(sampled[:, start:stop], coords[:, start:stop])[0, :, 0]
+    return out.reshape(tuple(out_shape)).numpy()

@@ -1,0 +1,171 @@
+"""CPU speed paths: OpenVINO exact mode, int8/bf16 fast modes, the memory budget, the benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from arssr_rt.backends.base import BackendOptions, open_backend  # noqa: E402
+from arssr_rt.bundle import load_bundle, sha256_file  # noqa: E402
+from arssr_rt.errors import BackendError  # noqa: E402
+from arssr_rt.memory import is_file_backed, plan_memory  # noqa: E402
+from arssr_rt.pipeline import Upsampler, encoder_bytes_per_voxel  # noqa: E402
+from arssr_rt.training.models import build_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+# random weights: TEST ONLY (speed paths and bookkeeping do not need a trained model)
+SPEC = {"encoder": "rescnn", "feature_dim": 8, "encoder_args": {"width": 8, "blocks": 2, "convs": 2}, "decoder_width": 16, "decoder_depth": 2}
+OUT_SHAPE = (60, 54, 50)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_model(SPEC).eval()
+    with torch.no_grad():  # random init gives tiny outputs; make them O(1) so ReLUs are active
+        m.decoder.stage_two[-2].bias.fill_(0.3)
+    return m
+
+
+@pytest.fixture(scope="module")
+def bundle(model, tmp_path_factory):
+    from arssr_rt.export.bundle_writer import write_bundle
+
+    return load_bundle(write_bundle(model, tmp_path_factory.mktemp("b") / "tiny", name="tiny-random-TEST"))
+
+
+@pytest.fixture(scope="module")
+def lr() -> np.ndarray:
+    data = np.asarray(nib.load(FIXTURE).get_fdata(dtype=np.float32))[10:40, 12:39, 8:33]
+    return (data - data.min()) / (data.max() - data.min())
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("ARSSR_RT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def exact(bundle, lr) -> np.ndarray:
+    with Upsampler(bundle, backend="torch") as up:
+        return up.infer(lr, OUT_SHAPE)
+
+
+def psnr(ref: np.ndarray, test: np.ndarray) -> float:
+    mse = float(np.mean((ref.astype(np.float64) - test) ** 2))
+    return 10 * np.log10(float(ref.max() - ref.min()) ** 2 / mse)
+
+
+def test_openvino_exact_mode_equals_torch(bundle, lr, exact):
+    pytest.importorskip("openvino")
+    with Upsampler(bundle, backend="openvino", options=BackendOptions(threads=1)) as up:
+        assert up.backend.name == "openvino"
+        ours = up.infer(lr, OUT_SHAPE)
+    assert exact.std() > 1e-3
+    np.testing.assert_allclose(ours, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,precision", [("openvino", "int8"), ("openvino", "bf16"), ("onnxruntime", "int8")])
+def test_fast_modes_stay_close_to_exact(bundle, lr, exact, cache, backend, precision):
+    pytest.importorskip(backend)
+    pytest.importorskip("onnx")
+    with Upsampler(bundle, backend=backend, options=BackendOptions(threads=1, precision=precision)) as up:
+        fast = up.infer(lr, OUT_SHAPE)
+    assert not np.array_equal(fast, exact)  # really a different arithmetic
+    assert psnr(exact, fast) > 30.0
+
+
+def test_int8_copies_go_to_the_cache_keyed_by_sha_and_leave_the_bundle_alone(bundle, cache):
+    pytest.importorskip("onnx")
+    before = {p.name: sha256_file(p) for p in bundle.path.iterdir()}
+    open_backend("onnxruntime", bundle, BackendOptions(threads=1, precision="int8")).close()
+    built = sorted((cache / "quantized").glob("*.onnx"))
+    assert sorted(p.name.split("-", 1)[1] for p in built) == ["decoder-dynamic-v1.onnx", "encoder-static-v1.onnx"]
+    assert {p.name.split("-")[0] for p in built} == {bundle.meta["files"]["encoder.onnx"][:32], bundle.meta["files"]["decoder.onnx"][:32]}
+    stamps = {p: p.stat().st_mtime_ns for p in built}
+    open_backend("onnxruntime", bundle, BackendOptions(threads=1, precision="int8")).close()
+    assert {p: p.stat().st_mtime_ns for p in built} == stamps  # reused, not rebuilt
+    assert {p.name: sha256_file(p) for p in bundle.path.iterdir()} == before
+    load_bundle(bundle.path)  # still verifies
+
+
+def test_unsupported_precisions_are_refused(bundle):
+    with pytest.raises(BackendError, match="precision"):
+        open_backend("onnxruntime", bundle, BackendOptions(precision="int4"))
+    pytest.importorskip("openvino")
+    with pytest.raises(BackendError, match="precision"):
+        open_backend("openvino", bundle, BackendOptions(precision="fp16"))
+
+
+def test_small_budget_tiles_and_maps_the_output_without_changing_it(bundle, lr, exact, tmp_path, monkeypatch):
+    import arssr_rt.memory as memory
+
+    monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
+    monkeypatch.setattr(memory, "OUTPUT_IN_MEMORY_FRACTION", 0.0)  # as if the output were huge
+    with Upsampler(bundle, backend="onnxruntime", options=BackendOptions(threads=1)) as up:
+        roomy = up.memory_plan(lr.shape, OUT_SHAPE)
+    fixed = up.max_memory - roomy.encoder_budget
+    with Upsampler(bundle, backend="onnxruntime", max_memory=fixed + (1 << 20), options=BackendOptions(threads=1)) as up:
+        plan = up.memory_plan(lr.shape, OUT_SHAPE)
+        assert not plan.output_in_memory and plan.tile < max(lr.shape)
+        out = up.infer(lr, OUT_SHAPE)
+    assert is_file_backed(out)
+    assert list(tmp_path.iterdir()) == []  # the backing file is unlinked at once
+    np.testing.assert_allclose(out, exact, atol=1e-5)
+
+
+def test_file_backed_restore_and_transpose_match_in_memory(tmp_path, monkeypatch):
+    from arssr_rt.intensity import Normalizer
+    from arssr_rt.memory import output_buffer
+    from arssr_rt.pipeline import restore_in_place, transposed
+
+    monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
+    values = np.random.default_rng(0).uniform(size=(7, 9, 11)).astype(np.float32)
+    mapped = output_buffer(values.shape, in_memory=False)
+    mapped[:] = values
+    norm = Normalizer().fit(np.array([10.0, 250.0], dtype=np.float32))
+    out = restore_in_place(norm, transposed(mapped))
+    assert is_file_backed(out) and out.flags.c_contiguous
+    np.testing.assert_allclose(out, norm.restore(values).transpose(2, 1, 0), rtol=1e-6)
+
+
+def test_budget_sets_tile_size():
+    spec = {"encoder": "rdn", "feature_dim": 128, "encoder_args": {}}
+    kw = dict(encoder_bytes_per_voxel=encoder_bytes_per_voxel(spec), receptive_radius=28, feature_dim=128, chunk=1 << 17, model_bytes=25 << 20)
+    small = plan_memory((200, 200, 200), (600, 600, 600), max_memory=2 << 30, **kw)
+    large = plan_memory((200, 200, 200), (600, 600, 600), max_memory=16 << 30, **kw)
+    whole = plan_memory((40, 40, 40), (80, 80, 80), max_memory=2 << 30, **kw)
+    assert small.tile < large.tile < 200 and whole.tile == 40
+    assert not small.output_in_memory and large.output_in_memory  # 864 MB output vs 1/4 of the budget
+
+
+def test_benchmark_reference_is_the_whole_volume_pipeline(model, bundle, lr, exact):
+    sys.path.insert(0, str(REPO))
+    from benchmarks.reference import reference_upsample
+
+    ref = reference_upsample(model, lr, OUT_SHAPE, chunk=10_000)
+    np.testing.assert_allclose(ref, exact, atol=1e-5)
+
+
+def test_benchmark_measures_each_mode_in_its_own_process(bundle, lr, tmp_path):
+    np.save(tmp_path / "lr.npy", lr)
+    job = {"mode": "arssr", "backend": "onnxruntime", "precision": "fp32", "bundle": str(bundle.path), "lr": str(tmp_path / "lr.npy"),
+           "out_shape": list(OUT_SHAPE), "threads": 1, "out": str(tmp_path / "out.npy"), "tag": "t"}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", str(tmp_path / "job.json")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["backend"] == "onnxruntime fp32" and res["run_s"] > 0
+    assert 20e6 < res["peak_rss"] < 2e9
+    assert np.load(tmp_path / "out.npy").shape == OUT_SHAPE
