@@ -26,7 +26,9 @@ from .sampling import box_coords, sample_box
 from .tiling import Tile, output_chunks, plan_tiles
 from .volume import Volume
 
-DEFAULT_CHUNK = 1 << 17  # decoder points per call: ~70 MB of decoder input at F=128
+# output points sampled per step: 8 MB of decoder input at F=128 stays in cache between the
+# trilinear blends and the decoder (1 << 17 points spent 4x longer sampling, measured)
+DEFAULT_CHUNK = 1 << 14
 DEFAULT_MAX_MEMORY = 2 * 1024**3  # peak bytes the whole run may use (see memory.py)
 DEFAULT_MAX_OUTPUT_VOXELS = 1024**3  # refuse outputs larger than this (4 GiB as float32)
 
