@@ -18,6 +18,7 @@ Arbitrary-scale super-resolution of 3-D MR volumes (ArSSR), torch-free at run ti
 
 Examples:
 
+\b
   arssr-rt upsample t1.nii.gz --scale 2.5            # -> t1_x2.5.nii.gz
   arssr-rt upsample t1.nii.gz --scale 1,1,3 -o t1_sr.nii.gz
   arssr-rt upsample t1.nii.gz --voxel-size 0.5 --backend onnxruntime

@@ -23,6 +23,7 @@ lists every input with its status, output, shapes, spacing, backend, time and er
 
 Examples:
 
+\b
   arssr-rt batch scans/ -o sr/ --scale 2 --jobs 2 --qc
   arssr-rt batch list.csv -o sr/ --voxel-size 0.7 --report sr/report.json
   arssr-rt batch dicom_study/ -o sr/ --scale 1,1,3 --output-format dicom

@@ -21,6 +21,7 @@ steps. Checkpoints (model + optimiser + RNG state) are written atomically every
 
 Examples:
 
+\b
   arssr-rt train --data volumes/ --out runs/rdn --encoder rdn
   arssr-rt train --data train.csv --out runs/aniso --anisotropic --scales 1.5:4 --degradations cubic=0.7,kspace=0.1,slice=0.2
   arssr-rt train --out runs/rdn --resume

@@ -22,6 +22,7 @@ fractions). Nothing is overwritten without --force; the write is atomic.
 
 Examples:
 
+\b
   arssr-rt upsample t1.nii.gz --scale 2                 # -> t1_x2.nii.gz next to the input
   arssr-rt upsample thick.nii.gz --scale 1,1,3 -o iso.nii.gz
   arssr-rt upsample t1.nii.gz --voxel-size 0.5 --dtype float32 --force
