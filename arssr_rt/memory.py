@@ -14,7 +14,7 @@ import mmap
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -61,15 +61,19 @@ def plan_memory(
 
 
 def output_buffer(shape: Sequence[int], in_memory: bool) -> np.ndarray:
-    """A float32 array of ``shape``: in memory, or backed by an unlinked temporary file.
+    """A float32 array of ``shape``: in memory, or backed by an unlinked temporary file."""
+    return np.empty(tuple(int(n) for n in shape), dtype=np.float32) if in_memory else output_buffer_of(shape, np.float32)
+
+
+def output_buffer_of(shape: Sequence[int], dtype: np.dtype | type) -> np.ndarray:
+    """An array of ``shape`` and ``dtype`` backed by an unlinked temporary file.
 
     The file is removed from the directory at once, so nothing is left behind even if the
     process dies; its space is freed when the last array referring to the mapping is gone.
     """
     shape = tuple(int(n) for n in shape)
-    if in_memory:
-        return np.empty(shape, dtype=np.float32)
-    nbytes = 4 * int(np.prod(shape))
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize * int(np.prod(shape))
     directory = os.environ.get(ENV_TMPDIR) or tempfile.gettempdir()
     fd, name = tempfile.mkstemp(prefix="arssr-rt-out-", suffix=".f32", dir=directory)
     try:
@@ -78,7 +82,7 @@ def output_buffer(shape: Sequence[int], in_memory: bool) -> np.ndarray:
         mapping = mmap.mmap(fd, max(nbytes, 1), flags=mmap.MAP_SHARED, access=mmap.ACCESS_WRITE)
     finally:
         os.close(fd)
-    return np.frombuffer(mapping, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
+    return np.frombuffer(mapping, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
 
 def _mapping_of(arr: np.ndarray) -> mmap.mmap | None:
@@ -99,3 +103,50 @@ def release_pages(arr: np.ndarray) -> None:
     mapping = _mapping_of(arr)
     if mapping is not None and hasattr(mapping, "madvise"):
         mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def slab_rows(shape: Sequence[int], slab_bytes: int = 64 * 1024**2) -> int:
+    """Rows along axis 0 per slab so a float32 slab takes about ``slab_bytes``."""
+    return max(1, slab_bytes // max(1, 4 * int(np.prod(shape[1:]))))
+
+
+def slabs(arr_shape: Sequence[int]) -> Iterator[slice]:
+    """Slices along axis 0 covering an array of ``arr_shape`` in ~64 MB slabs."""
+    rows = slab_rows(arr_shape)
+    for a in range(0, int(arr_shape[0]), rows):
+        yield slice(a, a + rows)
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """``np.all(np.isfinite(arr))`` one slab at a time (no full-size boolean array)."""
+    try:
+        return all(bool(np.all(np.isfinite(arr[s]))) for s in slabs(arr.shape))
+    finally:
+        release_pages(arr)
+
+
+def convert_in_slabs(arr: np.ndarray, convert: Callable[[np.ndarray], np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """``convert(arr)`` as a new array of ``dtype``, computed slab by slab.
+
+    The result is file-backed when ``arr`` is, so converting a huge output for writing never
+    holds a second full-size copy (plus temporaries) in memory.
+    """
+    if not is_file_backed(arr):
+        return np.asarray(convert(arr)).astype(dtype, copy=False)
+    out = output_buffer_of(arr.shape, dtype)
+    for s in slabs(arr.shape):
+        out[s] = convert(arr[s])
+        release_pages(out)
+        release_pages(arr)
+    return out
+
+
+def min_max(arr: np.ndarray) -> tuple[float, float]:
+    """(min, max), one slab at a time for a file-backed array."""
+    if not is_file_backed(arr):
+        return float(arr.min()), float(arr.max())
+    lo, hi = np.inf, -np.inf
+    for s in slabs(arr.shape):
+        lo, hi = min(lo, float(arr[s].min())), max(hi, float(arr[s].max()))
+    release_pages(arr)
+    return lo, hi

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
+from .memory import all_finite, convert_in_slabs, min_max
 from .validation import (
     DEFAULT_MAX_INPUT_VOXELS,
     check_affine,
@@ -325,14 +326,16 @@ def save_volume(
     data = np.asarray(data)
     if tuple(data.shape) != tuple(grid.shape):
         raise ValueError(f"data shape {data.shape} does not match the output grid {grid.shape}")
-    if not np.all(np.isfinite(data)):
+    if not all_finite(data):
         raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
 
     out_dtype = choose_output_dtype(source.source_dtype, dtype)
     slope, inter = _scaling_for(source, out_dtype)
-    stored = to_output_dtype(data, out_dtype, slope, inter)
-    decoded_min = float(stored.min()) * slope + inter
-    decoded_max = float(stored.max()) * slope + inter
+    # slab by slab: a huge (file-backed) result is never copied whole into memory
+    stored = convert_in_slabs(data, lambda slab: to_output_dtype(slab, out_dtype, slope, inter), out_dtype)
+    stored_min, stored_max = min_max(stored)
+    decoded_min = stored_min * slope + inter
+    decoded_max = stored_max * slope + inter
     header = output_header(source, grid, out_dtype, slope, inter, (decoded_min, decoded_max))
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     with _quiet_nibabel():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .bundle import ModelBundle, resolve_model
 from .errors import InputError, OutputError
 from .geometry import OutputGrid, Triplet, describe_scale, parse_triplet, plan_output_grid
 from .intensity import Normalizer
-from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages
+from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages, slabs
 from .sampling import box_coords, sample_box
 from .tiling import Tile, output_chunks, plan_tiles
 from .volume import Volume
@@ -66,19 +66,10 @@ def _model_bytes(bundle: ModelBundle) -> int:
     return total
 
 
-def _slabs(n: int, rows: int) -> Iterator[tuple[int, int]]:
-    for a in range(0, n, rows):
-        yield a, min(n, a + rows)
-
-
-def _slab_rows(shape: Sequence[int], slab_bytes: int = 64 * 1024**2) -> int:
-    return max(1, slab_bytes // max(1, 4 * int(np.prod(shape[1:]))))
-
-
 def restore_in_place(norm: Normalizer, out: np.ndarray) -> np.ndarray:
     """``norm.restore`` slab by slab into ``out`` itself: no second full-size array."""
-    for a, b in _slabs(out.shape[0], _slab_rows(out.shape)):
-        out[a:b] = norm.restore(out[a:b])
+    for s in slabs(out.shape):
+        out[s] = norm.restore(out[s])
         release_pages(out)
     return out
 
@@ -87,10 +78,9 @@ def transposed(out: np.ndarray) -> np.ndarray:
     """(i, j, k) -> (k, j, i) as a C-contiguous array; file-backed in, file-backed out."""
     if not is_file_backed(out):
         return np.ascontiguousarray(out.transpose(2, 1, 0))
-    shape = out.shape[::-1]
-    dst = output_buffer(shape, in_memory=False)
-    for a, b in _slabs(shape[0], _slab_rows(shape)):
-        dst[a:b] = out[:, :, a:b].transpose(2, 1, 0)
+    dst = output_buffer(out.shape[::-1], in_memory=False)
+    for s in slabs(dst.shape):
+        dst[s] = out[:, :, s].transpose(2, 1, 0)
         release_pages(dst)
         release_pages(out)
     return dst

@@ -169,3 +169,22 @@ def test_benchmark_measures_each_mode_in_its_own_process(bundle, lr, tmp_path):
     assert res["backend"] == "onnxruntime fp32" and res["run_s"] > 0
     assert 20e6 < res["peak_rss"] < 2e9
     assert np.load(tmp_path / "out.npy").shape == OUT_SHAPE
+
+
+def test_save_volume_writes_a_file_backed_result_like_an_in_memory_one(tmp_path, monkeypatch):
+    from arssr_rt.geometry import plan_output_grid
+    from arssr_rt.memory import output_buffer
+    from arssr_rt.nifti_io import load_volume, save_volume
+
+    monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
+    source = load_volume(FIXTURE)  # uint8 input: the output is rounded and clipped to uint8
+    grid = plan_output_grid(source.shape, source.affine, scale=(1.5, 1.5, 1.5))
+    values = np.random.default_rng(0).uniform(-20, 300, size=grid.shape).astype(np.float32)
+    mapped = output_buffer(grid.shape, in_memory=False)
+    mapped[:] = values
+    save_volume(tmp_path / "mem.nii.gz", values, grid, source)
+    save_volume(tmp_path / "map.nii.gz", mapped, grid, source)
+    a, b = nib.load(tmp_path / "mem.nii.gz"), nib.load(tmp_path / "map.nii.gz")
+    assert b.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj))
+    assert a.header["cal_max"] == b.header["cal_max"] == 255
