@@ -2,10 +2,10 @@
 
 The budget is for the process, not one buffer: a fixed share for the interpreter, the runtime
 libraries and the compiled model, the input, one decoder chunk, the output array when it is
-small enough, and whatever is left for an encoder tile (which sets the tile size). An output
-that would take more than a quarter of the budget lives in a temporary file mapped into
-memory; its pages are handed back to the kernel after every tile (they stay in the page
-cache, not in this process), so peak RSS does not grow with the output.
+small (an eighth of the budget), and whatever is left for an encoder tile (which sets the
+tile size). A larger output lives in a temporary file mapped into memory; its pages are
+handed back to the kernel after every tile (they stay in the page cache, not in this
+process), so peak RSS does not grow with the output.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from .tiling import auto_tile
 
 # interpreter + numpy + nibabel + onnxruntime/OpenVINO libraries, measured 100-160 MB, with margin
 RUNTIME_BASE_BYTES = 320 * 1024**2
-OUTPUT_IN_MEMORY_FRACTION = 0.25  # larger outputs go to a mapped temporary file
+# larger outputs go to a mapped temporary file: the writer's converted copy and the runtime's
+# arena (OpenVINO keeps its tile workspace between calls) must still fit next to it
+OUTPUT_IN_MEMORY_FRACTION = 0.125
 SAMPLER_COPIES = 3  # sample_box holds the blended chunk plus two temporaries
 ENV_TMPDIR = "ARSSR_RT_TMPDIR"
 
@@ -128,12 +130,11 @@ def all_finite(arr: np.ndarray) -> bool:
 def convert_in_slabs(arr: np.ndarray, convert: Callable[[np.ndarray], np.ndarray], dtype: np.dtype) -> np.ndarray:
     """``convert(arr)`` as a new array of ``dtype``, computed slab by slab.
 
-    The result is file-backed when ``arr`` is, so converting a huge output for writing never
-    holds a second full-size copy (plus temporaries) in memory.
+    The result is file-backed when ``arr`` is; either way only one slab's temporaries exist
+    at a time, so converting a huge output for writing never holds extra full-size copies.
     """
-    if not is_file_backed(arr):
-        return np.asarray(convert(arr)).astype(dtype, copy=False)
-    out = output_buffer_of(arr.shape, dtype)
+    mapped = is_file_backed(arr)
+    out = output_buffer_of(arr.shape, dtype) if mapped else np.empty(arr.shape, dtype=dtype)
     for s in slabs(arr.shape):
         out[s] = convert(arr[s])
         release_pages(out)

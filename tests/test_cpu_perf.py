@@ -146,7 +146,7 @@ def test_budget_sets_tile_size():
     large = plan_memory((200, 200, 200), (600, 600, 600), max_memory=16 << 30, **kw)
     whole = plan_memory((40, 40, 40), (80, 80, 80), max_memory=2 << 30, **kw)
     assert small.tile < large.tile < 200 and whole.tile == 40
-    assert not small.output_in_memory and large.output_in_memory  # 864 MB output vs 1/4 of the budget
+    assert not small.output_in_memory and large.output_in_memory  # 864 MB output vs 1/8 of the budget
 
 
 def test_benchmark_reference_is_the_whole_volume_pipeline(model, bundle, lr, exact):
