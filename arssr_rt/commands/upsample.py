@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("fp32", "--precision", help="fp32 (exact) or a faster mode the backend supports (fp16, bf16, int8)."),
         tile: Optional[int] = typer.Option(None, "--tile", help="Encoder tile core size in voxels (default: from --max-memory)."),
         chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", help="Decoder points per call."),
-        max_memory: float = typer.Option(DEFAULT_MAX_MEMORY / 1024**3, "--max-memory", help="GiB the encoder tile may use."),
+        max_memory: float = typer.Option(DEFAULT_MAX_MEMORY / 1024**3, "--max-memory", help="GiB of peak memory for the whole run: sets the tile size and keeps a large output in a temporary file."),
         normalization: str = typer.Option("minmax", "--normalization", help="minmax | percentile (0.5-99.5, clipped)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input), e.g. float32."),
         max_output_voxels: int = typer.Option(DEFAULT_MAX_OUTPUT_VOXELS, "--max-output-voxels", help="Refuse outputs with more voxels than this."),
