@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import BackendError, MissingExtraError, ModelError
 from .export import contract
 from .extras import require
 
@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 
 RECIPE_VERSION = "1"  # bump when a recipe changes, so old cached copies are not reused
 CALIBRATION_TILE = 20  # encoder calibration crops (voxels per side): enough context, quick to run
+
+
+def _require_onnx() -> None:
+    """The quantiser edits ONNX graphs; say so instead of the generic 'for ONNX export' hint."""
+    try:
+        require("onnx")
+    except MissingExtraError:
+        raise MissingExtraError('int8 mode builds quantised copies of the model with the onnx package: pip install "arssr-rt[export]"') from None
 
 
 def cache_dir() -> Path:
@@ -46,7 +54,10 @@ def cache_dir() -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         path = Path(base) / "arssr-rt"
     path = path / "quantized"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendError(f"cannot create the model cache {path} ({exc.strerror}); set ARSSR_RT_CACHE to a writable folder") from None
     return path
 
 
@@ -79,7 +90,10 @@ def _atomic_build(target: Path, build) -> Path:  # type: ignore[no-untyped-def]
 
 def dynamic_int8_decoder(bundle: "ModelBundle") -> Path:
     """Decoder with dynamically quantised MatMuls (onnxruntime's int8 CPU kernels)."""
-    require("onnx")
+    target = cached_path(bundle, contract.DECODER_FP32, "dynamic")
+    if target.is_file():
+        return target
+    _require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = bundle.file(contract.DECODER_FP32)
@@ -87,7 +101,7 @@ def dynamic_int8_decoder(bundle: "ModelBundle") -> Path:
     def build(tmp: Path) -> None:
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
 
-    return _atomic_build(cached_path(bundle, contract.DECODER_FP32, "dynamic"), build)
+    return _atomic_build(target, build)
 
 
 def _calibration_volume() -> np.ndarray:
@@ -147,11 +161,11 @@ def _quantize_static(source: Path, tmp: Path, feeds: list[dict[str, np.ndarray]]
 
 def static_int8_encoder(bundle: "ModelBundle") -> Path:
     """Encoder QDQ graph calibrated on the fixture; built on first use, then read from the cache."""
-    require("onnx")
     source = bundle.file(contract.ENCODER_FP32)
     target = cached_path(bundle, contract.ENCODER_FP32, "static")
     if target.is_file():
         return target
+    _require_onnx()
     crops = _calibration_crops(_calibration_volume())
     if bundle.axis_order == "zyx":
         crops = [np.ascontiguousarray(c.transpose(2, 1, 0)) for c in crops]
