@@ -188,3 +188,10 @@ def test_save_volume_writes_a_file_backed_result_like_an_in_memory_one(tmp_path,
     assert b.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj))
     assert a.header["cal_max"] == b.header["cal_max"] == 255
+
+
+def test_bench_command_refuses_an_unknown_case(capsys):
+    from arssr_rt.cli import main
+
+    assert main(["bench", "--cases", "no-such-case", "--no-quality"]) == 2
+    assert "no-such-case" in capsys.readouterr().err

@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
     def bench_cmd(
         cases: str = typer.Option("all", "--cases", help="Comma list of case names (default all)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every mode (default: all cores)."),
-        backend: str = typer.Option("auto", "--backend", help="Backend of the exact mode (b)."),
-        fast_backend: str = typer.Option("auto", "--fast-backend", help="Backend of the fast mode (c)."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="Backend of the exact mode (b) (default: openvino if installed, else onnxruntime)."),
+        fast_backend: Optional[str] = typer.Option(None, "--fast-backend", help="Backend of the fast mode (c) (default: as --backend)."),
         fast_precision: str = typer.Option("int8", "--fast-precision", help="Precision of the fast mode (c): int8 or bf16."),
         max_memory: float = typer.Option(2.0, "--max-memory", help="GiB budget for (b) and (c)."),
         default_model: Optional[Path] = typer.Option(None, "--default-model", help="Bundle for the default-model cases."),
@@ -53,8 +53,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         require("torch")
         cpu = _benchmarks_module()
-        argv = ["--cases", cases, "--backend", backend, "--fast-backend", fast_backend, "--fast-precision", fast_precision,
-                "--max-memory", str(max_memory)]
+        argv = ["--cases", cases, "--fast-precision", fast_precision, "--max-memory", str(max_memory)]
+        if backend:
+            argv += ["--backend", backend]
+        if fast_backend:
+            argv += ["--fast-backend", fast_backend]
         if threads:
             argv += ["--threads", str(threads)]
         if default_model:
