@@ -8,13 +8,12 @@ every column and the display orientation does not depend on how the file stores 
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError, OutputError
 from .extras import require
 from .geometry import output_affine, spacing_of
@@ -121,14 +120,5 @@ def write_qc_montage(
     shapes = f"{'x'.join(map(str, in_data.shape))} @ {in_sp} mm  ->  {'x'.join(map(str, out_data.shape))} @ {out_sp} mm"
     fig.suptitle(f"{title}\n{shapes}" if title else shapes, color="white", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.png")
-    try:
-        fig.savefig(tmp, facecolor=fig.get_facecolor())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, facecolor=fig.get_facecolor()), suffix=".png")
     return path

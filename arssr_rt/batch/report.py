@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
+from ..atomic import atomic_write_text
 
 REPORT_SCHEMA = 1
 REPORT_INTERVAL_S = 2.0  # rewrite the report at most this often while running (and at the end)
@@ -67,9 +66,7 @@ def now_utc() -> str:
 
 def write_report(path: Path, report: BatchReport) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report.to_json(), indent=2) + "\n")
 
 
 class Reporter:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
+
+from ..atomic import atomic_write_text
 
 SIDECAR_SCHEMA = 1
 _OUTPUT_SUFFIXES = (".nii.gz", ".nii")
@@ -63,13 +63,7 @@ def output_size(output: Path) -> int:
 def write_sidecar(path: Path, record: dict[str, Any]) -> None:
     """Atomically write ``record`` (plus schema and time) as the sidecar at ``path``."""
     record = {"schema": SIDECAR_SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **record}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:

@@ -11,13 +11,12 @@ import csv
 import io
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import OutputError
 from ..extras import require
 from ..geometry import spacing_of
@@ -88,22 +87,7 @@ def markdown_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) ->
 
 def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` then rename onto ``path``; a failure leaves nothing behind."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputError(f"{path}: output folder {path.parent} does not exist")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, write)
 
 
 def _json_safe(value: Any) -> Any:
