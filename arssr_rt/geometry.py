@@ -126,3 +126,26 @@ def describe_scale(in_shape: Sequence[int], out_shape: Sequence[int]) -> str:
     if len(set(labels)) == 1:
         return f"x{labels[0]}"
     return "x" + "x".join(labels)
+
+
+# Decoder coordinate modes. "global": the published ArSSR input, the output voxel centre in
+# [-1, 1] over the whole grid. "phase": where the point sits inside its trilinear cell,
+# 2 * (p - floor(p + PHASE_EPS)) - 1 per axis with p its continuous input index; it tells the
+# decoder the sub-voxel phase that trilinearly blended features alone cannot (see README).
+COORD_MODES = ("global", "phase")
+PHASE_EPS = 1e-4
+
+
+def cell_phase(j: np.ndarray, h: int, H: int) -> np.ndarray:
+    """Phase coordinate of output voxels ``j`` of an axis h -> H, in [-1, 1) (float32)."""
+    p = input_index_of_output(j, h, H)
+    return (2.0 * (p - np.floor(p + PHASE_EPS)) - 1.0).astype(np.float32)
+
+
+def decoder_axis_coords(h: int, H: int, start: int, stop: int, mode: str) -> np.ndarray:
+    """Decoder coordinates of output voxels [start, stop) along one axis, for ``mode``."""
+    if mode == "global":
+        return normalized_centres(H)[start:stop]
+    if mode == "phase":
+        return cell_phase(np.arange(start, stop), h, H)
+    raise ValueError(f"unknown coordinate mode {mode!r}; known: {', '.join(COORD_MODES)}")

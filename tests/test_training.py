@@ -71,7 +71,7 @@ def test_patch_sampler_geometry_is_centre_aligned():
 
     vol = TrainVolume("ramp", ramp, np.flatnonzero(ramp > 0.1))
     s = PatchSampler([vol], SamplerConfig(lr_patch=10, points=64, flips=False, margin=2), seed=3)
-    lr, coords, target = s.sample()
+    lr, coords, _, target = s.sample()
     # HR coordinate -> LR continuous index; a ramp is linear so trilinear of LR == HR value
     p = (coords[:, 0] + 1) / 2 * 10 - 0.5
     i0 = np.floor(p).astype(int)

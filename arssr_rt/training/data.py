@@ -18,7 +18,7 @@ import numpy as np
 
 from ..degrade import degrade, gaussian_blur_down
 from ..errors import InputError
-from ..geometry import normalized_centres
+from ..geometry import decoder_axis_coords, normalized_centres
 
 
 @dataclass
@@ -42,6 +42,7 @@ class SamplerConfig:
     noise: float = 0.0  # probability of adding mild Gaussian noise to the LR
     flips: bool = True
     foreground_bias: float = 0.9
+    coords: str = "global"  # decoder coordinate mode of the model being trained
 
 
 def expand_data_arg(data: str | Sequence[str]) -> list[Path]:
@@ -133,8 +134,8 @@ class PatchSampler:
         sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size_a))
         return data[sl]
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One (lr (p,p,p), coords (K,3), target (K,)) sample."""
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One (lr (p,p,p), coords (K,3), decoder coords (K,3), target (K,)) sample."""
         c, r = self.cfg, self.rng
         scale = self.draw_scale()
         p = c.lr_patch
@@ -159,12 +160,14 @@ class PatchSampler:
         picks = [r.choice(ix, size=c.points) for ix in idx]
         axes = [normalized_centres(H) for H in hr_size]
         coords = np.stack([axes[a][picks[a]] for a in range(3)], axis=1).astype(np.float32)
+        dec = np.stack([decoder_axis_coords(p, H, 0, H, c.coords)[picks[a]] for a, H in enumerate(hr_size)], axis=1)
         target = hr[picks[0], picks[1], picks[2]]
-        return lr.astype(np.float32), coords, target.astype(np.float32)
+        return lr.astype(np.float32), coords, dec.astype(np.float32), target.astype(np.float32)
 
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         samples = [self.sample() for _ in range(n)]
         lr = np.stack([s[0] for s in samples])[:, None]
         coords = np.stack([s[1] for s in samples])
-        target = np.stack([s[2] for s in samples])[..., None]
-        return lr, coords, target
+        dec = np.stack([s[2] for s in samples])
+        target = np.stack([s[3] for s in samples])[..., None]
+        return lr, coords, dec, target

@@ -9,11 +9,13 @@ the same classes with smaller numbers.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..geometry import COORD_MODES, PHASE_EPS
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -165,13 +167,14 @@ class ModelSpec:
     encoder_args: dict[str, Any] = field(default_factory=dict)
     decoder_width: int = 256
     decoder_depth: int = 4
+    coords: str = "global"  # decoder coordinate mode: "global" (published) or "phase"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        return cls(**{k: d[k] for k in ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth") if k in d})
+        return cls(**{k: d[k] for k in ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords") if k in d})
 
 
 class ArSSR(nn.Module):
@@ -181,6 +184,8 @@ class ArSSR(nn.Module):
         super().__init__()
         if spec.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {spec.encoder!r}; known: {', '.join(sorted(ENCODERS))}")
+        if spec.coords not in COORD_MODES:
+            raise ValueError(f"unknown coordinate mode {spec.coords!r}; known: {', '.join(COORD_MODES)}")
         self.spec = spec
         self.encoder = ENCODERS[spec.encoder](feature_dim=spec.feature_dim, **spec.encoder_args)
         self.decoder = Decoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth)
@@ -199,9 +204,23 @@ class ArSSR(nn.Module):
     def decode(self, sampled: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         return self.decoder(torch.cat([sampled, coords], dim=-1))
 
-    def forward(self, lr: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """lr (B,1,D,H,W), coords (B,K,3) in [-1,1] -> intensity (B,K,1)."""
-        return self.decode(self.query(self.encoder(lr), coords), coords)
+    def decoder_coords(self, coords: torch.Tensor, lr_shape: Sequence[int]) -> torch.Tensor:
+        """What the decoder sees for global ``coords``: themselves, or the cell phase."""
+        if self.spec.coords == "global":
+            return coords
+        n = torch.tensor([float(v) for v in lr_shape[-3:]], dtype=torch.float64)
+        p = (coords.double() + 1) / 2 * n - 0.5
+        return (2 * (p - torch.floor(p + PHASE_EPS)) - 1).to(coords.dtype)
+
+    def forward(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor | None = None) -> torch.Tensor:
+        """lr (B,1,D,H,W), coords (B,K,3) in [-1,1] -> intensity (B,K,1).
+
+        ``decoder_coords`` (exact, from integer indices) may be passed by training code; else
+        they are derived from ``coords`` for the model's coordinate mode.
+        """
+        if decoder_coords is None:
+            decoder_coords = self.decoder_coords(coords, lr.shape)
+        return self.decode(self.query(self.encoder(lr), coords), decoder_coords)
 
 
 PUBLISHED_SPECS: dict[str, ModelSpec] = {

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..degrade import cubic_resample, degrade
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
-from ..geometry import normalized_centres
+from ..geometry import decoder_axis_coords, normalized_centres
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
 from .models import ArSSR, ModelSpec, build_model
 
@@ -48,6 +48,7 @@ class TrainConfig:
     val_scales: list[float] = field(default_factory=lambda: [2.0, 4.0])
     log_every: int = 20
     threads: int | None = None
+    init: str | None = None  # checkpoint whose model weights start a new run (fine-tuning)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -65,12 +66,15 @@ def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk
     model.eval()
     feats = model.encoder(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None])
     axes = [torch.from_numpy(normalized_centres(n)) for n in out_shape]
+    mode = model.spec.coords
+    dec_axes = [torch.from_numpy(decoder_axis_coords(h, n, 0, n, mode)) for h, n in zip(lr.shape, out_shape)]
     out = np.empty(tuple(out_shape), dtype=np.float32)
     rows = max(1, chunk // (out_shape[1] * out_shape[2]))
     for a in range(0, out_shape[0], rows):
         b = min(out_shape[0], a + rows)
         g = torch.stack(torch.meshgrid(axes[0][a:b], axes[1], axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
-        pred = model.decode(model.query(feats, g), g)
+        d = torch.stack(torch.meshgrid(dec_axes[0][a:b], dec_axes[1], dec_axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
+        pred = model.decode(model.query(feats, g), d)
         out[a:b] = pred.reshape(b - a, out_shape[1], out_shape[2]).numpy()
     return out
 
@@ -117,7 +121,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.spec)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid), SamplerConfig(**cfg.sampler), seed=cfg.seed + rank)
+    sampler_cfg = SamplerConfig(**{**cfg.sampler, "coords": model.spec.coords})
+    sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid), sampler_cfg, seed=cfg.seed + rank)
     val_volumes = []
     for p in cfg.val:
         import nibabel as nib
@@ -133,8 +138,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         step, best = int(state["step"]), float(state.get("best", -1e9))
         sampler.rng.bit_generator.state = state["sampler_rng"][rank] if isinstance(state["sampler_rng"], list) else state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
-    elif _is_main():
-        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    else:
+        if cfg.init:
+            model.load_state_dict(torch.load(cfg.init, weights_only=False)["model"], strict=True)
+        if _is_main():
+            (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     net: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     log = open(run_dir / "log.jsonl", "a") if _is_main() else None
 
@@ -159,8 +167,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
             net.train()
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            lr_np, coords_np, target_np = sampler.batch(cfg.batch)
-            pred = net(torch.from_numpy(lr_np), torch.from_numpy(coords_np))
+            lr_np, coords_np, dec_np, target_np = sampler.batch(cfg.batch)
+            pred = net(torch.from_numpy(lr_np), torch.from_numpy(coords_np), torch.from_numpy(dec_np))
             loss = F.l1_loss(pred, torch.from_numpy(target_np))
             opt.zero_grad(set_to_none=True)
             loss.backward()
