@@ -94,9 +94,13 @@ def case_input(case: Case) -> np.ndarray | None:
 @dataclass
 class Measurement:
     load_s: float
-    run_s: float
+    run_s: float  # wall clock
+    cpu_s: float  # process CPU time (all threads)
     peak_rss: int
     backend: str
+
+    def seconds(self, clock: str) -> float:
+        return self.cpu_s if clock == "cpu" else self.run_s
 
 
 @dataclass
@@ -121,7 +125,7 @@ def measure(job: dict[str, Any], work: Path, timeout: float) -> Measurement:
     if proc.returncode != 0:
         raise RuntimeError(f"{job['tag']} failed:\n{proc.stderr[-2000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    return Measurement(res["load_s"], res["run_s"], res["peak_rss"], res["backend"])
+    return Measurement(res["load_s"], res["run_s"], res["cpu_s"], res["peak_rss"], res["backend"])
 
 
 def psnr(ref: np.ndarray, test: np.ndarray) -> float:
@@ -166,8 +170,9 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, log: Callable[[st
     return result
 
 
-def format_table(results: Sequence[CaseResult]) -> str:
-    head = ("| case | model | LR -> output | points | a s | b s | c s | a/b | a/c | a Mpts/s | b Mpts/s | c Mpts/s "
+def format_table(results: Sequence[CaseResult], clock: str = "wall") -> str:
+    unit = "s" if clock == "wall" else "cpu-s"
+    head = (f"| case | model | LR -> output | points | a {unit} | b {unit} | c {unit} | a/b | a/c | a Mpts/{unit} | b Mpts/{unit} | c Mpts/{unit} "
             "| RSS a GB | RSS b GB | RSS c GB | PSNR b vs a dB | PSNR c vs a dB | max abs b-a |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -175,13 +180,14 @@ def format_table(results: Sequence[CaseResult]) -> str:
         if r.skipped:
             rows.append(f"| {r.case} | {r.model} | {shape} | {r.points:,} | skipped: {r.skipped} |" + " |" * 13)
             continue
-        a, b, c = (r.modes[m] for m in "abc")
-        mp = lambda m: f"{r.points / m.run_s / 1e6:.3f}"  # noqa: E731
+        a, b, c = (r.modes[m].seconds(clock) for m in "abc")
+        mp = lambda t: f"{r.points / t / 1e6:.3f}"  # noqa: E731
         gb = lambda m: f"{m.peak_rss / 1e9:.2f}"  # noqa: E731
         rows.append(
-            f"| {r.case} | {r.model} | {shape} | {r.points:,} | {a.run_s:.2f} | {b.run_s:.2f} | {c.run_s:.2f} "
-            f"| {a.run_s / b.run_s:.2f}x | {a.run_s / c.run_s:.2f}x | {mp(a)} | {mp(b)} | {mp(c)} "
-            f"| {gb(a)} | {gb(b)} | {gb(c)} | {r.psnr_vs_a['b']:.1f} | {r.psnr_vs_a['c']:.1f} | {r.max_abs_vs_a['b']:.1e} |"
+            f"| {r.case} | {r.model} | {shape} | {r.points:,} | {a:.2f} | {b:.2f} | {c:.2f} "
+            f"| {a / b:.2f}x | {a / c:.2f}x | {mp(a)} | {mp(b)} | {mp(c)} "
+            f"| {gb(r.modes['a'])} | {gb(r.modes['b'])} | {gb(r.modes['c'])} "
+            f"| {r.psnr_vs_a['b']:.1f} | {r.psnr_vs_a['c']:.1f} | {r.max_abs_vs_a['b']:.1e} |"
         )
     done = [r for r in results if not r.skipped]
     if done:
@@ -200,6 +206,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-memory", type=float, default=2.0, help="GiB budget given to (b) and (c)")
     p.add_argument("--default-model", default=None, help="bundle dir for the default-model cases (default: the embedded one)")
     p.add_argument("--no-quality", action="store_true", help="skip the fast-mode quality check on the held-out volume")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="time the table shows: wall clock, or process CPU time (steadier on a busy machine; use with --threads 1)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one measurement may take")
     return p.parse_args(argv)
@@ -223,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in (c for c in CASES if c.name in names):
             results.append(run_case(case, args, Path(tmp), log))
     print(f"Machine: {machine_line(args.threads)}\n")
-    print(format_table(results))
+    print(format_table(results, args.clock))
     quality = None
     if not args.no_quality:
         log("  fast-mode quality on the held-out volume ...")

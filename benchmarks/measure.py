@@ -3,7 +3,8 @@
 A fresh process per measurement makes peak RSS (VmHWM) belong to that mode alone and keeps
 one mode's allocator state and thread pools from helping or hurting the next. The job reads
 a normalised LR ``.npy``, runs one mode once, saves the output ``.npy`` and prints one JSON
-line: load seconds (model, sessions), run seconds, peak RSS bytes, backend name.
+line: load seconds (model, sessions), run seconds (wall and process CPU time), peak RSS
+bytes, backend name. CPU time is the steadier clock on a shared machine (one thread).
 
 Modes: ``reference`` (torch, see reference.py) and ``arssr`` (the Upsampler with a backend and
 precision). The arssr mode never imports torch, so its RSS is the runtime's own.
@@ -31,7 +32,7 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def run_reference(job: dict, lr: np.ndarray) -> tuple[float, float, np.ndarray, str]:
+def run_reference(job: dict, lr: np.ndarray) -> tuple[float, float, float, np.ndarray, str]:
     import torch
 
     from arssr_rt.backends.torch_backend import load_weights
@@ -45,12 +46,12 @@ def run_reference(job: dict, lr: np.ndarray) -> tuple[float, float, np.ndarray, 
     model = build_model(payload["spec"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     out = reference_upsample(model, lr, job["out_shape"])
-    return t1 - t0, time.perf_counter() - t1, out, "torch (reference)"
+    return t1 - t0, time.perf_counter() - t1, time.process_time() - c1, out, "torch (reference)"
 
 
-def run_arssr(job: dict, lr: np.ndarray) -> tuple[float, float, np.ndarray, str]:
+def run_arssr(job: dict, lr: np.ndarray) -> tuple[float, float, float, np.ndarray, str]:
     from arssr_rt.backends.base import BackendOptions
     from arssr_rt.bundle import load_bundle
     from arssr_rt.pipeline import DEFAULT_MAX_MEMORY, Upsampler
@@ -59,22 +60,22 @@ def run_arssr(job: dict, lr: np.ndarray) -> tuple[float, float, np.ndarray, str]
     options = BackendOptions(threads=int(job["threads"]), precision=job.get("precision", "fp32"))
     up = Upsampler(load_bundle(job["bundle"]), backend=job.get("backend", "auto"), options=options,
                    max_memory=int(job.get("max_memory", DEFAULT_MAX_MEMORY)))
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     out = up.infer(lr, job["out_shape"])
-    seconds = time.perf_counter() - t1
+    seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
     name = f"{up.backend.name} {options.precision}"
     up.close()
-    return t1 - t0, seconds, out, name
+    return t1 - t0, seconds, cpu, out, name
 
 
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     lr = np.load(job["lr"])
     runner = run_reference if job["mode"] == "reference" else run_arssr
-    load_s, run_s, out, backend = runner(job, lr)
+    load_s, run_s, cpu_s, out, backend = runner(job, lr)
     rss = peak_rss_bytes()
     np.save(job["out"], out)
-    print(json.dumps({"load_s": load_s, "run_s": run_s, "peak_rss": rss, "backend": backend}))
+    print(json.dumps({"load_s": load_s, "run_s": run_s, "cpu_s": cpu_s, "peak_rss": rss, "backend": backend}))
     return 0
 
 

@@ -49,11 +49,12 @@ def register(app: typer.Typer) -> None:
         max_memory: float = typer.Option(2.0, "--max-memory", help="GiB budget for (b) and (c)."),
         default_model: Optional[Path] = typer.Option(None, "--default-model", help="Bundle for the default-model cases."),
         no_quality: bool = typer.Option(False, "--no-quality", help="Skip the fast-mode quality check."),
+        clock: str = typer.Option("wall", "--clock", help="wall | cpu (process CPU time: steadier on a busy machine, with --threads 1)."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
     ) -> None:
         require("torch")
         cpu = _benchmarks_module()
-        argv = ["--cases", cases, "--fast-precision", fast_precision, "--max-memory", str(max_memory)]
+        argv = ["--cases", cases, "--fast-precision", fast_precision, "--max-memory", str(max_memory), "--clock", clock]
         if backend:
             argv += ["--backend", backend]
         if fast_backend:
