@@ -64,6 +64,11 @@ class ModelBundle:
         return str(self.meta.get("axis_order", "xyz"))
 
     @property
+    def coords_mode(self) -> str:
+        """Decoder coordinates: 'global' (published ArSSR) or 'phase' (sub-voxel cell phase)."""
+        return str(self.meta["spec"].get("coords", "global"))
+
+    @property
     def normalization(self) -> dict[str, Any]:
         return dict(self.meta.get("normalization", {"mode": "minmax"}))
 

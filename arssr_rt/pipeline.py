@@ -165,7 +165,7 @@ class Upsampler:
         for start, stop in output_chunks(tile.output, self.chunk):
             sampled = sample_box(block, offset, lr.shape, out.shape, start, stop)
             n = sampled.shape[:3]
-            values = self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out.shape, start, stop))
+            values = self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out.shape, start, stop, lr.shape, self.bundle.coords_mode))
             out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = values.reshape(n)
             if progress:
                 progress(int(np.prod(n)))

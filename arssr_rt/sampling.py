@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .geometry import normalized_centres
+from .geometry import decoder_axis_coords
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,22 @@ def sample_box(
     return x
 
 
-def box_coords(out_shape: Sequence[int], start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
-    """Network coordinates (N, 3) of output box points in C order, array axis order."""
-    axes = [normalized_centres(n)[a:b] for n, a, b in zip(out_shape, start, stop)]
+def box_coords(
+    out_shape: Sequence[int],
+    start: Sequence[int],
+    stop: Sequence[int],
+    in_shape: Sequence[int] | None = None,
+    mode: str = "global",
+) -> np.ndarray:
+    """Decoder coordinates (N, 3) of output box points in C order, array axis order.
+
+    ``mode`` "global": voxel centres -1 + (2j+1)/H (published ArSSR); "phase": the sub-voxel
+    cell phase (needs ``in_shape``), see geometry.cell_phase.
+    """
+    shapes = in_shape if in_shape is not None else out_shape
+    if mode != "global" and in_shape is None:
+        raise ValueError("phase coordinates need the input shape")
+    axes = [decoder_axis_coords(h, n, a, b, mode) for h, n, a, b in zip(shapes, out_shape, start, stop)]
     n = [len(a) for a in axes]
     out = np.empty((n[0], n[1], n[2], 3), dtype=np.float32)
     out[..., 0] = axes[0][:, None, None]

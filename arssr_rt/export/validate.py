@@ -83,11 +83,13 @@ def compare_precision(model: "ArSSR", encoder_path: Path, decoder_path: Path, in
             result["encoder_max_abs"] = max(result["encoder_max_abs"], _max_abs(feats_onnx, feats_ref.numpy()))
             result["features_max_abs_value"] = max(result["features_max_abs_value"], float(feats_ref.abs().max()))
 
+            # what the decoder is fed: the global coords or their cell phase (model.spec.coords)
+            dcoords = model.decoder_coords(coords, lr_t.shape)
             sampled_ref = model.query(feats_ref, coords)[0]
-            out_ref = model.decode(sampled_ref[None], coords)[0]
+            out_ref = model.decode(sampled_ref[None], dcoords)[0]
             out_dec = dec.run([contract.DECODER_OUTPUT], {
                 contract.DECODER_FEATURES: sampled_ref.numpy().astype(io_dtype),
-                contract.DECODER_COORDS: coords[0].numpy().astype(io_dtype),
+                contract.DECODER_COORDS: dcoords[0].numpy().astype(io_dtype),
             })[0]
             result["decoder_max_abs"] = max(result["decoder_max_abs"], _max_abs(out_dec, out_ref.numpy()))
 
@@ -95,7 +97,7 @@ def compare_precision(model: "ArSSR", encoder_path: Path, decoder_path: Path, in
             sampled_onnx = model.query(torch.from_numpy(feats_onnx.astype(np.float32)), coords)[0]
             out_e2e = dec.run([contract.DECODER_OUTPUT], {
                 contract.DECODER_FEATURES: sampled_onnx.numpy().astype(io_dtype),
-                contract.DECODER_COORDS: coords[0].numpy().astype(io_dtype),
+                contract.DECODER_COORDS: dcoords[0].numpy().astype(io_dtype),
             })[0]
             out_fwd = model(lr_t, coords)[0]
             result["forward_max_abs"] = max(result["forward_max_abs"], _max_abs(out_e2e, out_fwd.numpy()))
