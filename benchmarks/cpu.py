@@ -140,10 +140,10 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, log: Callable[[st
     in_shape = tuple(case.crop[1])
     result = CaseResult(case.name, case.model, in_shape, case.out_shape, int(np.prod(case.out_shape)))
     if bundle is None:
-        result.skipped = "no embedded default model (arssr_rt/models/default) yet"
+        result.skipped = "skipped: no embedded default model (arssr_rt/models/default) yet"
         return result
     if lr is None:
-        result.skipped = f"input volume {VOLUMES[case.source][0]} not found (set ARSSR_RT_DATA)"
+        result.skipped = f"skipped: input volume {VOLUMES[case.source][0]} not found (set ARSSR_RT_DATA)"
         return result
     result.model = bundle.name
     np.save(work / f"{case.name}-lr.npy", lr)
@@ -158,15 +158,20 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, log: Callable[[st
     for mode, extra in jobs.items():
         job = {**base, **extra, "tag": f"{case.name}-{mode}", "out": str(work / f"{case.name}-{mode}.npy")}
         log(f"  {case.name} ({mode}) ...")
-        result.modes[mode] = measure(job, work, args.timeout)
+        try:
+            result.modes[mode] = measure(job, work, args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one broken mode should not lose the other rows
+            log(str(exc))
+            result.skipped = f"({mode}) failed: {str(exc).strip().splitlines()[-1][:120]}"
+            return result
         outputs[mode] = job["out"]
     ref = np.load(outputs["a"], mmap_mode="r")
     for mode in ("b", "c"):
         out = np.load(outputs[mode], mmap_mode="r")
         result.psnr_vs_a[mode] = psnr(np.asarray(ref), np.asarray(out))
         result.max_abs_vs_a[mode] = float(np.max(np.abs(np.asarray(ref) - out)))
-    for mode in outputs.values():
-        Path(mode).unlink(missing_ok=True)
+    for path in (*outputs.values(), base["lr"]):
+        Path(path).unlink(missing_ok=True)
     return result
 
 
@@ -178,7 +183,7 @@ def format_table(results: Sequence[CaseResult], clock: str = "wall") -> str:
     for r in results:
         shape = f"{'x'.join(map(str, r.in_shape))} -> {'x'.join(map(str, r.out_shape))}"
         if r.skipped:
-            rows.append(f"| {r.case} | {r.model} | {shape} | {r.points:,} | skipped: {r.skipped} |" + " |" * 13)
+            rows.append(f"| {r.case} | {r.model} | {shape} | {r.points:,} | {r.skipped} |" + " |" * 13)
             continue
         a, b, c = (r.modes[m].seconds(clock) for m in "abc")
         mp = lambda t: f"{r.points / t / 1e6:.3f}"  # noqa: E731
