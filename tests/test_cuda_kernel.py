@@ -77,10 +77,20 @@ def test_launch_arguments_match_the_kernel_signature():
         p = " ".join(p.split())
         c_types.append(np.uint64 if "*" in p else np.int64 if p.startswith("long long") else np.int32 if p.startswith("int ") else None)
     assert None not in c_types
-    spec = BoxSpec.make((4, 4, 4), (0, 0, 0), (4, 4, 4), (8, 8, 8), (0, 0, 0), (8, 8, 8))
+    names = [p.split()[-1] for p in params.split(",")]
+    spec = BoxSpec.make((4, 4, 4), (0, 0, 0), (4, 4, 4), (8, 8, 8), (0, 0, 0), (8, 8, 8), "phase")
     args = sampler._launch_args(1, (64, 16, 4, 1), spec, 2, 0, 512, 2, 2, 3, 3, 4)
     assert [a.dtype.type for a in args] == c_types
     assert all(a.shape == (1,) for a in args)
+    assert args[names.index("coord_mode")][0] == 1  # "phase"
+    assert args[names.index("coord_stride")][0] == 3 and args[names.index("status")][0] == 4
+
+
+def test_kernel_coordinate_mode_codes_match_the_source():
+    source = KERNEL.read_text()
+    for mode, code in sampler.COORD_MODE_CODES.items():
+        assert f"#define ARSSR_COORD_{mode.upper()} {code}" in source
+    assert float(re.search(r"#define ARSSR_PHASE_EPS (\S+)", source).group(1)) == sampler.PHASE_EPS
 
 
 # ---------------------------------------------------------------- the kernel's math, in numpy
@@ -105,6 +115,47 @@ def test_kernel_math_equals_the_cpu_sampler_bit_for_bit(in_shape, out_shape, off
     assert not bad
     np.testing.assert_array_equal(rows, cpu)
     np.testing.assert_array_equal(coords, box_coords(out_shape, start, stop))
+
+
+@pytest.mark.parametrize("mode", ["global", "phase"])
+@pytest.mark.parametrize("in_shape, out_shape, offset, block_shape, start, stop", CASES)
+def test_kernel_coords_equal_the_cpu_pipeline_in_both_modes(mode, in_shape, out_shape, offset, block_shape, start, stop):
+    """The decoder coords the kernel writes are the CPU pipeline's (sampling.box_coords) bit for bit."""
+    block = np.random.default_rng(7).standard_normal((2, *block_shape)).astype(np.float32)
+    spec = BoxSpec.make(block_shape, offset, in_shape, out_shape, start, stop, mode)
+    rows, coords, bad = reference_sample_rows(block, spec)
+    assert not bad and coords.dtype == np.float32
+    np.testing.assert_array_equal(coords, box_coords(out_shape, start, stop, in_shape, mode))
+    np.testing.assert_array_equal(rows, reference_sample_rows(block, BoxSpec.make(block_shape, offset, in_shape, out_shape, start, stop))[0])
+    for first, count in [(0, 1), (13, 50), (spec.points - 3, 3)]:  # chunks are slices of the box
+        np.testing.assert_array_equal(reference_sample_rows(block, spec, first, count)[1], coords[first:first + count])
+
+
+def test_phase_coords_are_the_cell_phase_of_each_point():
+    """Phase = where the point sits between its trilinear corners; -1 exactly on a scale-1 axis."""
+    in_shape, out_shape, offset, block_shape, start, stop = CASES[2]  # axis 0: 20 -> 20 (x1)
+    spec = BoxSpec.make(block_shape, offset, in_shape, out_shape, start, stop, "phase")
+    _, coords, _ = reference_sample_rows(np.zeros((1, *block_shape), np.float32), spec)
+    assert np.all(coords[:, 0] == -1.0)
+    assert np.all((coords >= -1.0) & (coords < 1.0))
+    # x2 from 8: p = j/2 - 0.25 -> fractions 0.75, 0.25 alternate -> phases 0.5, -0.5
+    spec = BoxSpec.make((8, 8, 8), (0, 0, 0), (8, 8, 8), (16, 16, 16), (0, 0, 0), (4, 1, 1), "phase")
+    _, coords, _ = reference_sample_rows(np.zeros((1, 8, 8, 8), np.float32), spec)
+    np.testing.assert_array_equal(coords[:, 0], [0.5, -0.5, 0.5, -0.5])
+    # non-integer scale: (phase + 1) / 2 is the upper corner's trilinear weight (away from cell edges)
+    h, H = 11, 25
+    j = np.arange(H)
+    p = (j + 0.5) * h / H - 0.5
+    spec = BoxSpec.make((h, 1, 1), (0, 0, 0), (h, 1, 1), (H, 1, 1), (0, 0, 0), (H, 1, 1), "phase")
+    _, coords, _ = reference_sample_rows(np.zeros((1, h, 1, 1), np.float32), spec)
+    np.testing.assert_allclose((coords[:, 0] + 1) / 2, p - np.floor(p), atol=1e-6)
+
+
+def test_an_unknown_coordinate_mode_is_a_model_error():
+    from arssr_rt.errors import ModelError
+
+    with pytest.raises(ModelError, match="spec.coords"):
+        BoxSpec.make((4, 4, 4), (0, 0, 0), (4, 4, 4), (8, 8, 8), (0, 0, 0), (8, 8, 8), "local")
 
 
 @pytest.mark.parametrize("in_shape, out_shape, offset, block_shape, start, stop", CASES)
@@ -159,8 +210,9 @@ def kernel_skip_reason() -> str:
 @pytest.mark.gpu
 @pytest.mark.skipif(bool(kernel_skip_reason()), reason=kernel_skip_reason() or "-")
 @pytest.mark.parametrize("in_dtype, out_dtype", [(np.float32, np.float32), (np.float32, np.float16), (np.float16, np.float32), (np.float16, np.float16)])
-@pytest.mark.parametrize("in_shape, out_shape, offset, block_shape, start, stop", CASES[:2])
-def test_kernel_on_the_gpu_equals_its_numpy_mirror(in_dtype, out_dtype, in_shape, out_shape, offset, block_shape, start, stop):
+@pytest.mark.parametrize("mode", ["global", "phase"])
+@pytest.mark.parametrize("in_shape, out_shape, offset, block_shape, start, stop", CASES[:3])
+def test_kernel_on_the_gpu_equals_its_numpy_mirror(in_dtype, out_dtype, mode, in_shape, out_shape, offset, block_shape, start, stop):
     from arssr_rt.engines.device import CudaRuntime
     from arssr_rt.engines.gpu_probe import require_gpu
 
@@ -170,7 +222,7 @@ def test_kernel_on_the_gpu_equals_its_numpy_mirror(in_dtype, out_dtype, in_shape
     stream = dev.create_stream()
     f = 7
     block = np.random.default_rng(3).standard_normal((f, *block_shape)).astype(in_dtype)
-    spec = BoxSpec.make(block_shape, offset, in_shape, out_shape, start, stop)
+    spec = BoxSpec.make(block_shape, offset, in_shape, out_shape, start, stop, mode)
     n = spec.points
     feat = dev.malloc(block.nbytes)
     rows = dev.malloc(n * (f + 3) * np.dtype(out_dtype).itemsize)

@@ -3,7 +3,10 @@
 // For every point of a chunk of an output box it samples the encoder's feature block
 // (F, b0, b1, b2) and writes
 //   rows[r * row_stride + c]     = trilinear feature c            (c = 0 .. F-1)
-//   coords[r * coord_stride + a] = -1 + (2 * j_a + 1) / H_a       (a = 0, 1, 2; array axis order)
+//   coords[r * coord_stride + a] = the decoder coordinate of axis a (a = 0, 1, 2; array axis order):
+//     coord_mode 0 "global" (published ArSSR): -1 + (2 * j_a + 1) / H_a
+//     coord_mode 1 "phase": 2 * (p_a - floor(p_a + 1e-4)) - 1, the sub-voxel phase of the point
+//                           in its trilinear cell (p_a its continuous input index, see below)
 // With row_stride = F and coord_stride = 3 these are the decoder's two dense inputs
 // ("features" [N, F], "coords" [N, 3]); with row_stride = coord_stride = F + 3 and
 // coords = rows + F they form one [N, F + 3] matrix for a decoder that takes the concatenation.
@@ -14,8 +17,9 @@
 //   index p = (j + 0.5) * h / H - 0.5 (global indices); its corners are i0 = floor(p) and
 //   i0 + 1 with weights 1 - (p - i0) and p - i0; a corner outside the VOLUME [0, h) weighs 0.
 //   The block holds input voxels [offset, offset + b) of each axis.
-// Index math is done in double with _rn intrinsics (no FMA contraction), weights are rounded
-// to float, and the three 1-D blends run in the CPU path's order (axis 0, then 1, then 2) with
+// Index math and both coordinates are done in double with _rn intrinsics (no FMA contraction),
+// exactly as arssr_rt/geometry.py (cell_phase, normalized_centres) in float64; weights and
+// coordinates are rounded to float, and the three 1-D blends run in the CPU path's order (axis 0, then 1, then 2) with
 // float _rn operations, so a float32 run reproduces the numpy result bit for bit.
 //
 // Self-contained on purpose (no headers): NVRTC and nvcc compile it as is, and a C++ product
@@ -52,8 +56,13 @@ __device__ __forceinline__ int clamp_index(int i, int n) { return i < 0 ? 0 : (i
 
 // Corners and weights of output voxel j (global) of one axis: h input voxels -> H output voxels,
 // block of blen voxels starting at global input index off.
+// Continuous input index of output voxel j's centre: ((j + 0.5) * h) / H - 0.5, in that order.
+__device__ __forceinline__ double input_index(int j, int h, int H) {
+    return __dadd_rn(__ddiv_rn(__dmul_rn(__dadd_rn((double)j, 0.5), (double)h), (double)H), -0.5);
+}
+
 __device__ __forceinline__ AxisCorners axis_corners(int j, int h, int H, int off, int blen) {
-    const double p = __dadd_rn(__ddiv_rn(__dmul_rn(__dadd_rn((double)j, 0.5), (double)h), (double)H), -0.5);
+    const double p = input_index(j, h, H);
     const double fl = floor(p);
     const double t = __dadd_rn(p, -fl);
     const int i0 = (int)fl;
@@ -73,8 +82,24 @@ __device__ __forceinline__ float blend(float w_lo, float a, float w_hi, float b)
     return __fadd_rn(__fmul_rn(a, w_lo), __fmul_rn(b, w_hi));
 }
 
+#define ARSSR_COORD_GLOBAL 0
+#define ARSSR_COORD_PHASE 1
+#define ARSSR_PHASE_EPS 1e-4  // geometry.PHASE_EPS: a point on a cell edge (up to rounding) gets phase -1
+
+// "global": the voxel centre over the whole output axis, -1 + (2j + 1) / H.
 __device__ __forceinline__ float network_coord(int j, int n) {
     return (float)__dadd_rn(-1.0, __ddiv_rn(__dadd_rn(__dmul_rn(2.0, (double)j), 1.0), (double)n));
+}
+
+// "phase": where the point sits in its trilinear cell, 2 * (p - floor(p + eps)) - 1.
+__device__ __forceinline__ float cell_phase(int j, int h, int H) {
+    const double p = input_index(j, h, H);
+    const double cell = floor(__dadd_rn(p, ARSSR_PHASE_EPS));
+    return (float)__dadd_rn(__dmul_rn(2.0, __dadd_rn(p, -cell)), -1.0);
+}
+
+__device__ __forceinline__ float decoder_coord(int mode, int j, int h, int H) {
+    return mode == ARSSR_COORD_PHASE ? cell_phase(j, h, H) : network_coord(j, H);
 }
 
 template <typename TIn, typename TOut>
@@ -88,7 +113,7 @@ __device__ __forceinline__ void sample_rows(
     int n1, int n2,
     long long first, long long count,
     TOut* __restrict__ rows, long long row_stride,
-    TOut* __restrict__ coords, long long coord_stride,
+    TOut* __restrict__ coords, long long coord_stride, int coord_mode,
     int* __restrict__ status) {
     const long long plane = (long long)n1 * (long long)n2;
     for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < count;
@@ -121,9 +146,9 @@ __device__ __forceinline__ void sample_rows(
             store_value(out + ch, blend(c2.w_lo, u0, c2.w_hi, u1));
         }
         TOut* xyz = coords + r * coord_stride;
-        store_value(xyz + 0, network_coord(g0, H0));
-        store_value(xyz + 1, network_coord(g1, H1));
-        store_value(xyz + 2, network_coord(g2, H2));
+        store_value(xyz + 0, decoder_coord(coord_mode, g0, h0, H0));
+        store_value(xyz + 1, decoder_coord(coord_mode, g1, h1, H1));
+        store_value(xyz + 2, decoder_coord(coord_mode, g2, h2, H2));
     }
 }
 
@@ -134,10 +159,10 @@ __device__ __forceinline__ void sample_rows(
         int H0, int H1, int H2, int a0, int a1, int a2, int n1, int n2,                            \
         long long first, long long count,                                                          \
         TOUT* __restrict__ rows, long long row_stride, TOUT* __restrict__ coords,                  \
-        long long coord_stride, int* __restrict__ status) {                                        \
+        long long coord_stride, int coord_mode, int* __restrict__ status) {                        \
         sample_rows<TIN, TOUT>(feat, sF, s0, s1, s2, F, b0, b1, b2, o0, o1, o2, h0, h1, h2,        \
                                H0, H1, H2, a0, a1, a2, n1, n2, first, count, rows, row_stride,     \
-                               coords, coord_stride, status);                                      \
+                               coords, coord_stride, coord_mode, status);                          \
     }
 
 ARSSR_SAMPLER_ENTRY(arssr_sample_f32_f32, float, float)

@@ -8,7 +8,9 @@ line, used by the tests to pin the kernel to ``arssr_rt.sampling`` and torch ``g
 
 Geometry of one call (``BoxSpec``): a feature block (F, b0, b1, b2) whose voxel 0 is global
 input voxel ``in_offset`` of a volume ``in_shape``; the output grid ``out_shape``; the box
-[out_start, out_stop) of it; a chunk = C-order points [first, first + count) of the box.
+[out_start, out_stop) of it; the decoder coordinate mode (the bundle's ``spec.coords``:
+"global" or "phase", see arssr_rt/geometry.py); a chunk = C-order points
+[first, first + count) of the box.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BackendError, MissingExtraError
+from ..errors import BackendError, MissingExtraError, ModelError
 from ..extras import require
+from ..geometry import COORD_MODES, PHASE_EPS
 
 KERNEL_FILE = "sampler.cu"
 BLOCK_THREADS = 256
 MAX_BLOCKS = 1 << 16  # grid-stride loop beyond this
 DTYPE_TAGS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+COORD_MODE_CODES = {"global": 0, "phase": 1}  # the kernel's ``coord_mode`` argument
+assert set(COORD_MODE_CODES) == set(COORD_MODES)
 
 
 def kernel_source() -> str:
@@ -39,6 +44,14 @@ def kernel_name(in_dtype: Any, out_dtype: Any) -> str:
         return f"arssr_sample_{DTYPE_TAGS[np.dtype(in_dtype)]}_{DTYPE_TAGS[np.dtype(out_dtype)]}"
     except KeyError:
         raise BackendError(f"the sampler handles float32/float16 only, not {in_dtype} -> {out_dtype}") from None
+
+
+def coord_mode_code(mode: str) -> int:
+    """The kernel's ``coord_mode`` for a bundle's ``spec.coords``; ModelError for an unknown mode."""
+    try:
+        return COORD_MODE_CODES[mode]
+    except KeyError:
+        raise ModelError(f"unknown decoder coordinate mode {mode!r} (model.json spec.coords); known: {', '.join(COORD_MODES)}") from None
 
 
 # ---------------------------------------------------------------- geometry of one call
@@ -61,12 +74,13 @@ class BoxSpec:
     out_shape: tuple[int, int, int]
     out_start: tuple[int, int, int]
     out_stop: tuple[int, int, int]
+    coords_mode: str = "global"  # what the decoder's coords input holds (bundle.coords_mode)
 
     @classmethod
-    def make(cls, block_shape, in_offset, in_shape, out_shape, out_start, out_stop) -> "BoxSpec":
+    def make(cls, block_shape, in_offset, in_shape, out_shape, out_start, out_stop, coords_mode: str = "global") -> "BoxSpec":
         spec = cls(*(_triplet(v, n) for v, n in zip(
             (block_shape, in_offset, in_shape, out_shape, out_start, out_stop),
-            ("block_shape", "in_offset", "in_shape", "out_shape", "out_start", "out_stop"))))
+            ("block_shape", "in_offset", "in_shape", "out_shape", "out_start", "out_stop"))), coords_mode=coords_mode)
         spec.validate()
         return spec
 
@@ -80,7 +94,8 @@ class BoxSpec:
         return n[0] * n[1] * n[2]
 
     def validate(self) -> None:
-        """ValueError unless the block covers every weighted corner of the box."""
+        """ValueError unless the block covers every weighted corner of the box; ModelError for an unknown coords mode."""
+        coord_mode_code(self.coords_mode)
         for a in range(3):
             h, H, b = self.in_shape[a], self.out_shape[a], self.block_shape[a]
             s, e, o = self.out_start[a], self.out_stop[a], self.in_offset[a]
@@ -107,7 +122,7 @@ def needed_input_range(h: int, H: int, start: int, stop: int) -> tuple[int, int]
 
 
 def _axis_corners(g: np.ndarray, h: int, H: int, off: int, blen: int):
-    p = (g.astype(np.float64) + 0.5) * h / H - 0.5
+    p = _input_index(g, h, H)
     fl = np.floor(p)
     t = p - fl
     i0 = fl.astype(np.int64)
@@ -117,6 +132,18 @@ def _axis_corners(g: np.ndarray, h: int, H: int, off: int, blen: int):
     l0, l1 = i0 - off, i1 - off
     bad = ((w_lo != 0) & ((l0 < 0) | (l0 >= blen))) | ((w_hi != 0) & ((l1 < 0) | (l1 >= blen)))
     return np.clip(l0, 0, blen - 1), np.clip(l1, 0, blen - 1), w_lo, w_hi, bad
+
+
+def _input_index(g: np.ndarray, h: int, H: int) -> np.ndarray:
+    return (g.astype(np.float64) + 0.5) * h / H - 0.5
+
+
+def _decoder_coords(g: np.ndarray, h: int, H: int, mode: str) -> np.ndarray:
+    """The kernel's decoder_coord in float64, rounded once to float32."""
+    if coord_mode_code(mode) == COORD_MODE_CODES["phase"]:
+        p = _input_index(g, h, H)
+        return (2.0 * (p - np.floor(p + PHASE_EPS)) - 1.0).astype(np.float32)
+    return (-1.0 + (2.0 * g.astype(np.float64) + 1.0) / H).astype(np.float32)
 
 
 def _blend(w_lo: np.ndarray, a: np.ndarray, w_hi: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -144,7 +171,7 @@ def reference_sample_rows(features: np.ndarray, spec: BoxSpec, first: int = 0, c
     u0 = _blend(col(wl1), t["00"], col(wh1), t["10"])
     u1 = _blend(col(wl1), t["01"], col(wh1), t["11"])
     rows = _blend(col(wl2), u0, col(wh2), u1).astype(np.float32)
-    coords = np.stack([(-1.0 + (2.0 * g[a].astype(np.float64) + 1.0) / spec.out_shape[a]) for a in range(3)], axis=1).astype(np.float32)
+    coords = np.stack([_decoder_coords(g[a], spec.in_shape[a], spec.out_shape[a], spec.coords_mode) for a in range(3)], axis=1)
     bad = bool(np.any(c[0][4] | c[1][4] | c[2][4]))
     return rows, coords, bad
 
@@ -213,7 +240,8 @@ def _launch_args(feat_ptr: int, feat_strides: Sequence[int], spec: BoxSpec, feat
         [(feat_ptr, ptr)] + [(s, i64) for s in feat_strides]
         + [(feature_dim, i32)] + [(v, i32) for v in spec.block_shape + spec.in_offset + spec.in_shape + spec.out_shape + spec.out_start]
         + [(spec.extents[1], i32), (spec.extents[2], i32), (first, i64), (count, i64),
-           (rows_ptr, ptr), (row_stride, i64), (coords_ptr, ptr), (coord_stride, i64), (status_ptr, ptr)]
+           (rows_ptr, ptr), (row_stride, i64), (coords_ptr, ptr), (coord_stride, i64),
+           (coord_mode_code(spec.coords_mode), i32), (status_ptr, ptr)]
     )
     return [np.array([v], dtype=t) for v, t in values]
 
