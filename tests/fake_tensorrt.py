@@ -443,8 +443,10 @@ def make_fake_tensorrt(version: str = "10.13.0.35", device: FakeDevice | None = 
 # ---------------------------------------------------------------- a small bundle with contract ONNX
 
 
-def make_fake_bundle(path, feature_dim: int = 4, receptive_radius: int = 1, with_fp16: bool = True):
+def make_fake_bundle(path, feature_dim: int = 4, receptive_radius: int = 1, with_fp16: bool = True, coords: str | None = None):
     """A verified bundle whose ONNX files have the contract's names, dtypes and dynamic dims.
+
+    ``coords`` sets model.json ``spec.coords`` (the decoder coordinate mode); None leaves it out.
 
     The graphs are tiny (the fake engines compute their own known functions); what matters to
     the engine code is the I/O declared in each file.
@@ -482,9 +484,12 @@ def make_fake_bundle(path, feature_dim: int = 4, receptive_radius: int = 1, with
     if with_fp16:
         save(".fp16", TensorProto.FLOAT16)
         files += ["encoder.fp16.onnx", "decoder.fp16.onnx"]
+    spec = {"encoder": "rescnn", "feature_dim": feature_dim, "encoder_args": {}, "decoder_width": 8, "decoder_depth": 2}
+    if coords is not None:
+        spec["coords"] = coords
     meta = {
         "name": "fake",
-        "spec": {"encoder": "rescnn", "feature_dim": feature_dim, "encoder_args": {}, "decoder_width": 8, "decoder_depth": 2},
+        "spec": spec,
         "receptive_radius": receptive_radius,
         "axis_order": "xyz",
         "normalization": {"mode": "minmax"},

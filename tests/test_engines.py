@@ -308,11 +308,16 @@ def test_encode_in_tiles_refuses_a_tile_smaller_than_its_halo():
         encode_in_tiles(lambda x: x[None], np.zeros((10, 10, 10), np.float32), (4, 4, 4), 2)
 
 
-def cpu_box(features, offset, in_shape, out_shape, start, stop):
+def cpu_box(features, offset, in_shape, out_shape, start, stop, mode="global"):
     """The CPU pipeline's result for a box: numpy sampler + the fake decoder."""
     sampled = sample_box(np.moveaxis(features, 0, -1).copy(), offset, in_shape, out_shape, start, stop)
     n = sampled.shape[:3]
-    return fake_decoder(sampled.reshape(-1, sampled.shape[-1]), box_coords(out_shape, start, stop)).reshape(n)
+    return fake_decoder(sampled.reshape(-1, sampled.shape[-1]), box_coords(out_shape, start, stop, in_shape, mode)).reshape(n)
+
+
+@pytest.fixture(scope="module")
+def phase_bundle(tmp_path_factory):
+    return make_fake_bundle(tmp_path_factory.mktemp("bundle") / "fake-phase", feature_dim=F, receptive_radius=1, coords="phase")
 
 
 @pytest.mark.parametrize("version, precision", [(TRT10, "fp32"), (TRT11, "fp32"), (TRT11, "fp16")])
@@ -329,6 +334,37 @@ def test_decode_box_equals_the_cpu_path(bundle, cache, version, precision):
     tol = 1e-5 if precision == "fp32" else 5e-3 * np.abs(want).max()
     np.testing.assert_allclose(got, want, atol=tol, rtol=0)
     backend.close()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_decode_box_feeds_a_phase_bundle_the_cell_phase(bundle, phase_bundle, cache, precision):
+    """spec.coords = "phase" reaches the sampler: the decoder sees the CPU pipeline's phase coords."""
+    backend, _, _ = open_fake(phase_bundle, cache, TRT11, precision, chunk=256)
+    assert backend.coords_mode == "phase"
+    rng = np.random.default_rng(9)
+    in_shape, out_shape = (10, 12, 9), (23, 12, 20)  # x2.3, x1 (phase -1 exactly), x2.22
+    block_offset, block_shape = (2, 0, 0), (7, 12, 9)
+    features = rng.standard_normal((F, *block_shape)).astype(np.float32)
+    start, stop = (6, 0, 0), (15, 12, 20)
+    got = backend.decode_box(features, block_offset, in_shape, out_shape, start, stop)
+    want = cpu_box(features, block_offset, in_shape, out_shape, start, stop, "phase")
+    tol = 1e-5 if precision == "fp32" else 5e-3 * np.abs(want).max()
+    np.testing.assert_allclose(got, want, atol=tol, rtol=0)
+    global_coords = cpu_box(features, block_offset, in_shape, out_shape, start, stop, "global")
+    assert np.abs(got - global_coords).max() > 1.0  # the fake decoder adds coords @ (1, 2, 3): the modes differ
+    backend.close()
+    # the same bundle without spec.coords decodes with the published global coords
+    backend, _, _ = open_fake(bundle, cache, TRT11, precision, chunk=256)
+    np.testing.assert_allclose(backend.decode_box(features, block_offset, in_shape, out_shape, start, stop), global_coords, atol=tol, rtol=0)
+    backend.close()
+
+
+def test_a_bundle_with_an_unknown_coords_mode_is_refused_before_the_gpu(tmp_path, cache):
+    odd = make_fake_bundle(tmp_path / "odd", feature_dim=F, coords="local")
+    trt = make_fake_tensorrt(TRT10)
+    with pytest.raises(ModelError, match="spec.coords"):
+        TensorRTBackend(odd, BackendOptions(), trt=trt, device=FakeDevice(), gpu=GPU, cache=cache)
+    assert not builds(trt)
 
 
 def test_decode_box_double_buffers_and_orders_the_streams(bundle, cache):
@@ -435,10 +471,12 @@ def test_engines_build_refuses_a_bad_precision_before_touching_the_gpu(bundle, t
     assert "--precision" in capsys.readouterr().err
 
 
-def test_decode_box_falls_back_to_cpu_sampling_without_the_cuda_sampler(bundle, cache):
+@pytest.mark.parametrize("mode", ["global", "phase"])
+def test_decode_box_falls_back_to_cpu_sampling_without_the_cuda_sampler(bundle, phase_bundle, cache, mode):
     device = FakeDevice()
     trt = make_fake_tensorrt(TRT10, device)
-    backend = TensorRTBackend(bundle, BackendOptions(), trt=trt, device=device, gpu=GPU, cache=cache, chunk=300)
+    chosen = phase_bundle if mode == "phase" else bundle
+    backend = TensorRTBackend(chosen, BackendOptions(), trt=trt, device=device, gpu=GPU, cache=cache, chunk=300)
 
     def no_sampler():
         raise MissingExtraError("NVRTC is needed to compile the CUDA sampler")
@@ -447,5 +485,5 @@ def test_decode_box_falls_back_to_cpu_sampling_without_the_cuda_sampler(bundle, 
     features = np.random.default_rng(8).standard_normal((F, 6, 7, 5)).astype(np.float32)
     args = ((1, 0, 2), (9, 7, 9), (20, 15, 19), (3, 0, 5), (13, 15, 14))
     got = backend.decode_box(features, *args)
-    np.testing.assert_allclose(got, cpu_box(features, *args), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, cpu_box(features, *args, mode), atol=1e-5, rtol=0)
     backend.close()

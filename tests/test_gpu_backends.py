@@ -94,7 +94,8 @@ def test_gpu_decode_box_matches_cpu_sampling(model_bundle, fixture_volume, backe
         got = gpu.decode_box(features[:, 1:23, :, 4:20], (1, 0, 4), lr.shape, out_shape, start, stop)
         block = np.moveaxis(np.asarray(features[:, 1:23, :, 4:20]), 0, -1).copy()
         sampled = sample_box(block, (1, 0, 4), lr.shape, out_shape, start, stop)
-        want = cpu.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out_shape, start, stop)).reshape(sampled.shape[:3])
+        coords = box_coords(out_shape, start, stop, lr.shape, model_bundle.coords_mode)  # the bundle's mode, as the pipeline
+        want = cpu.decode(sampled.reshape(-1, sampled.shape[-1]), coords).reshape(sampled.shape[:3])
         assert float(np.abs(got - want).max()) <= TOLERANCE[precision]
     finally:
         gpu.close()
@@ -140,6 +141,49 @@ def test_torch_cuda_logic_decode_box_equals_the_cpu_pipeline(torch_on_cpu, fixtu
     assert got.shape == (15, 21, 15)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(backend.decode_box(np.array(features[keep]), offset, lr.shape, out_shape, start, stop), got)
+
+
+@pytest.fixture(scope="module")
+def phase_bundle(tmp_path_factory):
+    """The tiny random-weight model with spec.coords = "phase" (TEST ONLY)."""
+    torch = pytest.importorskip("torch")
+    from conftest import TINY_SPEC
+
+    from arssr_rt.export.bundle_writer import write_bundle
+    from arssr_rt.training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({**TINY_SPEC, "coords": "phase"})
+    with torch.no_grad():
+        model.decoder.stage_two[-2].bias.fill_(0.3)  # outputs O(1) with the final ReLU open
+    return load_bundle(write_bundle(model, tmp_path_factory.mktemp("bundles") / "tiny-phase", name="tiny-phase-TEST", validate=False))
+
+
+def test_torch_cuda_logic_decode_box_feeds_a_phase_bundle_the_cpu_pipelines_coords(phase_bundle, fixture_volume):
+    """decode_box of a "phase" bundle: the decoder gets box_coords(..., "phase") exactly, as the CPU path."""
+    from arssr_rt.backends.torch_cuda_backend import TorchCudaBackend
+
+    backend = TorchCudaBackend(phase_bundle, BackendOptions(), torch_device="cpu", chunk=700)
+    assert backend.coords_mode == "phase"
+    lr = np.ascontiguousarray(fixture_volume[0][20:32, 25:35, 30:41] / 255.0)
+    features = backend.encode(lr)
+    keep = (slice(None), slice(2, 10), slice(0, 10), slice(3, 11))
+    offset, out_shape, start, stop = (2, 0, 3), (25, 10, 23), (5, 0, 7), (20, 10, 22)  # x2.08, x1, x2.09
+    seen = []
+    hook = backend.model.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, -3:].numpy().copy()))
+    try:
+        got = backend.decode_box(features[keep], offset, lr.shape, out_shape, start, stop)
+    finally:
+        hook.remove()
+    coords = box_coords(out_shape, start, stop, lr.shape, "phase")
+    np.testing.assert_array_equal(np.concatenate(seen), coords)
+    assert np.all(coords[:, 1] == -1.0)  # the x1 axis
+    sampled = sample_box(np.moveaxis(np.asarray(features[keep]), 0, -1).copy(), offset, lr.shape, out_shape, start, stop)
+    want = backend.decode(sampled.reshape(-1, sampled.shape[-1]), coords).reshape(sampled.shape[:3])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    as_global = backend.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out_shape, start, stop)).reshape(sampled.shape[:3])
+    assert np.abs(got - as_global).max() > 1e-3  # the mode changes what the decoder computes
+    backend.close()
 
 
 def test_torch_cuda_refuses_without_a_cuda_gpu(tiny_bundle):

@@ -12,7 +12,8 @@ features: (F, d, h, w) float32 block whose voxel 0 is global input voxel ``in_of
 volume of ``in_shape``; returns the float32 intensities of output voxels
 [out_start, out_stop) of the output grid ``out_shape``, shape ``out_stop - out_start``. The
 block must cover every input voxel those outputs need (ValueError otherwise). The points
-never leave the GPU: the CUDA sampler writes the decoder's inputs into device memory and
+never leave the GPU: the CUDA sampler writes the decoder's inputs (coords in the bundle's
+``spec.coords`` mode, as the CPU pipeline) into device memory and
 the decoder engine reads them there, chunk i+1 being sampled while chunk i decodes. When
 ``features`` is (a view of) the array the last ``encode`` returned, its device copy is
 reused and nothing is uploaded; that array is returned read-only so it cannot silently
@@ -90,6 +91,9 @@ class TensorRTBackend:
 
         if options.precision not in builder.PRECISIONS:
             raise BackendError(f"tensorrt backend supports precision fp32 or fp16, not {options.precision!r}")
+        from ..engines.sampler import coord_mode_code
+
+        coord_mode_code(bundle.coords_mode)  # an unknown mode is the bundle's fault: ModelError, before the GPU
         # the GPU probe comes before TensorRT exists in this process: a TensorRT runtime
         # without a usable GPU crashes on deserialisation instead of raising
         self.gpu = gpu or gpu_probe.require_gpu(options.device)
@@ -101,6 +105,7 @@ class TensorRTBackend:
         self.device = device
         self.receptive_radius = bundle.receptive_radius
         self.feature_dim = bundle.feature_dim
+        self.coords_mode = bundle.coords_mode  # what the decoder's coords input holds
         settings = builder.BuildSettings(precision=options.precision)
         blobs = builder.load_engines(self.trt, bundle, settings, self.gpu, cache or EngineCache())
         self.encoder = TrtEngine(self.trt, blobs["encoder"], device, "encoder")
@@ -178,7 +183,7 @@ class TensorRTBackend:
         """decode_box for a feature block already in device memory."""
         from ..engines.sampler import BoxSpec
 
-        spec = BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop)
+        spec = BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop, self.coords_mode)
         return self._box_decoder().decode(features, spec)
 
     def _decode_box_on_host(self, features: np.ndarray, in_offset: Sequence[int], in_shape: Sequence[int],
@@ -191,7 +196,8 @@ class TensorRTBackend:
         out = np.empty([b - a for a, b in zip(out_start, out_stop)], dtype=np.float32)
         for start, stop in output_chunks(tuple(zip(out_start, out_stop)), self._chunk):
             sampled = sample_box(block, in_offset, in_shape, out_shape, start, stop)
-            values = self.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out_shape, start, stop))
+            coords = box_coords(out_shape, start, stop, in_shape, self.coords_mode)
+            values = self.decode(sampled.reshape(-1, sampled.shape[-1]), coords)
             out[tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, out_start))] = values.reshape(sampled.shape[:3])
         return out
 
@@ -209,7 +215,7 @@ class TensorRTBackend:
         if self._sampler_error is not None:
             from ..engines.sampler import BoxSpec
 
-            BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop)  # same checks
+            BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop, self.coords_mode)  # same checks
             return self._decode_box_on_host(features, in_offset, in_shape, out_shape, out_start, out_stop)
         on_device = self._device_copy(features)
         if on_device is None:

@@ -14,7 +14,9 @@ with the same contract as the tensorrt backend's (see tensorrt_backend.py): the 
 [out_start, out_stop) of the grid ``out_shape`` and decoded on the GPU; the result (float32,
 shape ``out_stop - out_start``) is copied to the host once. Sampling is the CPU path's
 separable formula (arssr_rt.sampling.axis_weights) run as torch ops in the same order, so
-it matches the numpy sampler. A view of the last ``encode`` result reuses its GPU copy.
+it matches the numpy sampler; the decoder's coords follow the bundle's ``spec.coords`` mode
+("global" or "phase"), computed in float64 and rounded to float32 exactly as the CPU
+pipeline does. A view of the last ``encode`` result reuses its GPU copy.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class TorchCudaBackend:
         torch = self._torch = require("torch")
         if options.precision not in ("fp32", "fp16"):
             raise BackendError(f"torch-cuda backend supports precision fp32 or fp16, not {options.precision!r}")
+        from ..engines.sampler import coord_mode_code
+
+        coord_mode_code(bundle.coords_mode)  # an unknown mode is the bundle's fault: ModelError, before the GPU
         if torch_device is None:  # tests pass "cpu" to exercise the logic without a GPU
             if not torch.cuda.is_available():
                 raise BackendError("torch-cuda needs a CUDA GPU visible to torch (torch.cuda.is_available() is False)")
@@ -63,6 +68,7 @@ class TorchCudaBackend:
         self.model = model.to(self.device).eval()
         self.fp16 = options.precision == "fp16"
         self.feature_dim = bundle.feature_dim
+        self.coords_mode = bundle.coords_mode  # what the decoder's coords input holds
         self.chunk = int(chunk)
         self._last_host: np.ndarray | None = None
         self._last_device: Any = None
@@ -136,16 +142,18 @@ class TorchCudaBackend:
                    out_shape: Sequence[int], out_start: Sequence[int], out_stop: Sequence[int]) -> np.ndarray:
         """Sample + decode output box [out_start, out_stop) on the GPU; see the module doc."""
         from ..engines.sampler import BoxSpec
-        from ..geometry import normalized_centres
+        from ..geometry import decoder_axis_coords
 
         if features.ndim != 4 or features.shape[0] != self.feature_dim:
             raise BackendError(f"decode_box expects a ({self.feature_dim}, d, h, w) feature block, got {features.shape}")
-        spec = BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop)
+        spec = BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop, self.coords_mode)
         torch = self._torch
         n0, n1, n2 = spec.extents
         slab = max(1, self.chunk // max(1, n1 * n2))  # output planes of axis 0 per step
         out = torch.empty((n0, n1, n2), dtype=torch.float32, device=self.device)
-        centres = [torch.from_numpy(normalized_centres(n)[a:b]).to(self.device) for n, a, b in zip(spec.out_shape, spec.out_start, spec.out_stop)]
+        # per-axis decoder coords of the box, float64 math rounded to float32 (the CPU pipeline's)
+        axes = [torch.from_numpy(decoder_axis_coords(h, n, a, b, spec.coords_mode)).to(self.device)
+                for h, n, a, b in zip(spec.in_shape, spec.out_shape, spec.out_start, spec.out_stop)]
         with self._run():
             block = self._device_block(features).float()
             # axis 0 first, then 1, then 2: the CPU sampler's order, so the blends agree bit for bit
@@ -155,7 +163,7 @@ class TorchCudaBackend:
                 x = self._blend(x, 2, spec.in_shape[1], spec.out_shape[1], spec.out_start[1], spec.out_stop[1], spec.in_offset[1])
                 x = self._blend(x, 3, spec.in_shape[2], spec.out_shape[2], spec.out_start[2], spec.out_stop[2], spec.in_offset[2])
                 rows = x.permute(1, 2, 3, 0).reshape(-1, self.feature_dim)  # (points, F) in C order
-                g0, g1, g2 = torch.meshgrid(centres[0][s:e], centres[1], centres[2], indexing="ij")
+                g0, g1, g2 = torch.meshgrid(axes[0][s:e], axes[1], axes[2], indexing="ij")
                 coords = torch.stack([g0.reshape(-1), g1.reshape(-1), g2.reshape(-1)], dim=1)
                 values = torch.empty(rows.shape[0], dtype=torch.float32, device=self.device)
                 for a in range(0, rows.shape[0], self.chunk):

@@ -1,7 +1,8 @@
 """Decode one output box without the points leaving the GPU: sampler kernel -> decoder engine.
 
-Per chunk of the box's points (C order): the sampler writes the decoder's inputs into one of
-two device buffer sets on the *sample* stream; the decoder runs from that set on the
+Per chunk of the box's points (C order): the sampler writes the decoder's inputs (features,
+and coords in the mode the ``BoxSpec`` carries: the bundle's ``spec.coords``, "global" or
+"phase") into one of two device buffer sets on the *sample* stream; the decoder runs from that set on the
 *decode* stream and writes its intensities straight into a device array for the whole box.
 Events order the two streams, so chunk i decodes while chunk i+1 is sampled, and a buffer
 set is refilled only after the decode that read it finished. The host queues everything,
