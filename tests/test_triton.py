@@ -20,7 +20,7 @@ from arssr_rt.geometry import plan_output_grid
 from arssr_rt.pipeline import Upsampler
 from arssr_rt.volume import Volume
 
-from conftest import FIXTURE_PATH
+from conftest import FIXTURE_PATH, TINY_SPEC
 
 
 class _Tensor:
@@ -90,6 +90,44 @@ def repo(tmp_path, tiny_bundle) -> Path:
     return tmp_path / "repo"
 
 
+@pytest.fixture(scope="module")
+def phase_bundle(tmp_path_factory) -> Path:
+    """The tiny random-weight model with spec.coords = "phase" (TEST ONLY)."""
+    torch = pytest.importorskip("torch")
+    from arssr_rt.export.bundle_writer import write_bundle
+    from arssr_rt.training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({**TINY_SPEC, "coords": "phase"})
+    with torch.no_grad():
+        model.decoder.stage_two[-2].bias.fill_(0.3)  # outputs O(1) with the final ReLU open
+    return Path(write_bundle(model, tmp_path_factory.mktemp("bundles") / "tiny-phase", name="tiny-phase-TEST", validate=False))
+
+
+def _parameters(repo: Path) -> dict[str, str]:
+    config = (repo / "arssr" / "config.pbtxt").read_text()
+    return dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', config))
+
+
+def _load_served_model(repo: Path, monkeypatch, parameters: dict[str, str] | None = None):
+    """(TritonPythonModel initialised as Triton would, the fake pb_utils) for the repo's model.py."""
+    from arssr_rt.backends import base as backends_base
+
+    pb_utils = fake_pb_utils(repo)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils)
+    # the served model registers a "triton-bls" backend; keep it out of the other tests (load the
+    # real backends first: once their modules are imported they never register again)
+    monkeypatch.setattr(backends_base, "_REGISTRY", dict(backends_base._load_registry()))
+    spec = importlib.util.spec_from_file_location("arssr_triton_model", repo / "arssr" / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parameters = _parameters(repo) if parameters is None else parameters
+    model = module.TritonPythonModel()
+    model.initialize({"model_repository": str(repo / "arssr"), "model_version": "1",
+                      "model_config": json.dumps({"parameters": {k: {"string_value": v} for k, v in parameters.items()}})})
+    return model, pb_utils
+
+
 def test_repository_layout(repo):
     files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
     assert files == [
@@ -127,21 +165,15 @@ def test_tensorrt_accelerator_and_refusals(tmp_path, tiny_bundle):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trt"]
 
 
-def test_python_model_matches_the_local_pipeline(repo, tiny_bundle, monkeypatch):
-    from arssr_rt.backends import base as backends_base
-
-    pb_utils = fake_pb_utils(repo)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils)
-    # the served model registers a "triton-bls" backend; keep it out of the other tests
-    monkeypatch.setattr(backends_base, "_REGISTRY", dict(backends_base._REGISTRY))
-    spec = importlib.util.spec_from_file_location("arssr_triton_model", repo / "arssr" / "1" / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = (repo / "arssr" / "config.pbtxt").read_text()
-    parameters = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', config))
-    model = module.TritonPythonModel()
-    model.initialize({"model_repository": str(repo / "arssr"), "model_version": "1",
-                      "model_config": json.dumps({"parameters": {k: {"string_value": v} for k, v in parameters.items()}})})
+@pytest.mark.parametrize("which", ["tiny_bundle", "phase_bundle"])
+def test_python_model_matches_the_local_pipeline(which, tmp_path, monkeypatch, request):
+    """The served pipeline equals the local one, for a global- and a phase-coordinate bundle."""
+    bundle_dir = request.getfixturevalue(which)
+    repo = tmp_path / "repo"
+    assert main(["export-triton", "--model", str(bundle_dir), "-o", str(repo)]) == 0
+    mode = "phase" if which == "phase_bundle" else "global"
+    assert _parameters(repo)["coords"] == mode
+    model, pb_utils = _load_served_model(repo, monkeypatch)
 
     img = nib.load(FIXTURE_PATH)
     data = np.asarray(img.dataobj, dtype=np.float32)[:20, :18, :16]
@@ -153,7 +185,8 @@ def test_python_model_matches_the_local_pipeline(repo, tiny_bundle, monkeypatch)
     assert not good_response.has_error()
     served = {t.name(): t.as_numpy() for t in good_response.output_tensors}
     grid = plan_output_grid(data.shape, img.affine, shape=out_shape.tolist())
-    with Upsampler(tiny_bundle, backend="onnxruntime") as local:
+    with Upsampler(bundle_dir, backend="onnxruntime") as local:
+        assert local.bundle.coords_mode == mode
         expected = local.run(Volume(data=data, affine=img.affine), grid)
     assert served["output"].shape == (40, 27, 32)
     np.testing.assert_allclose(served["output"], expected, atol=1e-5 * float(np.ptp(data)))
@@ -161,3 +194,25 @@ def test_python_model_matches_the_local_pipeline(repo, tiny_bundle, monkeypatch)
     assert pb_utils.calls["arssr_encoder"] >= 1 and pb_utils.calls["arssr_decoder"] >= 1
     assert bad_response.has_error() and "constant" in bad_response.error().message()
     model.finalize()
+
+
+def test_python_model_refuses_a_config_that_disagrees_with_the_bundles_coords(tmp_path, phase_bundle, monkeypatch):
+    repo = tmp_path / "repo"
+    assert main(["export-triton", "--model", str(phase_bundle), "-o", str(repo)]) == 0
+    with pytest.raises(RuntimeError, match="coords 'global'.*'phase'"):
+        _load_served_model(repo, monkeypatch, {**_parameters(repo), "coords": "global"})
+
+
+def test_export_refuses_a_bundle_with_an_unknown_coords_mode(tmp_path, tiny_bundle, capsys):
+    import shutil
+
+    from arssr_rt.bundle import write_model_json
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_bundle, odd)
+    meta = json.loads((odd / "model.json").read_text())
+    meta["spec"]["coords"] = "local"
+    write_model_json(odd, meta)
+    assert main(["export-triton", "--model", str(odd), "-o", str(tmp_path / "repo")]) != 0
+    assert "spec.coords" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()

@@ -8,6 +8,11 @@ Layout (Triton's own conventions):
                                                    Python backend: tiling + sampling,
                                                    calling the two models by BLS
 
+The pipeline model's config carries the bundle's decoder coordinate mode (``model.json``
+``spec.coords``: "global", the published ArSSR, or "phase") as parameter ``coords``; model.py
+feeds the decoder those coordinates and refuses to start when the installed arssr-rt or the
+copied model.json disagree with it.
+
 The networks are served by Triton's ONNX Runtime backend (on GPU when the server has one;
 ``tensorrt=True`` adds the TensorRT execution accelerator, which builds engines inside the
 server for its own GPU and TensorRT version, so no engine file has to match). The repository
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from ..bundle import ModelBundle, resolve_model
 from ..errors import InputError, ModelError, OutputError
+from ..geometry import COORD_MODES
 
 ENCODER_MODEL = "arssr_encoder"
 DECODER_MODEL = "arssr_decoder"
@@ -77,8 +83,11 @@ def network_config(name: str, onnx_path: Path, tensorrt: bool, precision: str) -
     return text
 
 
-def pipeline_config(precision: str, chunk: int, normalization: str) -> str:
-    """config.pbtxt of the Python-backend model that does tiling and sampling."""
+def pipeline_config(precision: str, chunk: int, normalization: str, coords: str = "global") -> str:
+    """config.pbtxt of the Python-backend model that does tiling and sampling.
+
+    ``coords`` is the decoder coordinate mode (the bundle's ``spec.coords``).
+    """
     text = f'name: "{PIPELINE_MODEL}"\nbackend: "python"\nmax_batch_size: 0\n'
     text += _tensor_block("input", "volume", "TYPE_FP32", [-1, -1, -1])
     text += _tensor_block("input", "affine", "TYPE_FP64", [4, 4])
@@ -87,7 +96,7 @@ def pipeline_config(precision: str, chunk: int, normalization: str) -> str:
     text += _tensor_block("output", "output_affine", "TYPE_FP64", [4, 4])
     # the pipeline itself is numpy on the CPU; the networks it calls run on the GPU
     text += "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
-    for key, value in (("precision", precision), ("chunk", str(chunk)), ("normalization", normalization)):
+    for key, value in (("precision", precision), ("chunk", str(chunk)), ("normalization", normalization), ("coords", coords)):
         text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
     return text
 
@@ -117,6 +126,9 @@ def export_triton_repository(
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: output folder does not exist")
     normalization = normalization or str(bundle.normalization.get("mode", "minmax"))
+    coords = bundle.coords_mode  # what the decoder was trained to see; model.py checks it again
+    if coords not in COORD_MODES:
+        raise ModelError(f"model bundle {bundle.path}: unknown decoder coordinate mode {coords!r} (model.json spec.coords); known: {', '.join(COORD_MODES)}")
 
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -133,7 +145,7 @@ def export_triton_repository(
         meta = dict(bundle.meta)
         meta["files"] = {}
         (version / "bundle" / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        (tmp / PIPELINE_MODEL / "config.pbtxt").write_text(pipeline_config(precision, chunk, normalization))
+        (tmp / PIPELINE_MODEL / "config.pbtxt").write_text(pipeline_config(precision, chunk, normalization, coords))
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

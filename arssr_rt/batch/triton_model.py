@@ -9,6 +9,11 @@ Triton's ONNX Runtime / TensorRT backends and their GPU instances.
 Needs ``pip install arssr-rt`` in the Python backend's environment (numpy + nibabel only
 are used on this path; torch is never imported).
 
+The decoder's ``coords`` follow the bundle's coordinate mode (config parameter ``coords`` =
+model.json ``spec.coords``: "global" or "phase"); an installed arssr-rt that does not know the
+mode, or a model.json that disagrees with the config, stops the model at load instead of
+serving wrong intensities.
+
 Inputs: ``volume`` FP32 (X, Y, Z), ``affine`` FP64 (4, 4), ``out_shape`` INT32 (3).
 Outputs: ``output`` FP32 (out_shape), ``output_affine`` FP64 (4, 4).
 """
@@ -65,6 +70,19 @@ class TritonBLSBackend:
         pass
 
 
+def check_coords_mode(configured: str, bundle: ModelBundle) -> None:
+    """Refuse to serve unless the config, the bundle and the installed arssr-rt agree on the mode."""
+    try:
+        from arssr_rt.geometry import COORD_MODES
+    except ImportError:  # arssr-rt from before coordinate modes: it can only feed "global"
+        COORD_MODES = ("global",)
+    declared = str(bundle.meta.get("spec", {}).get("coords", "global"))
+    if configured != declared:
+        raise pb_utils.TritonModelException(f"config.pbtxt says coords {configured!r} but bundle/model.json says {declared!r}; re-export the repository")
+    if configured not in COORD_MODES:
+        raise pb_utils.TritonModelException(f"the installed arssr-rt does not know decoder coordinate mode {configured!r}; pip install -U arssr-rt")
+
+
 class TritonPythonModel:
     """Triton's entry points: initialize once per instance, execute per batch of requests."""
 
@@ -76,6 +94,7 @@ class TritonPythonModel:
         io_dtype = np.dtype(np.float16 if parameters.get("precision") == "fp16" else np.float32)
         register_backend("triton-bls", priority=-1000)(lambda bundle, options: TritonBLSBackend(io_dtype))
         bundle = ModelBundle(path=model_dir / "bundle", meta=meta)
+        check_coords_mode(parameters.get("coords", "global"), bundle)
         self.upsampler = Upsampler(
             bundle, backend="triton-bls", options=BackendOptions(),
             chunk=int(parameters.get("chunk", 1 << 17)), normalization=parameters.get("normalization", "minmax"),
