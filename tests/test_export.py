@@ -286,29 +286,70 @@ def _ort_lib_dir() -> Path | None:
     return None
 
 
-def test_cpp_snippet_runs_and_matches_the_python_runtime(exported, tmp_path: Path) -> None:
-    """Built and run against a bundle, the C++ example reproduces the onnxruntime pipeline."""
+@pytest.fixture(scope="module")
+def cpp_example(tmp_path_factory) -> Path:
+    """docs/examples/ort_contract.cpp built against libonnxruntime (once per module), or a skip."""
     import shutil as sh
     import subprocess
 
-    pipeline = pytest.importorskip("arssr_rt.pipeline")
     compiler, include, lib = sh.which("g++"), _ort_include_dir(), _ort_lib_dir()
     if compiler is None or include is None or lib is None:
         pytest.skip("needs g++, the onnxruntime C++ headers and libonnxruntime.so (ORT_INCLUDE_DIR / ORT_LIB_DIR)")
-    _, out = exported
     source = Path(__file__).resolve().parents[1] / "docs" / "examples" / "ort_contract.cpp"
-    exe = tmp_path / "ort_contract"
+    exe = tmp_path_factory.mktemp("cpp") / "ort_contract"
     build = subprocess.run([compiler, "-std=c++17", "-O1", f"-I{include}", str(source), f"-L{lib}", "-lonnxruntime",
                             f"-Wl,-rpath,{lib}", "-o", str(exe)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
-    in_shape, scale = (12, 10, 9), 1.5
+    return exe
+
+
+def run_cpp_example(exe: Path, bundle_dir: Path, tmp_path: Path, in_shape=(12, 10, 9), scale=1.5) -> tuple[np.ndarray, np.ndarray, str]:
+    """(C++ output, Python onnxruntime pipeline output, C++ stdout) for the example's synthetic input."""
+    import subprocess
+
+    pipeline = pytest.importorskip("arssr_rt.pipeline")
     raw = tmp_path / "out.raw"
-    ran = subprocess.run([str(exe), str(out), *map(str, in_shape), str(scale), str(raw)], capture_output=True, text=True, timeout=300)
+    ran = subprocess.run([str(exe), str(bundle_dir), *map(str, in_shape), str(scale), str(raw)], capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
     out_shape = tuple(int(round(n * scale)) for n in in_shape)
     cpp = np.fromfile(raw, dtype=np.float32).reshape(out_shape)
     lr = (np.arange(np.prod(in_shape)) % 97 / 96.0).astype(np.float32).reshape(in_shape)
-    with pipeline.Upsampler(load_bundle(out), backend="onnxruntime") as up:
+    with pipeline.Upsampler(load_bundle(bundle_dir), backend="onnxruntime") as up:
         expected = up.infer(lr, out_shape)
+    return cpp, expected, ran.stdout
+
+
+def test_cpp_snippet_runs_and_matches_the_python_runtime(exported, cpp_example, tmp_path: Path) -> None:
+    """Built and run against a bundle, the C++ example reproduces the onnxruntime pipeline."""
+    _, out = exported
+    cpp, expected, stdout = run_cpp_example(cpp_example, out, tmp_path)
+    assert "(global coords)" in stdout
     assert (expected > 0).mean() > 0.3
     assert np.abs(cpp - expected).max() <= 1e-4
+
+
+def test_cpp_snippet_reads_the_phase_mode_and_matches_the_python_runtime(cpp_example, tmp_path: Path) -> None:
+    """A spec.coords = "phase" bundle: the C++ example feeds the decoder the cell phase, as the runtime."""
+    import subprocess
+
+    torch.manual_seed(3)
+    model = lively(build_model({**SHRUNK["rescnn"], "coords": "phase"}))
+    out = write_bundle(model, tmp_path / "phase", name="rescnn-phase-TEST", validate=False)
+    in_shape, scale = (12, 10, 9), 1.5
+    cpp, expected, stdout = run_cpp_example(cpp_example, out, tmp_path, in_shape, scale)
+    assert "(phase coords)" in stdout
+    assert (expected > 0).mean() > 0.3
+    assert np.abs(cpp - expected).max() <= 1e-4
+    # the mode matters: the same weights read as a global-coordinate bundle give another output
+    meta = json.loads((Path(out) / "model.json").read_text())
+    meta["spec"]["coords"] = "global"
+    (Path(out) / "model.json").write_text(json.dumps(meta))
+    ran = subprocess.run([str(cpp_example), str(out), *map(str, in_shape), str(scale), str(tmp_path / "global.raw")],
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and "(global coords)" in ran.stdout
+    assert np.abs(np.fromfile(tmp_path / "global.raw", dtype=np.float32).reshape(cpp.shape) - cpp).max() > 1e-3
+    # an unknown mode is refused, not guessed
+    meta["spec"]["coords"] = "local"
+    (Path(out) / "model.json").write_text(json.dumps(meta))
+    ran = subprocess.run([str(cpp_example), str(out), *map(str, in_shape), str(scale)], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 2 and "spec.coords" in ran.stderr

@@ -7,6 +7,13 @@
 // runs a synthetic [0,1] volume (voxel i = (i % 97) / 96 in C order), prints the output mean and
 // optionally writes the output as raw float32 (C order) for comparison with the Python runtime.
 //
+// The decoder's "coords" input depends on the bundle's coordinate mode, model.json "spec":
+// {"coords": ...} ("global" when absent), read here with a plain text search:
+//   global (published ArSSR): c = -1 + (2j + 1) / H        (output voxel centre over the whole axis)
+//   phase:                    c = 2 * (p - floor(p + 1e-4)) - 1, p = (j + 0.5) * h / H - 0.5
+//                             (where the point sits inside its trilinear cell)
+// per axis (h input, H output voxels, j the output index), computed in double, rounded once to float.
+//
 // The input must already be normalised to [0, 1] (min-max) and in the bundle's axis order
 // (model.json "axis_order": xyz = NIfTI (i,j,k) arrays, zyx = the reverse); the output is in
 // [0, 1]-space too: restore with out * (max - min) + min. Output geometry (FOV-preserving
@@ -22,41 +29,84 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 namespace {
 
-// Network coordinate of voxel centre j on an axis of n voxels: c = -1 + (2j + 1) / n.
-float centre(int64_t j, int64_t n) { return -1.0f + (2.0f * static_cast<float>(j) + 1.0f) / static_cast<float>(n); }
+enum class CoordMode { Global, Phase };
 
-// Trilinear sample of features [F, D, H, W] (C order) at coords c (array axis order), exactly
-// grid_sample(bilinear, padding zeros, align_corners=false): u = ((c + 1) * n - 1) / 2 per axis,
-// corners floor(u) and floor(u) + 1 weighted 1 - frac and frac, corners outside the volume weigh 0.
-void sample_features(const float* feat, int64_t channels, const std::array<int64_t, 3>& dims, const float* c, float* out) {
-  std::array<int64_t, 3> lo{};
-  std::array<float, 3> frac{};
-  for (int a = 0; a < 3; ++a) {
-    const float u = ((c[a] + 1.0f) * static_cast<float>(dims[a]) - 1.0f) * 0.5f;
-    const float fl = std::floor(u);
-    lo[a] = static_cast<int64_t>(fl);
-    frac[a] = u - fl;
+constexpr double kPhaseEps = 1e-4;  // a point on a cell edge (up to rounding) gets phase -1
+
+// model.json "spec": {"coords": "global" | "phase"}; absent means "global". A text search is
+// enough: "coords" is a key only there (the "onnx" section lists it as a value, never before ':').
+std::optional<CoordMode> read_coord_mode(const std::string& model_json) {
+  std::ifstream in(model_json);
+  if (!in) {
+    std::fprintf(stderr, "cannot read %s\n", model_json.c_str());
+    return std::nullopt;
   }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string text = buffer.str();
+  const std::string key = "\"coords\"";
+  for (size_t at = text.find(key); at != std::string::npos; at = text.find(key, at + 1)) {
+    size_t k = text.find_first_not_of(" \t\r\n", at + key.size());
+    if (k == std::string::npos || text[k] != ':') continue;
+    k = text.find_first_not_of(" \t\r\n", k + 1);
+    if (k != std::string::npos && text.compare(k, 8, "\"global\"") == 0) return CoordMode::Global;
+    if (k != std::string::npos && text.compare(k, 7, "\"phase\"") == 0) return CoordMode::Phase;
+    std::fprintf(stderr, "%s: unknown spec.coords (expected \"global\" or \"phase\")\n", model_json.c_str());
+    return std::nullopt;
+  }
+  return CoordMode::Global;
+}
+
+// One output voxel j of an axis (h input voxels -> H output voxels): its trilinear corners in
+// the input, exactly grid_sample(bilinear, padding zeros, align_corners=false), and its decoder
+// coordinate. Double math, rounded once to float, as the Python runtime.
+struct AxisPoint {
+  int64_t lo;    // lower corner floor(p); the upper one is lo + 1
+  float w_lo;    // 1 - (p - lo), 0 when the corner is outside the volume
+  float w_hi;    // p - lo, 0 when the corner is outside the volume
+  float coord;   // the decoder's coordinate for this axis
+};
+
+std::vector<AxisPoint> axis_points(int64_t h, int64_t H, CoordMode mode) {
+  std::vector<AxisPoint> points(static_cast<size_t>(H));
+  for (int64_t j = 0; j < H; ++j) {
+    const double p = (static_cast<double>(j) + 0.5) * static_cast<double>(h) / static_cast<double>(H) - 0.5;  // input index
+    const double fl = std::floor(p);
+    const double t = p - fl;
+    AxisPoint& pt = points[static_cast<size_t>(j)];
+    pt.lo = static_cast<int64_t>(fl);
+    pt.w_lo = (pt.lo >= 0 && pt.lo < h) ? static_cast<float>(1.0 - t) : 0.0f;
+    pt.w_hi = (pt.lo + 1 >= 0 && pt.lo + 1 < h) ? static_cast<float>(t) : 0.0f;
+    pt.coord = mode == CoordMode::Phase
+                   ? static_cast<float>(2.0 * (p - std::floor(p + kPhaseEps)) - 1.0)
+                   : static_cast<float>(-1.0 + (2.0 * static_cast<double>(j) + 1.0) / static_cast<double>(H));
+  }
+  return points;
+}
+
+// Trilinear sample of features [F, D, H, W] (C order) at one output point (its three axis
+// points); corners outside the volume weigh 0.
+void sample_features(const float* feat, int64_t channels, const std::array<int64_t, 3>& dims,
+                     const std::array<const AxisPoint*, 3>& pt, float* out) {
   std::fill(out, out + channels, 0.0f);
-  const int64_t plane = dims[1] * dims[2];
-  const int64_t volume = dims[0] * plane;
+  const int64_t volume = dims[0] * dims[1] * dims[2];
   for (int corner = 0; corner < 8; ++corner) {
     float weight = 1.0f;
     int64_t offset = 0;
-    bool inside = true;
     for (int a = 0; a < 3; ++a) {
       const int bit = (corner >> (2 - a)) & 1;
-      const int64_t idx = lo[a] + bit;
-      weight *= bit ? frac[a] : 1.0f - frac[a];
-      inside = inside && idx >= 0 && idx < dims[a];
-      offset = offset * dims[a] + idx;
+      weight *= bit ? pt[a]->w_hi : pt[a]->w_lo;
+      offset = offset * dims[a] + std::clamp<int64_t>(pt[a]->lo + bit, 0, dims[a] - 1);  // weight 0 when clamped
     }
-    if (!inside || weight == 0.0f) continue;
+    if (weight == 0.0f) continue;
     for (int64_t f = 0; f < channels; ++f) out[f] += weight * feat[f * volume + offset];
   }
 }
@@ -73,6 +123,10 @@ int main(int argc, char** argv) {
   const double scale = std::atof(argv[5]);
   std::array<int64_t, 3> out_dims{};
   for (int a = 0; a < 3; ++a) out_dims[a] = static_cast<int64_t>(std::llround(in_dims[a] * scale));  // H = round(h * s)
+  const std::optional<CoordMode> mode = read_coord_mode(bundle + "/model.json");
+  if (!mode) return 2;
+  std::array<std::vector<AxisPoint>, 3> axes;
+  for (int a = 0; a < 3; ++a) axes[a] = axis_points(in_dims[a], out_dims[a], *mode);
 
   Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "arssr-rt");
   Ort::SessionOptions options;
@@ -107,8 +161,9 @@ int main(int argc, char** argv) {
     for (int64_t p = 0; p < n; ++p) {
       const int64_t flat = start + p;  // C order over the output grid
       const int64_t idx[3] = {flat / (out_dims[1] * out_dims[2]), (flat / out_dims[2]) % out_dims[1], flat % out_dims[2]};
-      for (int a = 0; a < 3; ++a) coords[p * 3 + a] = centre(idx[a], out_dims[a]);
-      sample_features(features, channels, in_dims, &coords[p * 3], &sampled[p * channels]);
+      const std::array<const AxisPoint*, 3> pt{&axes[0][idx[0]], &axes[1][idx[1]], &axes[2][idx[2]]};
+      for (int a = 0; a < 3; ++a) coords[p * 3 + a] = pt[a]->coord;
+      sample_features(features, channels, in_dims, pt, &sampled[p * channels]);
     }
     const std::array<int64_t, 2> f_shape{n, channels};
     const std::array<int64_t, 2> c_shape{n, 3};
@@ -130,7 +185,7 @@ int main(int argc, char** argv) {
   }
   double sum = 0.0;
   for (float v : output) sum += v;
-  std::printf("output %lld x %lld x %lld, mean %.6f\n", static_cast<long long>(out_dims[0]), static_cast<long long>(out_dims[1]),
-              static_cast<long long>(out_dims[2]), sum / static_cast<double>(total));
+  std::printf("output %lld x %lld x %lld (%s coords), mean %.6f\n", static_cast<long long>(out_dims[0]), static_cast<long long>(out_dims[1]),
+              static_cast<long long>(out_dims[2]), *mode == CoordMode::Phase ? "phase" : "global", sum / static_cast<double>(total));
   return 0;
 }
