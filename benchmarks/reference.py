@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from arssr_rt.geometry import normalized_centres
+from arssr_rt.geometry import decoder_axis_coords, normalized_centres
 from arssr_rt.training.models import ArSSR
 
 DECODER_CHUNK = 1 << 18  # points per decoder call ("large chunks")
@@ -24,6 +24,12 @@ def all_coords(out_shape: Sequence[int]) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, 3)
 
 
+def decoder_coords(lr_shape: Sequence[int], out_shape: Sequence[int], mode: str) -> torch.Tensor:
+    """(1, N, 3) what the decoder sees for every output voxel: the model's coordinate mode (spec.coords)."""
+    axes = [torch.from_numpy(decoder_axis_coords(h, n, 0, n, mode)) for h, n in zip(lr_shape, out_shape)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, 3)
+
+
 @torch.inference_mode()
 def reference_upsample(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk: int = DECODER_CHUNK) -> np.ndarray:
     """Normalised LR (D, H, W) -> normalised output of ``out_shape`` (float32)."""
@@ -32,6 +38,7 @@ def reference_upsample(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], c
     coords = all_coords(out_shape)
     sampled = model.query(features, coords)  # (1, N, F): every point at once
     del features
+    coords = decoder_coords(lr.shape, out_shape, model.spec.coords)  # "global": the same as above
     out = torch.empty(coords.shape[1])
     for start in range(0, coords.shape[1], chunk):
         stop = min(coords.shape[1], start + chunk)
