@@ -54,13 +54,13 @@ struct AxisCorners {
 
 __device__ __forceinline__ int clamp_index(int i, int n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
-// Corners and weights of output voxel j (global) of one axis: h input voxels -> H output voxels,
-// block of blen voxels starting at global input index off.
 // Continuous input index of output voxel j's centre: ((j + 0.5) * h) / H - 0.5, in that order.
 __device__ __forceinline__ double input_index(int j, int h, int H) {
     return __dadd_rn(__ddiv_rn(__dmul_rn(__dadd_rn((double)j, 0.5), (double)h), (double)H), -0.5);
 }
 
+// Corners and weights of output voxel j (global) of one axis: h input voxels -> H output voxels,
+// block of blen voxels starting at global input index off.
 __device__ __forceinline__ AxisCorners axis_corners(int j, int h, int H, int off, int blen) {
     const double p = input_index(j, h, H);
     const double fl = floor(p);
