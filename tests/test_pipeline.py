@@ -126,15 +126,19 @@ def test_chunk_size_does_not_change_result(bundle, lr):
     np.testing.assert_allclose(small, big, atol=1e-6)
 
 
-def test_phase_coordinate_bundle_matches_torch_reference(tmp_path, lr):
+@pytest.mark.parametrize("decoder", ["arssr", "modulated"])
+def test_phase_coordinate_bundle_matches_torch_reference(tmp_path, lr, decoder):
     """A 'phase' bundle: the runtime feeds the decoder the sub-voxel cell phase, like training."""
     from arssr_rt.bundle import load_bundle
     from arssr_rt.export.bundle_writer import write_bundle
 
     torch.manual_seed(1)
-    model = build_model({**SPEC, "coords": "phase"}).eval()
+    model = build_model({**SPEC, "coords": "phase", "decoder": decoder}).eval()
     with torch.no_grad():
-        model.decoder.stage_two[-2].bias.fill_(0.3)
+        if decoder == "modulated":  # the modulator starts at zero: give it weight to test
+            model.decoder.modulator[-1].weight.normal_(0, 0.3)
+        else:
+            model.decoder.stage_two[-2].bias.fill_(0.3)
     bundle = load_bundle(write_bundle(model, tmp_path / "phase", name="tiny-phase-TEST"))
     assert bundle.coords_mode == "phase"
     out_shape = (80, 90, 44)  # x2, x2.5, x1

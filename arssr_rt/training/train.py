@@ -140,7 +140,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         torch.set_rng_state(state["torch_rng"])
     else:
         if cfg.init:
-            model.load_state_dict(torch.load(cfg.init, weights_only=False)["model"], strict=True)
+            state = torch.load(cfg.init, weights_only=False)["model"]
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            # only parameters the new spec adds (e.g. a modulator) may start fresh
+            if unexpected or any(not k.startswith("decoder.modulator.") for k in missing):
+                raise ValueError(f"--init checkpoint does not fit the spec: missing {missing[:3]}, unexpected {unexpected[:3]}")
         if _is_main():
             (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     net: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
