@@ -9,7 +9,7 @@ from __future__ import annotations
 ENCODER_INPUT = "lr"  # float32 [1, 1, D, H, W], min-max normalised to [0, 1]
 ENCODER_OUTPUT = "features"  # float32 [1, F, D, H, W]
 DECODER_FEATURES = "features"  # float32 [N, F], trilinearly sampled features
-DECODER_COORDS = "coords"  # float32 [N, 3], c = -1 + (2j+1)/n per axis, array axis order
+DECODER_COORDS = "coords"  # float32 [N, 3], array axis order; meaning per model.json spec.coords (global | phase)
 DECODER_OUTPUT = "intensity"  # float32 [N, 1]
 
 OPSET = 20  # 5-D GridSample and the dynamo exporter's default; a floor, not a ceiling
