@@ -49,6 +49,7 @@ class TrainConfig:
     log_every: int = 20
     threads: int | None = None
     init: str | None = None  # checkpoint whose model weights start a new run (fine-tuning)
+    stop_at: int | None = None  # pause here (checkpointed) although the schedule spans `steps`
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -167,7 +168,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     t0, ema, start_step = time.time(), None, step
     with bar:
         task = bar.add_task("train", total=cfg.steps, completed=step, info="")
-        while step < cfg.steps:
+        last = min(cfg.steps, cfg.stop_at or cfg.steps)
+        while step < last:
             net.train()
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
@@ -185,9 +187,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
             if log and step % cfg.log_every == 0:
                 log.write(json.dumps({"step": step, "loss": round(ema, 5), "lr": lr_at(cfg, step), "time": round(time.time() - t0, 1)}) + "\n")
                 log.flush()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == last:
                 save(ckpt)
-            if val_volumes and (step % cfg.val_every == 0 or step == cfg.steps) and _is_main():
+            if val_volumes and (step % cfg.val_every == 0 or step == last) and _is_main():
                 res = validate(model, val_volumes, cfg.val_scales)
                 if res["mean_gain_db"] > best:
                     best = res["mean_gain_db"]
