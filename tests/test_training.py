@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from arssr_rt.training.data import PatchSampler, SamplerConfig, load_training_volumes  # noqa: E402
+from arssr_rt.training.data import PatchSampler, SamplerConfig  # noqa: E402
 from arssr_rt.training.models import PUBLISHED_SPECS, build_model, count_parameters  # noqa: E402
 from arssr_rt.training.train import TrainConfig, train  # noqa: E402
 
