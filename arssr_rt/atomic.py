@@ -6,6 +6,7 @@ removes the temp file, so nothing partial is left behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Callable
 from .errors import OutputError
 
 
+@functools.cache
 def _umask() -> int:
+    """The process umask, read once (reading it means setting it, which races with threads)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -13,11 +13,9 @@ header where that is meaningful; see ``save_volume`` for the header rules.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
 import logging
 import os
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
@@ -282,14 +281,6 @@ def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: 
     return hdr
 
 
-@functools.cache
-def _umask() -> int:
-    """The process umask (read once: os.umask can only be read by setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_volume(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -346,20 +337,10 @@ def save_volume(
     image.header.set_slope_inter(slope, inter)
     image.header.extensions.clear()
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{suffix}", dir=p.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    def write(tmp: Path) -> None:
         with _quiet_nibabel():
             image.to_filename(tmp)
-        with open(tmp, "rb") as handle:  # flush to disk before the rename makes it visible
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask
-        os.replace(tmp, p)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{p}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    # temp file with the same suffix so nibabel picks gzip for .nii.gz; fsync, umask, rename
+    atomic_write(p, write, suffix=suffix)
     return p

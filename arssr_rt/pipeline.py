@@ -263,7 +263,7 @@ def upsample_file(
     force: bool = False,
     max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
     upsampler: Upsampler | None = None,
-    upsampler_factory: Callable[[], Upsampler] | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
     on_backend: Callable[[str], None] | None = None,
     progress: Callable[[OutputGrid], ProgressFn] | None = None,
 ) -> UpsampleResult:
@@ -285,12 +285,7 @@ def upsample_file(
     check_output_path(target, force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     owner = upsampler is None
-    if upsampler is not None:
-        up = upsampler
-    elif upsampler_factory is not None:
-        up = upsampler_factory()
-    else:
-        up = Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization)
+    up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory)
     if on_backend:
         on_backend(getattr(up.backend, "name", backend))
     try:

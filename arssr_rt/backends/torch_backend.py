@@ -31,6 +31,19 @@ def load_weights(path) -> dict[str, Any]:
     return payload
 
 
+def load_bundle_model(bundle: "ModelBundle"):
+    """The bundle's torch model with its weights loaded strictly (fp32, CPU, not yet eval)."""
+    from ..training.models import build_model
+
+    payload = load_weights(bundle.file(WEIGHTS))
+    model = build_model(payload["spec"])
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{bundle.file(WEIGHTS)} does not match its spec: {str(exc).splitlines()[0]}") from exc
+    return model
+
+
 class TorchBackend:
     """fp32 torch on the CPU under inference_mode; see base.Backend for the array contract."""
 
@@ -40,14 +53,7 @@ class TorchBackend:
         self._torch = torch = require("torch")
         if options.precision != "fp32":
             raise BackendError(f"torch backend runs fp32 on the CPU only, not {options.precision!r}")
-        from ..training.models import build_model
-
-        payload = load_weights(bundle.file(WEIGHTS))
-        model = build_model(payload["spec"])
-        try:
-            model.load_state_dict(payload["state_dict"], strict=True)
-        except RuntimeError as exc:
-            raise ModelError(f"{bundle.file(WEIGHTS)} does not match its spec: {str(exc).splitlines()[0]}") from exc
+        model = load_bundle_model(bundle)
         if options.threads:
             torch.set_num_threads(int(options.threads))  # process-wide: torch has no per-model setting
         self.model = model.eval()

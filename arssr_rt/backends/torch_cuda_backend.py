@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from ..bundle import WEIGHTS
-from ..errors import BackendError, ModelError
+from ..errors import BackendError
 from ..extras import require
 from .base import BackendOptions, register_backend
 
@@ -55,15 +54,9 @@ class TorchCudaBackend:
             if not 0 <= options.device < torch.cuda.device_count():
                 raise BackendError(f"--device {options.device} does not exist; torch sees {torch.cuda.device_count()} CUDA GPU(s)")
             torch_device = f"cuda:{options.device}"
-        from ..training.models import build_model
-        from .torch_backend import load_weights
+        from .torch_backend import load_bundle_model
 
-        payload = load_weights(bundle.file(WEIGHTS))
-        model = build_model(payload["spec"])
-        try:
-            model.load_state_dict(payload["state_dict"], strict=True)
-        except RuntimeError as exc:
-            raise ModelError(f"{bundle.file(WEIGHTS)} does not match its spec: {str(exc).splitlines()[0]}") from exc
+        model = load_bundle_model(bundle)
         self.device = torch.device(torch_device)
         self.model = model.to(self.device).eval()
         self.fp16 = options.precision == "fp16"

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from ..pipeline import Upsampler, upsample_file
+        from ..pipeline import upsample_file
 
         console = Console(stderr=True)
         options = BackendOptions(device=device, threads=threads, precision=precision)
@@ -72,8 +72,7 @@ def register(app: typer.Typer) -> None:
                 input, output, scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend,
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force,
                 max_output_voxels=max_output_voxels, progress=progress,
-                upsampler_factory=lambda: Upsampler(model, backend, options, tile=tile, chunk=chunk,
-                                                    normalization=normalization, max_memory=int(max_memory * 1024**3)),
+                max_memory=int(max_memory * 1024**3),
                 on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),
             )
         if not quiet:
