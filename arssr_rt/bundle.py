@@ -69,6 +69,14 @@ class ModelBundle:
         return str(self.meta["spec"].get("coords", "global"))
 
     @property
+    def feature_scale(self) -> int:
+        """How many times finer than the input tile the encoder's feature map is (1: published)."""
+        r = self.meta["spec"].get("feature_scale", 1)
+        if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= 4:
+            raise ModelError(f"model.json: spec.feature_scale must be an integer 1..4, got {r!r}")
+        return r
+
+    @property
     def normalization(self) -> dict[str, Any]:
         return dict(self.meta.get("normalization", {"mode": "minmax"}))
 
@@ -106,7 +114,9 @@ def load_bundle(path: str | Path, verify: bool = True) -> ModelBundle:
                 raise ModelError(f"model bundle file {f} is missing")
             if sha256_file(f) != digest:
                 raise ModelError(f"model bundle file {f} fails its sha256 check (corrupt or modified)")
-    return ModelBundle(path=path, meta=meta)
+    bundle = ModelBundle(path=path, meta=meta)
+    bundle.feature_scale  # noqa: B018 - validates spec.feature_scale now, not mid-run
+    return bundle
 
 
 def write_model_json(path: Path, meta: dict[str, Any]) -> None:

@@ -48,6 +48,7 @@ def plan_memory(
     feature_dim: int,
     chunk: int,
     model_bytes: int,
+    feature_scale: int = 1,
 ) -> MemoryPlan:
     """Split ``max_memory`` between fixed costs, the output and the encoder tile."""
     out_bytes = 4 * int(np.prod(out_shape))
@@ -57,7 +58,8 @@ def plan_memory(
     fixed = RUNTIME_BASE_BYTES + 2 * model_bytes + 3 * in_bytes + decode_bytes + (out_bytes if in_memory else 0)
     encoder_budget = max(0, int(max_memory) - fixed)
     # the kept feature block (channel-last copy) lives next to the encoder's own output
-    per_voxel = encoder_bytes_per_voxel + 4 * feature_dim
+    # (a feature map r times finer holds r^3 feature vectors per input voxel)
+    per_voxel = encoder_bytes_per_voxel + 4 * feature_dim * feature_scale**3
     tile = auto_tile(in_shape, receptive_radius, per_voxel, max(encoder_budget, 1))
     return MemoryPlan(tile=tile, output_in_memory=in_memory, encoder_budget=encoder_budget)
 

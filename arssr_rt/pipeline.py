@@ -18,7 +18,7 @@ import numpy as np
 
 from .backends.base import Backend, BackendOptions, open_backend
 from .bundle import ModelBundle, resolve_model
-from .errors import InputError, OutputError
+from .errors import BackendError, InputError, OutputError
 from .geometry import OutputGrid, Triplet, describe_scale, parse_triplet, plan_output_grid
 from .intensity import Normalizer
 from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages, slabs
@@ -52,6 +52,9 @@ def encoder_bytes_per_voxel(spec: dict[str, Any]) -> float:
         channels = 2 * width * blocks + dense_inputs + 2 * feat + 2 * width
     else:
         channels = 4 * width + feat
+    r = int(spec.get("feature_scale", 1))
+    if r > 1:  # the expansion conv's output and the pixel-shuffled copy of it
+        channels += 2 * feat * r**3
     return 4.0 * channels * 1.5  # 1.5: runtime workspace and copies
 
 
@@ -123,6 +126,7 @@ class Upsampler:
             shape, out_shape if out_shape is not None else shape, max_memory=self.max_memory,
             encoder_bytes_per_voxel=encoder_bytes_per_voxel(self.bundle.spec), receptive_radius=self.bundle.receptive_radius,
             feature_dim=self.bundle.feature_dim, chunk=self.chunk, model_bytes=_model_bytes(self.bundle),
+            feature_scale=self.bundle.feature_scale,
         )
         return plan if self.tile is None else MemoryPlan(self.tile, plan.output_in_memory, plan.encoder_budget)
 
@@ -156,16 +160,34 @@ class Upsampler:
 
     def _run_tile(self, lr: np.ndarray, out: np.ndarray, tile: Tile, progress: ProgressFn | None) -> None:
         enc = tuple(slice(a, b) for a, b in tile.encode)
-        features = self.backend.encode(np.ascontiguousarray(lr[enc]))
+        tile_in = lr[enc]
+        features = self.backend.encode(np.ascontiguousarray(tile_in))
+        # a feature map r times finer covers the same field of view: sample it as an input grid
+        # r times finer (align_corners=False makes both the same geometry)
+        r = self.bundle.feature_scale
+        expected = tuple(r * n for n in tile_in.shape)
+        if tuple(features.shape[1:]) != expected:
+            raise BackendError(f"encoder returned features of shape {tuple(features.shape[1:])} for a {tile_in.shape} tile; "
+                               f"the bundle's feature_scale {r} needs {expected}")
+        keep = tuple(slice(r * (k0 - e0), r * (k1 - e0)) for (k0, k1), (e0, _) in zip(tile.keep, tile.encode))
+        offset = tuple(r * k0 for k0, _ in tile.keep)
+        grid_shape = tuple(r * n for n in lr.shape)
+        decode_box = getattr(self.backend, "decode_box", None)
+        if decode_box is not None:
+            # GPU backends sample + decode the whole tile on the device; the kept block is a view
+            # of the encoder output, so its device copy is reused rather than uploaded again
+            start, stop = tuple(a for a, _ in tile.output), tuple(b for _, b in tile.output)
+            out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = decode_box(features[(slice(None),) + keep], offset, grid_shape, out.shape, start, stop)
+            if progress:
+                progress(int(np.prod([b - a for a, b in zip(start, stop)])))
+            return
         # keep core ± 1 as a channel-last block for the separable sampler
-        keep = tuple(slice(k0 - e0, k1 - e0) for (k0, k1), (e0, _) in zip(tile.keep, tile.encode))
         block = np.ascontiguousarray(np.moveaxis(features[(slice(None),) + keep], 0, -1))
         del features
-        offset = tuple(k0 for k0, _ in tile.keep)
         for start, stop in output_chunks(tile.output, self.chunk):
-            sampled = sample_box(block, offset, lr.shape, out.shape, start, stop)
+            sampled = sample_box(block, offset, grid_shape, out.shape, start, stop)
             n = sampled.shape[:3]
-            values = self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out.shape, start, stop, lr.shape, self.bundle.coords_mode))
+            values = self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out.shape, start, stop, grid_shape, self.bundle.coords_mode))
             out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = values.reshape(n)
             if progress:
                 progress(int(np.prod(n)))

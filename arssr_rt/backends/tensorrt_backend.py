@@ -60,10 +60,11 @@ def encode_in_tiles(encode_tile: Callable[[np.ndarray], np.ndarray], lr: np.ndar
         lo = [max(0, s - halo) for s in start]
         hi = [min(n, e + halo) for e, n in zip(stop, lr.shape)]
         feats = encode_tile(lr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+        r = feats.shape[1] // (hi[0] - lo[0])  # feature grid r times finer (bundle feature_scale)
         if out is None:
-            out = np.empty((feats.shape[0], *lr.shape), dtype=np.float32)
-        keep = tuple(slice(s - l, e - l) for s, e, l in zip(start, stop, lo))
-        out[(slice(None), *(slice(s, e) for s, e in zip(start, stop)))] = feats[(slice(None), *keep)]
+            out = np.empty((feats.shape[0], *(r * n for n in lr.shape)), dtype=np.float32)
+        keep = tuple(slice(r * (s - l), r * (e - l)) for s, e, l in zip(start, stop, lo))
+        out[(slice(None), *(slice(r * s, r * e) for s, e in zip(start, stop)))] = feats[(slice(None), *keep)]
     assert out is not None
     return out
 

@@ -43,6 +43,7 @@ class SamplerConfig:
     flips: bool = True
     foreground_bias: float = 0.9
     coords: str = "global"  # decoder coordinate mode of the model being trained
+    feature_scale: int = 1  # the model's feature grid is this many times finer than the LR
 
 
 def expand_data_arg(data: str | Sequence[str]) -> list[Path]:
@@ -160,7 +161,7 @@ class PatchSampler:
         picks = [r.choice(ix, size=c.points) for ix in idx]
         axes = [normalized_centres(H) for H in hr_size]
         coords = np.stack([axes[a][picks[a]] for a in range(3)], axis=1).astype(np.float32)
-        dec = np.stack([decoder_axis_coords(p, H, 0, H, c.coords)[picks[a]] for a, H in enumerate(hr_size)], axis=1)
+        dec = np.stack([decoder_axis_coords(p * c.feature_scale, H, 0, H, c.coords)[picks[a]] for a, H in enumerate(hr_size)], axis=1)
         target = hr[picks[0], picks[1], picks[2]]
         return lr.astype(np.float32), coords, dec.astype(np.float32), target.astype(np.float32)
 

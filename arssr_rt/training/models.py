@@ -181,6 +181,37 @@ class ModulatedDecoder(Decoder):
         return super().forward(x) + (feats * self.modulator(coords)).sum(dim=-1, keepdim=True)
 
 
+class SubpixelEncoder(nn.Module):
+    """Encoder whose feature map is ``r`` times finer than the LR grid (3-D pixel shuffle).
+
+    Why: the decoder sees a *linear blend* of the 8 nearest feature vectors, which it cannot
+    un-blend; on a grid r times finer, the output voxels of scale r fall exactly on feature
+    sites, and at other scales the blend spans half a cell. The fine grid covers the same
+    field of view (align_corners=False), so sampling, tiling and the ONNX contract only see a
+    feature map whose shape is r times the input tile's.
+    """
+
+    def __init__(self, body: nn.Module, feature_dim: int, scale: int):
+        super().__init__()
+        self.body = body
+        self.scale = scale
+        self.expand = nn.Conv3d(feature_dim, feature_dim * scale**3, 1)
+        self.receptive_radius = body.receptive_radius
+        with torch.no_grad():  # start as nearest-neighbour copies of the body's features
+            self.expand.weight.zero_()
+            self.expand.bias.zero_()
+            w = self.expand.weight.view(feature_dim, scale**3, feature_dim)
+            for c in range(feature_dim):
+                w[c, :, c] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.expand(self.body(x))
+        b, _, d, hh, w = h.shape
+        r, f = self.scale, h.shape[1] // self.scale**3
+        h = h.reshape(b, f, r, r, r, d, hh, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return h.reshape(b, f, d * r, hh * r, w * r)
+
+
 @dataclass
 class ModelSpec:
     """What a model is, small enough to store in ``model.json`` and rebuild it from."""
@@ -192,13 +223,14 @@ class ModelSpec:
     decoder_depth: int = 4
     coords: str = "global"  # decoder coordinate mode: "global" (published) or "phase"
     decoder: str = "arssr"  # "arssr" (published) or "modulated" (ModulatedDecoder)
+    feature_scale: int = 1  # feature grid r times finer than the LR grid (SubpixelEncoder)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        return cls(**{k: d[k] for k in ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder") if k in d})
+        return cls(**{k: d[k] for k in ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder", "feature_scale") if k in d})
 
 
 class ArSSR(nn.Module):
@@ -212,6 +244,10 @@ class ArSSR(nn.Module):
             raise ValueError(f"unknown coordinate mode {spec.coords!r}; known: {', '.join(COORD_MODES)}")
         self.spec = spec
         self.encoder = ENCODERS[spec.encoder](feature_dim=spec.feature_dim, **spec.encoder_args)
+        if spec.feature_scale > 1:
+            self.encoder = SubpixelEncoder(self.encoder, spec.feature_dim, spec.feature_scale)
+        elif spec.feature_scale != 1:
+            raise ValueError(f"feature_scale must be a positive integer, got {spec.feature_scale}")
         if spec.decoder == "modulated":
             self.decoder: Decoder = ModulatedDecoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth, spec.feature_dim)
         elif spec.decoder == "arssr":
@@ -237,7 +273,7 @@ class ArSSR(nn.Module):
         """What the decoder sees for global ``coords``: themselves, or the cell phase."""
         if self.spec.coords == "global":
             return coords
-        n = torch.tensor([float(v) for v in lr_shape[-3:]], dtype=torch.float64)
+        n = torch.tensor([float(v) * self.spec.feature_scale for v in lr_shape[-3:]], dtype=torch.float64)
         p = (coords.double() + 1) / 2 * n - 0.5
         return (2 * (p - torch.floor(p + PHASE_EPS)) - 1).to(coords.dtype)
 

@@ -68,7 +68,8 @@ def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk
     feats = model.encoder(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None])
     axes = [torch.from_numpy(normalized_centres(n)) for n in out_shape]
     mode = model.spec.coords
-    dec_axes = [torch.from_numpy(decoder_axis_coords(h, n, 0, n, mode)) for h, n in zip(lr.shape, out_shape)]
+    r = model.spec.feature_scale
+    dec_axes = [torch.from_numpy(decoder_axis_coords(h * r, n, 0, n, mode)) for h, n in zip(lr.shape, out_shape)]
     out = np.empty(tuple(out_shape), dtype=np.float32)
     rows = max(1, chunk // (out_shape[1] * out_shape[2]))
     for a in range(0, out_shape[0], rows):
@@ -100,6 +101,20 @@ def validate(model: ArSSR, volumes: list[tuple[str, np.ndarray]], scales: Sequen
     return res
 
 
+def load_init(model: ArSSR, state: dict[str, Any]) -> None:
+    """Start ``model`` from another run's weights (fine-tuning, or growing the architecture).
+
+    Only parameters the new spec adds may start fresh: a modulator (zero-initialised, so the
+    decoder starts as before) or a sub-voxel expansion (initialised to copy each feature
+    vector to its r^3 sub-sites). A published-grid encoder moves under ``encoder.body``.
+    """
+    if model.spec.feature_scale > 1 and not any(k.startswith("encoder.body.") for k in state):
+        state = {("encoder.body." + k[len("encoder."):] if k.startswith("encoder.") else k): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(("decoder.modulator.", "encoder.expand.")) for k in missing):
+        raise ValueError(f"--init checkpoint does not fit the spec: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -122,7 +137,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.spec)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    sampler_cfg = SamplerConfig(**{**cfg.sampler, "coords": model.spec.coords})
+    sampler_cfg = SamplerConfig(**{**cfg.sampler, "coords": model.spec.coords, "feature_scale": model.spec.feature_scale})
     sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid), sampler_cfg, seed=cfg.seed + rank)
     val_volumes = []
     for p in cfg.val:
@@ -141,11 +156,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         torch.set_rng_state(state["torch_rng"])
     else:
         if cfg.init:
-            state = torch.load(cfg.init, weights_only=False)["model"]
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            # only parameters the new spec adds (e.g. a modulator) may start fresh
-            if unexpected or any(not k.startswith("decoder.modulator.") for k in missing):
-                raise ValueError(f"--init checkpoint does not fit the spec: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            load_init(model, torch.load(cfg.init, weights_only=False)["model"])
         if _is_main():
             (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     net: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
