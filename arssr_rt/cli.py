@@ -7,6 +7,7 @@ turned into a non-zero exit code here, at the edge, and nowhere else.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -74,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.exit_code or 0)
     except SystemExit as exc:
         return int(exc.code or 0) if isinstance(exc.code, int) else 1
+    except MemoryError:
+        print("arssr-rt: error: out of memory; lower --max-memory or pass a smaller --tile", file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, permissions, vanished files: what and where, no traceback
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"arssr-rt: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except Exception as exc:  # click usage errors come as click.exceptions.*
         import click
 
@@ -82,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         if isinstance(exc, click.exceptions.Abort):
             return 1
-        raise
+        if os.environ.get("ARSSR_RT_DEBUG"):
+            raise
+        print(f"arssr-rt: internal error: {type(exc).__name__}: {exc}; please report it "
+              "(ARSSR_RT_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70
     return 0
 
 

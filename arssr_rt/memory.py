@@ -10,6 +10,7 @@ process), so peak RSS does not grow with the output.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import tempfile
@@ -18,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .errors import OutputError
 from .tiling import auto_tile
 
 # interpreter + numpy + nibabel + onnxruntime/OpenVINO libraries, measured 100-160 MB, with margin
@@ -82,11 +84,30 @@ def output_buffer_of(shape: Sequence[int], dtype: np.dtype | type) -> np.ndarray
     fd, name = tempfile.mkstemp(prefix="arssr-rt-out-", suffix=".f32", dir=directory)
     try:
         os.unlink(name)
-        os.ftruncate(fd, max(nbytes, 1))
+        _reserve(fd, max(nbytes, 1), directory)
         mapping = mmap.mmap(fd, max(nbytes, 1), flags=mmap.MAP_SHARED, access=mmap.ACCESS_WRITE)
     finally:
         os.close(fd)
     return np.frombuffer(mapping, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def _reserve(fd: int, nbytes: int, directory: str) -> None:
+    """Allocate the file's blocks now: a full disk is a clear error here, not a SIGBUS mid-run.
+
+    (Writing to a sparse, memory-mapped file on a full disk kills the process with SIGBUS.)
+    """
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+        return
+    except AttributeError:  # no posix_fallocate on this platform
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(f"not enough free space in {directory} for the {nbytes / 2**30:.2f} GiB temporary output "
+                              f"buffer; free space there or point {ENV_TMPDIR} at a bigger disk") from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    os.ftruncate(fd, nbytes)  # filesystems without fallocate: sparse, as before
 
 
 def _mapping_of(arr: np.ndarray) -> mmap.mmap | None:

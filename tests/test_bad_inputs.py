@@ -420,3 +420,67 @@ def test_cli_control_valid_input_writes_only_the_output(dirs, good_input, cli, t
     out = nib.load(out_dir / "result.nii.gz")
     assert out.shape == (32, 32, 32)
     assert out.get_data_dtype() == np.uint8
+
+
+# ----- failures of the machine, not the input --------------------------------------------------
+
+
+def test_full_disk_for_the_file_backed_output_is_a_clear_error(tmp_path, monkeypatch):
+    """A sparse mmap on a full disk would die of SIGBUS mid-run; the space is reserved up front."""
+    import errno
+
+    from arssr_rt import memory
+    from arssr_rt.errors import OutputError
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv(memory.ENV_TMPDIR, str(tmp_path))
+    monkeypatch.setattr(memory.os, "posix_fallocate", no_space)
+    with pytest.raises(OutputError, match="not enough free space .* ARSSR_RT_TMPDIR"):
+        memory.output_buffer((64, 64, 64), in_memory=False)
+    assert listing(tmp_path) == []  # the temporary file is unlinked at once
+
+
+def test_file_backed_output_reserves_its_blocks(tmp_path, monkeypatch):
+    from arssr_rt import memory
+
+    monkeypatch.setenv(memory.ENV_TMPDIR, str(tmp_path))
+    calls = []
+    real = memory.os.posix_fallocate
+    monkeypatch.setattr(memory.os, "posix_fallocate", lambda fd, off, n: (calls.append(n), real(fd, off, n)))
+    buf = memory.output_buffer((8, 9, 10), in_memory=False)
+    buf[:] = 1.5
+    assert calls == [4 * 8 * 9 * 10] and float(buf.sum()) == 1.5 * 720
+
+
+@pytest.mark.parametrize("error,reason", [
+    (OSError(28, "No space left on device", "/data/out.nii.gz"), r"No space left on device: /data/out\.nii\.gz"),
+    (MemoryError(), "out of memory"),
+])
+def test_cli_reports_machine_failures_in_one_line(error, reason, dirs, good_input, cli, tiny_bundle, capsys, monkeypatch):
+    from arssr_rt import pipeline
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pipeline.Upsampler, "infer", fail)
+    code, err = cli(upsample_args(good_input, dirs[1] / "result.nii.gz", tiny_bundle), capsys)
+    assert_clean_failure(code, err, reason)
+    assert listing(dirs[1]) == []
+
+
+def test_cli_reports_a_bug_in_one_line_and_debug_shows_the_traceback(dirs, good_input, cli, tiny_bundle, capsys, monkeypatch):
+    from arssr_rt import pipeline
+
+    def bug(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(pipeline.Upsampler, "infer", bug)
+    code, err = cli(upsample_args(good_input, dirs[1] / "result.nii.gz", tiny_bundle), capsys)
+    assert code == 70 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("arssr-rt: internal error: KeyError") and "ARSSR_RT_DEBUG" in err
+    monkeypatch.setenv("ARSSR_RT_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli(upsample_args(good_input, dirs[1] / "result.nii.gz", tiny_bundle), capsys)
+    assert listing(dirs[1]) == []
