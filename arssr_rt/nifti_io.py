@@ -244,6 +244,25 @@ def _scaling_for(source: Volume, out_dtype: np.dtype) -> tuple[float, float]:
     return slope, inter
 
 
+def form_affines(source: Volume, grid: OutputGrid) -> tuple[np.ndarray, np.ndarray]:
+    """(qform, sform) of the output: each of the input's forms carried through the voxel map.
+
+    The output grid is a voxel-space map V (scale + shift) of the input grid, so an input form
+    F becomes F @ V. When qform and sform describe different spaces (e.g. scanner, code 1,
+    and MNI, code 4), each keeps its own space, instead of both being overwritten with the
+    one the pipeline used. A form whose code is 0 carries no meaning and gets ``grid.affine``.
+    """
+    import nibabel as nib
+
+    src = source.header
+    if not isinstance(src, nib.Nifti1Header):
+        return grid.affine, grid.affine
+    voxel_map = np.linalg.solve(np.asarray(source.affine, dtype=np.float64), np.asarray(grid.affine, dtype=np.float64))
+    q_affine = src.get_qform() @ voxel_map if int(src["qform_code"]) > 0 else grid.affine
+    s_affine = src.get_sform() @ voxel_map if int(src["sform_code"]) > 0 else grid.affine
+    return q_affine, s_affine
+
+
 def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: float, inter: float, value_range: tuple[float, float]):
     """The header of the output file; see ``save_volume`` for the rules."""
     import nibabel as nib
@@ -270,8 +289,9 @@ def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: 
     hdr.set_data_shape(grid.shape)
     hdr["pixdim"][4:] = kept_pixdim
     hdr.set_data_dtype(out_dtype)
-    hdr.set_qform(grid.affine, code=qcode)
-    hdr.set_sform(grid.affine, code=scode)
+    q_affine, s_affine = form_affines(source, grid)
+    hdr.set_qform(q_affine, code=qcode)
+    hdr.set_sform(s_affine, code=scode)
     hdr.set_slope_inter(slope, inter)
     hdr["cal_min"], hdr["cal_max"] = value_range
     # slice timing indices refer to the input's slices; dim_info and slice_duration still hold
@@ -296,8 +316,9 @@ def save_volume(
     the input's scl_slope/scl_inter so the stored values decode to the right intensities.
 
     Header: a copy of the input's NIfTI header (descrip, intent, xyzt_units, dim_info, TR are
-    kept; NIfTI-2 stays NIfTI-2) with the new shape, voxel type, both qform and sform set to
-    ``grid.affine`` (pixdim follows), the input's qform/sform codes copied (both 0 in the
+    kept; NIfTI-2 stays NIfTI-2) with the new shape, voxel type, qform and sform each carried
+    through the voxel map of the new grid (see ``form_affines``: a form that agreed with
+    ``grid``'s source affine gives ``grid.affine``; pixdim follows), the input's qform/sform codes copied (both 0 in the
     input -> both written as 1, scanner, so readers do not ignore the new origin), cal_min/max
     set to the output range, slice-timing indices and extensions dropped. Inputs without a
     NIfTI header get a fresh NIfTI-1 header with codes 1 and units mm/s.
@@ -332,8 +353,9 @@ def save_volume(
     with _quiet_nibabel():
         image = image_class(stored, grid.affine, header=header)
     # the constructor re-derives some fields; assert the forms, codes and scaling once more
-    image.header.set_qform(grid.affine, code=int(header["qform_code"]))
-    image.header.set_sform(grid.affine, code=int(header["sform_code"]))
+    q_affine, s_affine = form_affines(source, grid)
+    image.header.set_qform(q_affine, code=int(header["qform_code"]))
+    image.header.set_sform(s_affine, code=int(header["sform_code"]))
     image.header.set_slope_inter(slope, inter)
     image.header.extensions.clear()
 

@@ -172,6 +172,30 @@ def test_oblique_sform_only_input_keeps_codes(tmp_path, fixture_image):
     np.testing.assert_allclose(out.header.get_qform(), grid.affine, atol=1e-4)
 
 
+def test_qform_and_sform_in_different_spaces_each_keep_their_space(tmp_path, fixture_image):
+    """qform (scanner, code 1) != sform (MNI, code 4): each form maps every output voxel to
+    the world point its own input form gives the same physical location, so a viewer that
+    reads either form sees the output over the input."""
+    q_in = fixture_image.affine.copy()
+    s_in = oblique_affine(q_in)
+    s_in[:3, 3] += [12.0, -7.5, 3.25]
+    img = nib.Nifti1Image(np.asarray(fixture_image.dataobj), s_in)
+    img.header.set_qform(q_in, code=1)
+    img.header.set_sform(s_in, code=4)
+    img.to_filename(tmp_path / "two_spaces.nii.gz")
+    vol = load_volume(tmp_path / "two_spaces.nii.gz")
+    grid = plan_output_grid(vol.shape, vol.affine, scale=(1.5, 2.0, 2.5))
+    out = nib.load(save_volume(tmp_path / "out.nii.gz", np.full(grid.shape, 7.0, np.float32), grid, vol))
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 4)
+    # output voxel j sits at input voxel index (j + 0.5) / s - 0.5 along each axis
+    j = np.array([[0, 0, 0], [grid.shape[0] - 1, 3, 5], [7, grid.shape[1] - 1, grid.shape[2] - 1]], dtype=np.float64)
+    i = (j + 0.5) / np.array(grid.shape) * np.array(vol.shape) - 0.5
+    world = lambda a, v: (a[:3, :3] @ v.T).T + a[:3, 3]  # noqa: E731
+    np.testing.assert_allclose(world(out.header.get_sform(), j), world(s_in, i), atol=1e-3)
+    np.testing.assert_allclose(world(out.header.get_qform(), j), world(img.header.get_qform(), i), atol=1e-3)
+    assert np.abs(out.header.get_qform() - out.header.get_sform()).max() > 1.0  # really two spaces
+
+
 def test_nifti2_input_gives_nifti2_output(tmp_path, fixture_image):
     img2 = nib.Nifti2Image(np.asarray(fixture_image.dataobj), fixture_image.affine)
     img2.header.set_qform(fixture_image.affine, code=1)
