@@ -353,3 +353,18 @@ def test_cpp_snippet_reads_the_phase_mode_and_matches_the_python_runtime(cpp_exa
     (Path(out) / "model.json").write_text(json.dumps(meta))
     ran = subprocess.run([str(cpp_example), str(out), *map(str, in_shape), str(scale)], capture_output=True, text=True, timeout=300)
     assert ran.returncode == 2 and "spec.coords" in ran.stderr
+
+
+def test_cpp_snippet_samples_a_subvoxel_feature_grid_like_the_python_runtime(cpp_example, tmp_path: Path) -> None:
+    """spec.feature_scale = 2: the C++ example samples the finer map on its own grid, as the runtime."""
+    torch.manual_seed(5)
+    model = build_model({**SHRUNK["rescnn"], "coords": "phase", "decoder": "modulated", "feature_scale": 2}).eval()
+    with torch.no_grad():  # no final ReLU here; perturb so the modulator and sub-sites all matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = write_bundle(model, tmp_path / "subvoxel", name="rescnn-subvoxel-TEST", validate=False)
+    cpp, expected, stdout = run_cpp_example(cpp_example, out, tmp_path, (11, 10, 9), 2.3)
+    assert "(phase coords)" in stdout
+    assert np.abs(expected).max() > 0.05
+    assert np.abs(cpp - expected).max() <= 1e-4
+

@@ -125,8 +125,6 @@ int main(int argc, char** argv) {
   for (int a = 0; a < 3; ++a) out_dims[a] = static_cast<int64_t>(std::llround(in_dims[a] * scale));  // H = round(h * s)
   const std::optional<CoordMode> mode = read_coord_mode(bundle + "/model.json");
   if (!mode) return 2;
-  std::array<std::vector<AxisPoint>, 3> axes;
-  for (int a = 0; a < 3; ++a) axes[a] = axis_points(in_dims[a], out_dims[a], *mode);
 
   Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "arssr-rt");
   Ort::SessionOptions options;
@@ -136,7 +134,7 @@ int main(int argc, char** argv) {
   Ort::Session decoder(env, (bundle + "/decoder.onnx").c_str(), options);
   Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
 
-  // encoder: "lr" float32 [1, 1, D, H, W] -> "features" float32 [1, F, D, H, W]
+  // encoder: "lr" float32 [1, 1, D, H, W] -> "features" float32 [1, F, rD, rH, rW]
   std::vector<float> lr(static_cast<size_t>(in_dims[0] * in_dims[1] * in_dims[2]));
   for (size_t i = 0; i < lr.size(); ++i) lr[i] = static_cast<float>(i % 97) / 96.0f;  // stand-in for a normalised volume
   const std::array<int64_t, 5> lr_shape{1, 1, in_dims[0], in_dims[1], in_dims[2]};
@@ -145,7 +143,14 @@ int main(int argc, char** argv) {
   const char* enc_outputs[] = {"features"};
   std::vector<Ort::Value> enc_result = encoder.Run(Ort::RunOptions{nullptr}, enc_inputs, &lr_tensor, 1, enc_outputs, 1);
   const float* features = enc_result[0].GetTensorData<float>();
-  const int64_t channels = enc_result[0].GetTensorTypeAndShapeInfo().GetShape()[1];
+  const std::vector<int64_t> feature_shape = enc_result[0].GetTensorTypeAndShapeInfo().GetShape();
+  const int64_t channels = feature_shape[1];
+  // The feature map covers the LR field of view on its own grid: r times finer than the input
+  // when model.json spec.feature_scale = r (1 for published models). Sample it, and derive the
+  // decoder coords, on THAT grid: h = the feature map's size along each axis.
+  const std::array<int64_t, 3> grid_dims{feature_shape[2], feature_shape[3], feature_shape[4]};
+  std::array<std::vector<AxisPoint>, 3> axes;
+  for (int a = 0; a < 3; ++a) axes[a] = axis_points(grid_dims[a], out_dims[a], *mode);
 
   // decoder: "features" float32 [N, F] + "coords" float32 [N, 3] -> "intensity" float32 [N, 1], in chunks
   const int64_t total = out_dims[0] * out_dims[1] * out_dims[2];
@@ -163,7 +168,7 @@ int main(int argc, char** argv) {
       const int64_t idx[3] = {flat / (out_dims[1] * out_dims[2]), (flat / out_dims[2]) % out_dims[1], flat % out_dims[2]};
       const std::array<const AxisPoint*, 3> pt{&axes[0][idx[0]], &axes[1][idx[1]], &axes[2][idx[2]]};
       for (int a = 0; a < 3; ++a) coords[p * 3 + a] = pt[a]->coord;
-      sample_features(features, channels, in_dims, pt, &sampled[p * channels]);
+      sample_features(features, channels, grid_dims, pt, &sampled[p * channels]);
     }
     const std::array<int64_t, 2> f_shape{n, channels};
     const std::array<int64_t, 2> c_shape{n, 3};
