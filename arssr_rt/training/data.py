@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..degrade import degrade, gaussian_blur_down
+from ..degrade import cubic_resample, degrade, gaussian_blur_down
 from ..errors import InputError
 from ..geometry import decoder_axis_coords, normalized_centres
 
@@ -28,6 +28,7 @@ class TrainVolume:
     name: str
     data: np.ndarray
     foreground: np.ndarray  # flat indices of voxels above the background threshold
+    weight: float = 1.0  # relative probability of drawing a patch from this volume
 
 
 @dataclass
@@ -76,8 +77,29 @@ def minmax(data: np.ndarray) -> np.ndarray:
     return ((data - lo) / (hi - lo)).astype(np.float32)
 
 
-def load_training_volumes(paths: Sequence[Path], pyramid: int = 1, min_size: int = 48) -> list[TrainVolume]:
-    """Load volumes, normalise, and add ``pyramid`` coarser copies (x2 each, anti-aliased)."""
+PYRAMID_KINDS = ("gaussian", "cubic", "linear")
+
+
+def coarser(level: np.ndarray, kind: str) -> np.ndarray:
+    """The volume at twice the voxel size: ``gaussian`` anti-aliased (FWHM = new spacing), or
+    ``cubic`` / ``linear`` point resampling, which is how registration tools make 2 mm
+    templates-space images (sharper, aliased)."""
+    half = [max(1, round(n / 2)) for n in level.shape]
+    if kind == "gaussian":
+        return minmax(gaussian_blur_down(level, half))
+    if kind in ("cubic", "linear"):
+        return minmax(cubic_resample(level, half, order=3 if kind == "cubic" else 1))
+    raise ValueError(f"unknown pyramid kind {kind!r}; known: {', '.join(PYRAMID_KINDS)}")
+
+
+def load_training_volumes(paths: Sequence[Path], pyramid: int = 1, min_size: int = 48,
+                          kinds: Sequence[str] = ("gaussian",), weights: dict[str, float] | None = None) -> list[TrainVolume]:
+    """Load volumes, normalise, and add ``pyramid`` coarser copies (x2 each) per pyramid kind.
+
+    ``weights`` maps a file name to its sampling weight (default 1), shared by its levels:
+    e.g. to draw more patches from the one volume with skull and scalp when the target
+    scans have them.
+    """
     import nibabel as nib
 
     vols: list[TrainVolume] = []
@@ -87,13 +109,17 @@ def load_training_volumes(paths: Sequence[Path], pyramid: int = 1, min_size: int
         data = np.squeeze(data)
         if data.ndim != 3:
             raise InputError(f"{path}: training volumes must be 3-D")
-        level = minmax(data)
+        weight = float((weights or {}).get(Path(path).name, 1.0))
+        levels = [("", minmax(data))]
         for k in range(pyramid + 1):
-            if min(level.shape) < min_size:
-                break
-            fg = np.flatnonzero(level > 0.1)
-            vols.append(TrainVolume(f"{Path(path).name}@{2 ** k}x", level, fg))
-            level = minmax(gaussian_blur_down(level, [max(1, round(n / 2)) for n in level.shape]))
+            nxt = []
+            for tag, level in levels:
+                if min(level.shape) < min_size:
+                    continue
+                vols.append(TrainVolume(f"{Path(path).name}@{2 ** k}x{tag}", level, np.flatnonzero(level > 0.1), weight))
+                if k < pyramid:
+                    nxt += [(f"{tag}/{kind}", coarser(level, kind)) for kind in kinds]
+            levels = nxt
     return vols
 
 
@@ -107,6 +133,8 @@ class PatchSampler:
         kinds = list(config.degradations)
         w = np.array([config.degradations[k] for k in kinds], dtype=np.float64)
         self.kinds, self.kind_p = kinds, w / w.sum()
+        vw = np.array([v.weight for v in volumes], dtype=np.float64)
+        self.volume_p = vw / vw.sum()
 
     def draw_scale(self) -> np.ndarray:
         c, r = self.cfg, self.rng
@@ -141,7 +169,7 @@ class PatchSampler:
         scale = self.draw_scale()
         p = c.lr_patch
         hr_size = [max(p, int(round(p * s))) for s in scale]
-        vol = self.volumes[r.integers(len(self.volumes))]
+        vol = self.volumes[r.choice(len(self.volumes), p=self.volume_p)]
         hr = self.crop(vol, hr_size)
         if c.flips:
             for axis in range(3):

@@ -42,6 +42,8 @@ class TrainConfig:
     warmup: int = 200
     min_lr_ratio: float = 0.05
     pyramid: int = 1
+    pyramid_kinds: list[str] = field(default_factory=lambda: ["gaussian"])  # see data.coarser
+    data_weights: dict[str, float] = field(default_factory=dict)  # file name -> sampling weight
     seed: int = 0
     checkpoint_every: int = 200
     val_every: int = 1000
@@ -138,7 +140,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     model = build_model(cfg.spec)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     sampler_cfg = SamplerConfig(**{**cfg.sampler, "coords": model.spec.coords, "feature_scale": model.spec.feature_scale})
-    sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid), sampler_cfg, seed=cfg.seed + rank)
+    sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid, kinds=cfg.pyramid_kinds, weights=cfg.data_weights), sampler_cfg, seed=cfg.seed + rank)
     val_volumes = []
     for p in cfg.val:
         import nibabel as nib
