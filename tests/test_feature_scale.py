@@ -17,7 +17,7 @@ import pytest
 
 from arssr_rt.backends.base import BackendOptions
 from arssr_rt.bundle import load_bundle
-from arssr_rt.errors import BackendError, ModelError
+from arssr_rt.errors import BackendError, InputError, ModelError
 
 torch = pytest.importorskip("torch")
 
@@ -124,7 +124,7 @@ def test_init_from_a_published_grid_checkpoint_keeps_the_trained_model(real_lr):
     torch.testing.assert_close(fine[:, :, 1::2, 0::2, 1::2], coarse, rtol=0, atol=0)
     for name, value in base.decoder.state_dict().items():
         torch.testing.assert_close(grown.decoder.state_dict()[name], value, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(InputError, match="does not fit"):
         load_init(build_model(dict(SUBVOXEL_SPEC)), {k: v for k, v in base.state_dict().items() if "stage_two" not in k})
 
 

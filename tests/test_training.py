@@ -149,3 +149,42 @@ def test_data_weights_set_how_often_each_volume_is_drawn():
     drawn = [float(s.sample()[3].mean()) for _ in range(400)]
     share_dark = np.mean(np.isclose(drawn, 0.2, atol=0.05))
     assert 0.85 <= share_dark <= 0.95
+
+
+def test_bf16_autocast_training_learns_and_keeps_fp32_master_weights(tmp_path):
+    cfg = _tiny_config(tmp_path, 60)
+    cfg.precision, cfg.checkpoint_every = "bf16", 60
+    ckpt = train(cfg, tmp_path / "bf16", progress=False)
+    state = torch.load(ckpt, weights_only=False)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    log = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert np.mean([r["loss"] for r in log[-5:]]) < np.mean([r["loss"] for r in log[:5]])
+
+
+@pytest.mark.parametrize("field,value,reason", [("device", "cuda", "no CUDA GPU"), ("device", "tpu", "cpu or cuda"),
+                                                ("precision", "fp8", "--precision")])
+def test_bad_device_or_precision_is_one_line_before_any_step(tmp_path, field, value, reason):
+    from arssr_rt.errors import InputError
+
+    if value == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    cfg = _tiny_config(tmp_path, 2)
+    setattr(cfg, field, value)
+    with pytest.raises(InputError, match=reason):
+        train(cfg, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_training_resumes_on_cpu(tmp_path):
+    """A GPU run's checkpoint is device-free: it resumes on the CPU and keeps training."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cfg = _tiny_config(tmp_path, 4)
+    cfg.device, cfg.precision = "cuda", "bf16"
+    train(cfg, tmp_path / "gpu", progress=False)
+    state = torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=False)
+    assert all(v.device.type == "cpu" for v in state["model"].values())
+    cfg = _tiny_config(tmp_path, 6)
+    train(cfg, tmp_path / "gpu", resume=True, progress=False)
+    assert torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=False)["step"] == 6
