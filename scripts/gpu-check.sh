@@ -4,8 +4,8 @@
 #   scripts/gpu-check.sh [--model NAME|DIR] [--spec rdn|rescnn|srresnet] [--size 128] [--scale 2]
 #                        [--repeat 3] [--tile 128] [--json PATH]
 #
-# 1. pytest -m gpu on tests/test_gpu_backends.py and tests/test_cuda_kernel.py (each GPU
-#    backend against onnxruntime on the CPU; the CUDA sampler against its numpy mirror).
+# 1. pytest -m gpu on tests/ (each GPU backend against onnxruntime on the CPU; the CUDA
+#    sampler against its numpy mirror; a CUDA bf16 training run that resumes on the CPU).
 # 2. Timing of a SIZE^3 -> (SIZE*SCALE)^3 up-sampling, numpy in -> numpy out (no file I/O),
 #    for every GPU backend that opens here (tensorrt, torch-cuda; fp16 and fp32) and for the
 #    fp32 torch reference: ArSSR.forward as published (whole-volume encoder, grid_sample
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 
 echo "== GPU tests" >&2
-"$PY" -m pytest -m gpu tests/test_gpu_backends.py tests/test_cuda_kernel.py -q -rs -p no:cacheprovider
+"$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider
 tests_status=$?
 
 echo "== timing" >&2
