@@ -30,6 +30,16 @@ SOURCES = {  # file -> registry package that ships it (see shared/data/MANIFEST.
 }
 
 
+LINEAGE = (  # what scripts/train_default.py reproduces, stage by stage (steps of 8 patches x 4,096 points)
+    [("1", 4400, "ResCNN-lite + ArSSR decoder, global coords, degradation mix cubic/gaussian/kspace/slice + noise, 1 thread"),
+     ("2", 1400, "cubic degradation only"),
+     ("3", 1200, "phase coordinates"),
+     ("4", 7000, "modulated decoder"),
+     ("5", 2000, "2 mm pyramid level made by Gaussian and by cubic point resampling; 6x weight on the volume with skull"),
+     ("6", 26000, "cosine lr 5e-4, bf16 autocast, 2 threads")]
+)
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -43,16 +53,24 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = json.loads((args.run / "config.json").read_text())
-    ckpt = torch.load(args.run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"), weights_only=False)
+    ckpt = torch.load(args.run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"), map_location="cpu", weights_only=False)
     model = build_model(cfg["spec"])
     model.load_state_dict(ckpt["model"], strict=True)
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines() if line.strip()]
     vals = [r for r in log if "validation" in r and r["step"] <= ckpt["step"]]
+    done = [(n, k if n != LINEAGE[-1][0] else int(ckpt["step"]), what) for n, k, what in LINEAGE]
     training = {
         "steps": int(ckpt["step"]),
+        "steps_total": sum(k for _, k, _ in done),
+        "lineage": f"{len(done)} stages, {sum(k for _, k, _ in done):,} Adam steps on 2 CPU cores: "
+                   + "; ".join(f"stage {n} ({k:,}): {what}" for n, k, what in done)
+                   + ". Exact recipe: scripts/train_default.py",
         "data": [{"file": Path(p).name, "sha256": sha256(Path(p)), "source": SOURCES.get(Path(p).name, "?")} for p in cfg["data"]],
         "held_out": [{"file": Path(p).name, "source": SOURCES.get(Path(p).name, "?")} for p in cfg["val"]],
         "pyramid_levels": cfg["pyramid"] + 1,
+        "pyramid_kinds": cfg.get("pyramid_kinds", ["gaussian"]),
+        "data_weights": cfg.get("data_weights", {}),
+        "precision": cfg.get("precision", "fp32"),
         "sampler": cfg["sampler"],
         "batch": cfg["batch"],
         "optimizer": f"Adam lr {cfg['lr']} {cfg['schedule']} schedule",
