@@ -307,7 +307,8 @@ def test_sigkill_mid_batch_leaves_no_partial_output_and_a_rerun_finishes(tmp_pat
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     # every output under its final name is complete; the killed run's report is consistent
-    finished = sorted(out.glob("*.nii.gz"))
+    # (hidden names are the atomic writes' temp files, possibly caught mid-write by the kill)
+    finished = sorted(p for p in out.glob("*.nii.gz") if not p.name.startswith("."))
     assert 3 <= len(finished) < count
     for path in finished:
         n = int(path.name[1:3])
@@ -318,7 +319,7 @@ def test_sigkill_mid_batch_leaves_no_partial_output_and_a_rerun_finishes(tmp_pat
         assert item["status"] in ("done", "pending")
         if item["status"] == "done":
             assert Path(item["output"]).is_file() and sidecar_path(Path(item["output"])).is_file()
-    with_sidecar = {p.name.replace(".json", ".nii.gz") for p in out.glob("*.json")}
+    with_sidecar = {p.name.replace(".json", ".nii.gz") for p in out.glob("*.json") if not p.name.startswith(".")}
     # the rerun skips every complete output, redoes the rest, and cleans the killed run's temp files
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
