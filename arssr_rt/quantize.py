@@ -19,6 +19,7 @@ Needs the ``onnx`` package (the export extra) to build; reading a cached copy do
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -79,10 +80,14 @@ def _atomic_build(target: Path, build) -> Path:  # type: ignore[no-untyped-def]
         return target
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".onnx", dir=target.parent)
     os.close(fd)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization advises "pre-processing" on the root logger
     try:
         build(Path(tmp))
         os.replace(tmp, target)
     finally:
+        root.setLevel(level)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
