@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .background import flatten_flat_background
 from .backends.base import Backend, BackendOptions, open_backend
 from .bundle import ModelBundle, resolve_model
 from .errors import BackendError, InputError, OutputError
@@ -143,6 +144,7 @@ class Upsampler:
             lr = np.ascontiguousarray(lr.transpose(2, 1, 0))
             out_shape = out_shape[::-1]
         out = self.infer(lr, out_shape, progress)
+        flatten_flat_background(lr, out)  # exactly-constant air stays exactly constant
         del lr
         if zyx:
             out = transposed(out)
