@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .geometry import input_index_of_output
 from .memory import release_pages, slabs
 
 RADIUS = 2
@@ -34,8 +35,7 @@ def _local_max(x: np.ndarray, radius: int) -> np.ndarray:
 
 def nearest_input_index(h: int, H: int) -> np.ndarray:
     """For each output voxel j of an axis h -> H, the input voxel whose centre is nearest."""
-    p = (np.arange(H, dtype=np.float64) + 0.5) * h / H - 0.5
-    return np.clip(np.floor(p + 0.5), 0, h - 1).astype(np.int64)
+    return np.clip(np.floor(input_index_of_output(np.arange(H), h, H) + 0.5), 0, h - 1).astype(np.int64)
 
 
 def flatten_flat_background(lr: np.ndarray, out: np.ndarray) -> int:

@@ -263,8 +263,9 @@ def form_affines(source: Volume, grid: OutputGrid) -> tuple[np.ndarray, np.ndarr
     return q_affine, s_affine
 
 
-def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: float, inter: float, value_range: tuple[float, float]):
-    """The header of the output file; see ``save_volume`` for the rules."""
+def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: float, inter: float, value_range: tuple[float, float],
+                  forms: tuple[np.ndarray, np.ndarray]):
+    """The header of the output file, ``forms`` = ``form_affines(source, grid)``; see ``save_volume`` for the rules."""
     import nibabel as nib
 
     src = source.header
@@ -289,9 +290,8 @@ def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: 
     hdr.set_data_shape(grid.shape)
     hdr["pixdim"][4:] = kept_pixdim
     hdr.set_data_dtype(out_dtype)
-    q_affine, s_affine = form_affines(source, grid)
-    hdr.set_qform(q_affine, code=qcode)
-    hdr.set_sform(s_affine, code=scode)
+    hdr.set_qform(forms[0], code=qcode)
+    hdr.set_sform(forms[1], code=scode)
     hdr.set_slope_inter(slope, inter)
     hdr["cal_min"], hdr["cal_max"] = value_range
     # slice timing indices refer to the input's slices; dim_info and slice_duration still hold
@@ -348,14 +348,14 @@ def save_volume(
     stored_min, stored_max = min_max(stored)
     decoded_min = stored_min * slope + inter
     decoded_max = stored_max * slope + inter
-    header = output_header(source, grid, out_dtype, slope, inter, (decoded_min, decoded_max))
+    forms = form_affines(source, grid)
+    header = output_header(source, grid, out_dtype, slope, inter, (decoded_min, decoded_max), forms)
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     with _quiet_nibabel():
         image = image_class(stored, grid.affine, header=header)
     # the constructor re-derives some fields; assert the forms, codes and scaling once more
-    q_affine, s_affine = form_affines(source, grid)
-    image.header.set_qform(q_affine, code=int(header["qform_code"]))
-    image.header.set_sform(s_affine, code=int(header["sform_code"]))
+    image.header.set_qform(forms[0], code=int(header["qform_code"]))
+    image.header.set_sform(forms[1], code=int(header["sform_code"]))
     image.header.set_slope_inter(slope, inter)
     image.header.extensions.clear()
 
