@@ -175,6 +175,20 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def phase_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny RANDOM-WEIGHT model with spec.coords = "phase" (TEST ONLY), outputs O(1)."""
+    torch = pytest.importorskip("torch")
+    from arssr_rt.export.bundle_writer import write_bundle
+    from arssr_rt.training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({**TINY_SPEC, "coords": "phase"})
+    with torch.no_grad():
+        model.decoder.stage_two[-2].bias.fill_(0.3)  # outputs O(1) with the final ReLU open
+    return Path(write_bundle(model, tmp_path_factory.mktemp("bundles") / "tiny-phase", name="tiny-phase-TEST", validate=False))
+
+
 def listing(folder: Path) -> list[str]:
     """Everything in ``folder`` (hidden temp files included), sorted."""
     return sorted(os.listdir(folder))

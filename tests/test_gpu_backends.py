@@ -143,27 +143,11 @@ def test_torch_cuda_logic_decode_box_equals_the_cpu_pipeline(torch_on_cpu, fixtu
     np.testing.assert_array_equal(backend.decode_box(np.array(features[keep]), offset, lr.shape, out_shape, start, stop), got)
 
 
-@pytest.fixture(scope="module")
-def phase_bundle(tmp_path_factory):
-    """The tiny random-weight model with spec.coords = "phase" (TEST ONLY)."""
-    torch = pytest.importorskip("torch")
-    from conftest import TINY_SPEC
-
-    from arssr_rt.export.bundle_writer import write_bundle
-    from arssr_rt.training.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model({**TINY_SPEC, "coords": "phase"})
-    with torch.no_grad():
-        model.decoder.stage_two[-2].bias.fill_(0.3)  # outputs O(1) with the final ReLU open
-    return load_bundle(write_bundle(model, tmp_path_factory.mktemp("bundles") / "tiny-phase", name="tiny-phase-TEST", validate=False))
-
-
 def test_torch_cuda_logic_decode_box_feeds_a_phase_bundle_the_cpu_pipelines_coords(phase_bundle, fixture_volume):
     """decode_box of a "phase" bundle: the decoder gets box_coords(..., "phase") exactly, as the CPU path."""
     from arssr_rt.backends.torch_cuda_backend import TorchCudaBackend
 
-    backend = TorchCudaBackend(phase_bundle, BackendOptions(), torch_device="cpu", chunk=700)
+    backend = TorchCudaBackend(load_bundle(phase_bundle), BackendOptions(), torch_device="cpu", chunk=700)
     assert backend.coords_mode == "phase"
     lr = np.ascontiguousarray(fixture_volume[0][20:32, 25:35, 30:41] / 255.0)
     features = backend.encode(lr)

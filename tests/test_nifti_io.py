@@ -157,16 +157,23 @@ def test_both_codes_zero_are_written_as_scanner(tmp_path, fixture_image):
     np.testing.assert_allclose(nib.load(tmp_path / "out.nii").affine, grid.affine, atol=1e-5)
 
 
+def round_trip_with_forms(tmp_path, fixture_image, qform: tuple, sform: tuple) -> tuple:
+    """The fixture saved with the given (affine, code) forms, read back, and a constant result
+    written on its (1.5, 2, 2.5) grid: (input image, volume, grid, output image)."""
+    img = nib.Nifti1Image(np.asarray(fixture_image.dataobj), sform[0])
+    img.header.set_qform(qform[0], code=qform[1])
+    img.header.set_sform(sform[0], code=sform[1])
+    img.to_filename(tmp_path / "forms_in.nii.gz")
+    vol = load_volume(tmp_path / "forms_in.nii.gz")
+    grid = plan_output_grid(vol.shape, vol.affine, scale=(1.5, 2.0, 2.5))
+    out = nib.load(save_volume(tmp_path / "out.nii.gz", np.full(grid.shape, 7.0, np.float32), grid, vol))
+    return img, vol, grid, out
+
+
 def test_oblique_sform_only_input_keeps_codes(tmp_path, fixture_image):
     """qform code 0 + sform code 2 in -> the same codes out, sform exact, qform filled in."""
     a = oblique_affine(fixture_image.affine)
-    img = nib.Nifti1Image(np.asarray(fixture_image.dataobj), a)
-    img.header.set_qform(a, code=0)
-    img.header.set_sform(a, code=2)
-    img.to_filename(tmp_path / "sform_only.nii.gz")
-    vol = load_volume(tmp_path / "sform_only.nii.gz")
-    grid = plan_output_grid(vol.shape, vol.affine, scale=(1.5, 2.0, 2.5))
-    out = nib.load(save_volume(tmp_path / "out.nii.gz", np.full(grid.shape, 7.0, np.float32), grid, vol))
+    _, _, grid, out = round_trip_with_forms(tmp_path, fixture_image, (a, 0), (a, 2))
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (0, 2)
     np.testing.assert_allclose(out.affine, grid.affine, atol=1e-5)
     np.testing.assert_allclose(out.header.get_qform(), grid.affine, atol=1e-4)
@@ -179,13 +186,7 @@ def test_qform_and_sform_in_different_spaces_each_keep_their_space(tmp_path, fix
     q_in = fixture_image.affine.copy()
     s_in = oblique_affine(q_in)
     s_in[:3, 3] += [12.0, -7.5, 3.25]
-    img = nib.Nifti1Image(np.asarray(fixture_image.dataobj), s_in)
-    img.header.set_qform(q_in, code=1)
-    img.header.set_sform(s_in, code=4)
-    img.to_filename(tmp_path / "two_spaces.nii.gz")
-    vol = load_volume(tmp_path / "two_spaces.nii.gz")
-    grid = plan_output_grid(vol.shape, vol.affine, scale=(1.5, 2.0, 2.5))
-    out = nib.load(save_volume(tmp_path / "out.nii.gz", np.full(grid.shape, 7.0, np.float32), grid, vol))
+    img, vol, grid, out = round_trip_with_forms(tmp_path, fixture_image, (q_in, 1), (s_in, 4))
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 4)
     # output voxel j sits at input voxel index (j + 0.5) / s - 0.5 along each axis
     j = np.array([[0, 0, 0], [grid.shape[0] - 1, 3, 5], [7, grid.shape[1] - 1, grid.shape[2] - 1]], dtype=np.float64)

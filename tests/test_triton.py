@@ -14,13 +14,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import FIXTURE_PATH
 
 from arssr_rt.cli import main
 from arssr_rt.geometry import plan_output_grid
 from arssr_rt.pipeline import Upsampler
 from arssr_rt.volume import Volume
-
-from conftest import FIXTURE_PATH, TINY_SPEC
 
 
 class _Tensor:
@@ -88,20 +87,6 @@ def fake_pb_utils(repo: Path) -> types.ModuleType:
 def repo(tmp_path, tiny_bundle) -> Path:
     assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(tmp_path / "repo")]) == 0
     return tmp_path / "repo"
-
-
-@pytest.fixture(scope="module")
-def phase_bundle(tmp_path_factory) -> Path:
-    """The tiny random-weight model with spec.coords = "phase" (TEST ONLY)."""
-    torch = pytest.importorskip("torch")
-    from arssr_rt.export.bundle_writer import write_bundle
-    from arssr_rt.training.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model({**TINY_SPEC, "coords": "phase"})
-    with torch.no_grad():
-        model.decoder.stage_two[-2].bias.fill_(0.3)  # outputs O(1) with the final ReLU open
-    return Path(write_bundle(model, tmp_path_factory.mktemp("bundles") / "tiny-phase", name="tiny-phase-TEST", validate=False))
 
 
 def _parameters(repo: Path) -> dict[str, str]:
