@@ -116,11 +116,13 @@ def test_ddp_two_cpu_processes(tmp_path):
     """torchrun with 2 gloo processes trains and writes one checkpoint."""
     spec = json.dumps({"encoder": "rescnn", "feature_dim": 4, "encoder_args": {"width": 4, "blocks": 1, "convs": 1}, "decoder_width": 8, "decoder_depth": 2})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731", "-m", "arssr_rt", "train",
-           "--data", str(FIXTURE), "--out", str(tmp_path / "ddp"), "--spec", spec, "--lr-patch", "6", "--points", "64",
-           "--batch", "2", "--steps", "4", "--checkpoint-every", "2", "--quiet"]
+    logs = tmp_path / "rank-logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir", str(logs), "--redirects", "3",
+           "-m", "arssr_rt", "train", "--data", str(FIXTURE), "--out", str(tmp_path / "ddp"), "--spec", spec, "--lr-patch", "6",
+           "--points", "64", "--batch", "2", "--steps", "4", "--checkpoint-every", "2", "--quiet"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    rank_errors = "\n".join(f"--- {p.relative_to(logs)}\n{p.read_text()[-1500:]}" for p in sorted(logs.rglob("stderr.log")))
+    assert res.returncode == 0, res.stderr[-1500:] + "\n" + rank_errors
     state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4
     assert isinstance(state["sampler_rng"], list) and len(state["sampler_rng"]) == 2

@@ -164,8 +164,23 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     device = training_device(cfg)
     ddp = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    if ddp and not dist.is_initialized():
+    owns_group = ddp and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        ckpt = _train_loop(cfg, run_dir, resume, progress, device, ddp)
+        if ddp:
+            dist.barrier()  # every rank is done before any closes its connections
+        return ckpt
+    finally:
+        if owns_group and dist.is_initialized():
+            # Close the connections ourselves: a rank that just exits can make gloo's reader
+            # thread on a slower rank abort (SIGABRT) on "connection closed by peer".
+            dist.destroy_process_group()
+
+
+def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, device: torch.device, ddp: bool) -> Path:
+    """The optimisation loop proper; ``train`` owns the process group around it."""
     rank = dist.get_rank() if ddp else 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -248,7 +263,5 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
                     log.flush()
     if log:
         log.close()
-    if ddp:
-        dist.barrier()
     return ckpt
 
