@@ -80,6 +80,22 @@ def test_patch_sampler_geometry_is_centre_aligned():
     np.testing.assert_allclose(interp, target, atol=2e-3)
 
 
+
+def test_intensity_augmentation_moves_lr_and_target_by_the_same_gain_and_offset():
+    """On the real fixture, a gain/offset drawn for a patch applies to its LR and its targets alike."""
+    from arssr_rt.training.data import load_training_volumes
+
+    vols = load_training_volumes([FIXTURE], pyramid=0, min_size=16)
+    draws = {}
+    for name, gain, offset in (("plain", (1.0, 1.0), (0.0, 0.0)), ("moved", (1.08, 1.08), (0.04, 0.04))):
+        cfg = SamplerConfig(lr_patch=8, points=256, scale_min=2.5, scale_max=2.5, intensity=1.0, intensity_gain=gain, intensity_offset=offset)
+        draws[name] = PatchSampler(vols, cfg, seed=11).sample()
+    (lr0, c0, _, t0), (lr1, c1, _, t1) = draws["plain"], draws["moved"]
+    np.testing.assert_array_equal(c0, c1)  # same crop, scale and points
+    assert float(np.ptp(t0)) > 0.1  # a patch with contrast, not air
+    np.testing.assert_allclose(t1, 1.08 * t0 + 0.04, atol=1e-5)
+    np.testing.assert_allclose(lr1, 1.08 * lr0 + 0.04, atol=1e-4)
+
 def _tiny_config(tmp: Path, steps: int) -> TrainConfig:
     spec = {"encoder": "rescnn", "feature_dim": 4, "encoder_args": {"width": 4, "blocks": 1, "convs": 1}, "decoder_width": 8, "decoder_depth": 2}
     sampler = {"lr_patch": 6, "points": 64, "margin": 1, "scale_min": 2.0, "scale_max": 3.0, "anisotropic": 0.3,

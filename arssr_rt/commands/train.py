@@ -60,6 +60,8 @@ def register(app: typer.Typer) -> None:
         anisotropic: float = typer.Option(0.0, "--anisotropic", help="Probability of per-axis scales incl. thick-slice 1x1xk."),
         degradations: str = typer.Option("cubic", "--degradations", help="Mix, e.g. cubic=0.7,kspace=0.1,slice=0.1,gaussian=0.1"),
         noise: float = typer.Option(0.0, "--noise", help="Probability of mild Gaussian noise on the LR."),
+        intensity: float = typer.Option(0.0, "--intensity", help="Probability of a random gain (0.9-1.1) and offset (0-0.05) on a patch: "
+                                        "teaches the model the range shifts that runtime min-max normalisation makes."),
         lr_patch: int = typer.Option(10, "--lr-patch", help="LR patch size (paper: 10)."),
         points: int = typer.Option(8000, "--points", help="Sampled HR points per patch (paper: 8000)."),
         batch: int = typer.Option(15, "--batch", help="Patches per step (paper: 15)."),
@@ -90,7 +92,7 @@ def register(app: typer.Typer) -> None:
             lo, hi = _parse_scales(scales)
             spec = json.loads(spec_json) if spec_json else {"encoder": encoder, "feature_dim": 128, "encoder_args": {}, "decoder_width": 256, "decoder_depth": 4}
             sampler = SamplerConfig(lr_patch=lr_patch, points=points, scale_min=lo, scale_max=hi, anisotropic=anisotropic,
-                                    degradations=_parse_mix(degradations), noise=noise)
+                                    degradations=_parse_mix(degradations), noise=noise, intensity=intensity)
             cfg = TrainConfig(data=list(data), val=list(val or []), spec=spec, sampler=asdict(sampler), batch=batch, steps=steps,
                               lr=lr, schedule=schedule, lr_step=lr_step, checkpoint_every=checkpoint_every, val_every=val_every,
                               threads=threads, seed=seed)

@@ -41,6 +41,12 @@ class SamplerConfig:
     anisotropic: float = 0.0  # probability of a per-axis scale (incl. thick-slice 1x1xk)
     degradations: dict[str, float] = field(default_factory=lambda: {"cubic": 1.0})
     noise: float = 0.0  # probability of adding mild Gaussian noise to the LR
+    # probability of a random gain/offset on the patch (LR and target alike): the runtime's
+    # min-max normalisation of a ringing or noisy LR moves air off 0 and rescales tissue by a few
+    # per cent, and a model that only ever saw air at exactly 0 pulls it back (wrong intensities)
+    intensity: float = 0.0
+    intensity_gain: tuple[float, float] = (0.9, 1.1)
+    intensity_offset: tuple[float, float] = (0.0, 0.05)
     flips: bool = True
     foreground_bias: float = 0.9
     coords: str = "global"  # decoder coordinate mode of the model being trained
@@ -176,6 +182,8 @@ class PatchSampler:
                 if r.random() < 0.5:
                     hr = np.flip(hr, axis)
         hr = np.ascontiguousarray(hr, dtype=np.float32)
+        if c.intensity and r.random() < c.intensity:  # degradation is linear: LR and target move together
+            hr = hr * np.float32(r.uniform(*c.intensity_gain)) + np.float32(r.uniform(*c.intensity_offset))
         kind = self.kinds[r.choice(len(self.kinds), p=self.kind_p)]
         lr = degrade(hr, [H / p for H in hr_size], kind)
         if c.noise and r.random() < c.noise:
