@@ -15,6 +15,7 @@ import numpy as np
 
 from arssr_rt.backends.base import BackendOptions
 from arssr_rt.degrade import cubic_resample, degrade
+from arssr_rt.evaluation.metrics import default_data_range, head_mask, psnr
 from arssr_rt.pipeline import Upsampler
 
 from .bundles import default_bundle
@@ -22,18 +23,9 @@ from .bundles import default_bundle
 SCALES = (2.0, 4.0)
 
 
-def head_mask(hr: np.ndarray) -> np.ndarray:
-    """Voxels above 10% of the range, dilated by 2 and hole-filled (as training validation does)."""
-    from scipy import ndimage
-
-    lo, hi = float(hr.min()), float(hr.max())
-    mask = ndimage.binary_dilation(hr > lo + 0.1 * (hi - lo), iterations=2)
-    return ndimage.binary_fill_holes(mask)
-
-
 def masked_psnr(hr: np.ndarray, test: np.ndarray, mask: np.ndarray) -> float:
-    mse = float(np.mean((hr[mask].astype(np.float64) - test[mask]) ** 2))
-    return float(10 * np.log10(float(hr.max() - hr.min()) ** 2 / max(mse, 1e-20)))
+    """PSNR in the head mask with R = HR max - min: the evaluate command's own metric."""
+    return psnr(hr, test, mask, default_data_range(hr))
 
 
 def _predict(up: Upsampler, lr: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:

@@ -90,7 +90,10 @@ def test_int8_copies_go_to_the_cache_keyed_by_sha_and_leave_the_bundle_alone(bun
     before = {p.name: sha256_file(p) for p in bundle.path.iterdir()}
     open_backend("onnxruntime", bundle, BackendOptions(threads=1, precision="int8")).close()
     built = sorted((cache / "quantized").glob("*.onnx"))
-    assert sorted(p.name.split("-", 1)[1] for p in built) == ["decoder-dynamic-v1.onnx", "encoder-static-v1.onnx"]
+    from arssr_rt.quantize import RECIPE_VERSION
+
+    v = RECIPE_VERSION
+    assert sorted(p.name.split("-", 1)[1] for p in built) == [f"decoder-dynamic-v{v}.onnx", f"encoder-static-v{v}.onnx"]
     assert {p.name.split("-")[0] for p in built} == {bundle.meta["files"]["encoder.onnx"][:32], bundle.meta["files"]["decoder.onnx"][:32]}
     stamps = {p: p.stat().st_mtime_ns for p in built}
     open_backend("onnxruntime", bundle, BackendOptions(threads=1, precision="int8")).close()
@@ -218,11 +221,13 @@ def test_int8_loses_at_most_0p1_db_against_hr_on_the_heldout_volume(backend, cac
     from benchmarks.quality import head_mask, masked_psnr
 
     hr = np.squeeze(np.asarray(nib.load(HELDOUT).get_fdata(dtype=np.float32)))
-    lr = degrade(hr, [2.0] * 3, "cubic")
-    lo, hi = float(lr.min()), float(lr.max())
     mask = head_mask(hr)
+    lrs = {s: degrade(hr, [s] * 3, "cubic") for s in (2.0, 4.0)}
     scores = {}
     for precision in ("fp32", "int8"):
         with Upsampler(bundle, backend=backend, options=BackendOptions(threads=1, precision=precision)) as up:
-            scores[precision] = masked_psnr(hr, up.infer((lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo, mask)
-    assert scores["int8"] >= scores["fp32"] - 0.1
+            for s, lr in lrs.items():
+                lo, hi = float(lr.min()), float(lr.max())
+                scores[precision, s] = masked_psnr(hr, up.infer((lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo, mask)
+    for s in lrs:  # x4 is where an HR-only calibration lost 0.10 dB (onnxruntime)
+        assert scores["int8", s] >= scores["fp32", s] - 0.1, (s, scores)
