@@ -127,7 +127,7 @@ def _calibration_crops(volume: np.ndarray) -> list[np.ndarray]:
 
     The encoder's real inputs are LR volumes, smoother than the 1 mm fixture; calibrating on
     the HR alone measured -0.04 / -0.10 dB against exact at x2 / x4 on the held-out volume
-    (onnxruntime), with the LR crops -0.016 / -0.029 (benchmarks/README.md).
+    (onnxruntime, stage-7 default weights), with the LR crops -0.016 / -0.029 (benchmarks/README.md).
     """
     from .degrade import degrade
     from .intensity import Normalizer
