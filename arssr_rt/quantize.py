@@ -11,8 +11,9 @@ Two recipes:
 - ``dynamic``: onnxruntime dynamic quantisation (int8 weights, per-call int8 activations) of
   the decoder's MatMuls. No calibration; what onnxruntime's CPU kernels run fastest.
 - ``static``: a QDQ encoder (per-channel int8 weights, uint8 activations calibrated on the
-  shipped Colin27 fixture and its x2 / x3 down-samplings); OpenVINO and onnxruntime fuse QDQ into int8 convolutions. The
-  first and last convolutions stay fp32: they hold much of the accuracy and little of the cost.
+  shipped Colin27 fixture and its x2 / x3 down-samplings); OpenVINO and onnxruntime fuse QDQ
+  into int8 convolutions. The first and last convolutions stay fp32: they hold much of the
+  accuracy and little of the cost.
 
 Needs the ``onnx`` package (the export extra) to build; reading a cached copy does not.
 """
@@ -127,7 +128,8 @@ def _calibration_crops(volume: np.ndarray) -> list[np.ndarray]:
 
     The encoder's real inputs are LR volumes, smoother than the 1 mm fixture; calibrating on
     the HR alone measured -0.04 / -0.10 dB against exact at x2 / x4 on the held-out volume
-    (onnxruntime, stage-7 default weights), with the LR crops -0.016 / -0.029 (benchmarks/README.md).
+    (onnxruntime, stage-7 default weights), with the LR crops -0.016 / -0.029
+    (benchmarks/README.md).
     """
     from .degrade import degrade
     from .intensity import Normalizer
