@@ -46,7 +46,8 @@ LINEAGE = (  # what scripts/train_default.py reproduces, stage by stage (steps o
      ("6", 26000, "cosine lr 5e-4, bf16 autocast, 2 threads"),
      ("7", 1500, "intensity augmentation (gain 0.9-1.1, offset 0-0.05) on half the patches, cosine lr 2e-4"),
      ("8", 6000, "as stage 7, cosine lr 3e-4"),
-     ("9", 12000, "as stage 8")]
+     ("9", 12000, "as stage 8"),
+     ("10", 12000, "as stage 8")]
 )
 
 
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", choices=["best", "last"], default="last")
     ap.add_argument("--out", type=Path, default=ROOT / "arssr_rt" / "models" / "default")
     ap.add_argument("--force", action="store_true")
-    ap.add_argument("--log", type=Path, help="the run's JSON-lines log (default RUN/log.jsonl; training-runs/default keeps log-stage9.jsonl)")
+    ap.add_argument("--log", type=Path, help="the run's JSON-lines log (default RUN/log.jsonl; training-runs/default keeps log-stage10.jsonl)")
     args = ap.parse_args()
 
     cfg = json.loads((args.run / "config.json").read_text())
