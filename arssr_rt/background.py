@@ -1,8 +1,8 @@
 """Flat background stays flat: output voxels over perfectly constant minimum-valued input.
 
 Skull-stripped, masked or defaced volumes hold exactly-constant air (often 0). Tricubic keeps it
-exactly constant; a learned decoder leaves a faint texture there (measured: whole-volume SSIM
-0.976 -> 0.801 on Colin27 at 1x1x3, head mask unaffected). Where every input voxel within
+exactly constant; a learned decoder can leave a faint texture or offset there, which SSIM's
+near-constant air windows punish out of proportion. Where every input voxel within
 ``RADIUS`` of an output voxel's nearest input voxel equals the input minimum, that output voxel
 *is* the minimum: the radius covers both trilinear corners and the 4-tap cubic support, so no
 interpolant could put structure there either. Inputs with noisy air are not touched.

