@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import TINY_SPEC  # noqa: E402
 
-from arssr_rt.training.models import build_model  # noqa: E402
+from arssr_rt.network import build_model  # noqa: E402
 from arssr_rt.training.train import predict_volume  # noqa: E402
 
 SUBVOXEL_SPEC = {**TINY_SPEC, "coords": "phase", "decoder": "modulated", "feature_scale": 2}

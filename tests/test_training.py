@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from arssr_rt.training.data import PatchSampler, SamplerConfig  # noqa: E402
-from arssr_rt.training.models import PUBLISHED_SPECS, build_model, count_parameters  # noqa: E402
+from arssr_rt.network import PUBLISHED_SPECS, build_model, count_parameters  # noqa: E402
 from arssr_rt.training.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from ..extras import require
 from . import contract
 
 if TYPE_CHECKING:
-    from ..training.models import ArSSR
+    from ..network import ArSSR
 
 FP32_TOLERANCE = 1e-4
 RANDOM_SHAPE = (11, 9, 10)  # odd, distinct sizes: exercises the dynamic D, H, W

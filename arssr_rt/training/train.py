@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
 from ..geometry import decoder_axis_coords, normalized_centres
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
-from .models import ArSSR, ModelSpec, build_model
+from ..network import ArSSR, ModelSpec, build_model
 
 
 @dataclass
