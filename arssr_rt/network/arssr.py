@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import windowed_sinc
 from ..geometry import COORD_MODES, PHASE_EPS
 from .decoders import Decoder, ModulatedDecoder
 from .encoders import ENCODERS, SubpixelEncoder
@@ -30,13 +32,14 @@ class ModelSpec:
     coords: str = "global"  # decoder coordinate mode: "global" (published) or "phase"
     decoder: str = "arssr"  # "arssr" (published) or "modulated" (ModulatedDecoder)
     feature_scale: int = 1  # feature grid r times finer than the LR grid (SubpixelEncoder)
+    base: str = "none"  # "lanczos3": the decoder predicts the residual over windowed-sinc interpolation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        return cls(**{k: d[k] for k in ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder", "feature_scale") if k in d})
+        return cls(**{k: d[k] for k in ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder", "feature_scale", "base") if k in d})
 
 
 class ArSSR(nn.Module):
@@ -57,9 +60,11 @@ class ArSSR(nn.Module):
         if spec.decoder == "modulated":
             self.decoder: Decoder = ModulatedDecoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth, spec.feature_dim)
         elif spec.decoder == "arssr":
-            self.decoder = Decoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth)
+            self.decoder = Decoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth, final_relu=spec.base == "none")
         else:
             raise ValueError(f"unknown decoder {spec.decoder!r}; known: arssr, modulated")
+        if spec.base not in windowed_sinc.BASES:
+            raise ValueError(f"unknown base {spec.base!r}; known: {', '.join(windowed_sinc.BASES)}")
 
     @property
     def receptive_radius(self) -> int:
@@ -83,15 +88,45 @@ class ArSSR(nn.Module):
         p = (coords.double() + 1) / 2 * n - 0.5
         return (2 * (p - torch.floor(p + PHASE_EPS)) - 1).to(coords.dtype)
 
-    def forward(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor | None = None) -> torch.Tensor:
+    def base_at(self, lr: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """The residual base at ``coords`` (B,K,1): windowed-sinc interpolation of ``lr``.
+
+        Computed by the runtime's numpy implementation (the LR is data, not a parameter, so no
+        gradient is needed), so training, the torch reference and every backend add the same.
+        """
+        n = np.array(lr.shape[-3:], dtype=np.float64)
+        lr_np = lr.detach().float().cpu().numpy()
+        pos = (coords.detach().double().cpu().numpy() + 1) / 2 * n - 0.5
+        base = np.stack([windowed_sinc.sample_points(lr_np[b, 0], pos[b]) for b in range(lr_np.shape[0])])
+        return torch.from_numpy(base[..., None]).to(lr.device)
+
+    def forward(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor | None = None,
+                base: torch.Tensor | None = None) -> torch.Tensor:
         """lr (B,1,D,H,W), coords (B,K,3) in [-1,1] -> intensity (B,K,1).
 
-        ``decoder_coords`` (exact, from integer indices) may be passed by training code; else
-        they are derived from ``coords`` for the model's coordinate mode.
+        ``decoder_coords`` (exact, from integer indices) and ``base`` may be passed by training
+        code; else they are derived from ``coords`` for the model's coordinate mode and base.
         """
         if decoder_coords is None:
             decoder_coords = self.decoder_coords(coords, lr.shape)
-        return self.decode(self.query(self.encoder(lr), coords), decoder_coords)
+        out = self.decode(self.query(self.encoder(lr), coords), decoder_coords)
+        if self.spec.base == "none":
+            return out
+        if base is None:
+            base = self.base_at(lr, coords)
+        return out + base.to(out.dtype)
+
+    def start_as_base(self) -> None:
+        """Zero the decoder's output layers so the model starts as exactly its base (a warm
+        start of a residual model from a direct one keeps every other learned weight)."""
+        last = [m for m in self.decoder.stage_two if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+            modulator = getattr(self.decoder, "modulator", None)
+            if modulator is not None:
+                modulator[-1].weight.zero_()
+                modulator[-1].bias.zero_()
 
 
 PUBLISHED_SPECS: dict[str, ModelSpec] = {
