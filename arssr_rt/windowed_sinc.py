@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .geometry import input_index_of_output
+
 BASES = ("none", "lanczos3")
 LOBES = 3
 
@@ -73,3 +75,23 @@ def sample_points(lr: np.ndarray, positions: np.ndarray) -> np.ndarray:
     index = (i0[:, :, None, None] * n1 + i1[:, None, :, None]) * n2 + i2[:, None, None, :]
     weight = w0[:, :, None, None] * w1[:, None, :, None] * w2[:, None, None, :]
     return (flat[index] * weight).sum(axis=(1, 2, 3)).astype(np.float32)
+
+
+def add_base(out: np.ndarray, lr: np.ndarray, box: Sequence[tuple[int, int]]) -> None:
+    """Add the base to output voxels ``box`` ((start, stop) per axis) of ``out`` in place.
+
+    Reads only the LR samples the box's taps touch, so a tile costs its own size (the
+    pipeline calls this per encoder tile, after the decoder filled the box).
+    """
+    positions, window = [], []
+    for (a, b), h, H in zip(box, lr.shape, out.shape):
+        p = input_index_of_output(np.arange(a, b), h, H)
+        positions.append(p)
+        lo = max(0, int(np.floor(p.min())) - (LOBES - 1)) if b > a else 0
+        hi = min(h, int(np.floor(p.max())) + LOBES + 1) if b > a else 0
+        window.append((lo, hi))
+    if any(b <= a for a, b in box):
+        return
+    tile = lr[tuple(slice(lo, hi) for lo, hi in window)]
+    sel = tuple(slice(a, b) for a, b in box)
+    out[sel] += sample_grid(tile, positions, origin=[lo for lo, _ in window], volume_shape=lr.shape)
