@@ -155,28 +155,28 @@ def _scale_volume_ratio(label: str) -> float:
     return float(np.prod(factors * 3 if len(factors) == 1 else factors))
 
 
-def _gain_series(rows: Sequence[EvalRow], metric: str) -> list[tuple[str, str, list[float | None]]]:
-    """(label, line style, values) to plot: gains over the best baseline and over tricubic, or sinc - tricubic without a model."""
+def _gain_series(rows: Sequence[EvalRow], metric: str) -> list[tuple[bool, list[float | None]]]:
+    """(filled, values) to plot: gains over the best baseline (filled) and over tricubic (hollow), or sinc - tricubic."""
     if all(r.model is not None for r in rows):
-        return [("over best baseline", "-", [r.gain(metric, "best") for r in rows]),
-                ("over tricubic", ":", [r.gain(metric, "tricubic") for r in rows])]
-    sinc_gain = [None if r.sinc is None else float(getattr(r.sinc, metric)) - float(getattr(r.tricubic, metric)) for r in rows]
-    return [("sinc - tricubic", "-", sinc_gain)]
+        return [(True, [r.gain(metric, "best") for r in rows]), (False, [r.gain(metric, "tricubic") for r in rows])]
+    return [(True, [None if r.sinc is None else float(getattr(r.sinc, metric)) - float(getattr(r.tricubic, metric)) for r in rows])]
 
 
 def write_figure(path: str | Path, rows: Sequence[EvalRow]) -> Path:
-    """Gain in PSNR and SSIM (head mask) versus scale, one line colour per degradation, one row of plots per volume.
+    """Gain in PSNR and SSIM (head mask) versus scale, one colour per degradation, one row of plots per volume.
 
-    With a model: solid = model - the better classical baseline (per metric), dotted = model -
-    tricubic; baselines only: sinc - tricubic. Scales are placed in order of the LR voxel volume
-    they imply and labelled as requested, so isotropic and thick-slice (x1x1x3) factors share
-    one axis; lines join isotropic scales only, per-axis scales are square markers.
+    With a model: filled markers, solid lines = model - the better classical baseline (per
+    metric); hollow markers, dotted lines = model - tricubic. Baselines only: sinc - tricubic.
+    Scales are placed in order of the LR voxel volume they imply and labelled as requested, so
+    isotropic and thick-slice (x1x1x3) factors share one axis; lines join isotropic scales
+    only, per-axis scales are square markers.
     """
     volumes = list(dict.fromkeys(r.volume for r in rows))
     labels = sorted(dict.fromkeys(r.scale for r in rows), key=_scale_volume_ratio)
     position = {label: i for i, label in enumerate(labels)}
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
-    fig = _new_figure(10.0, 3.4 * max(1, len(volumes)))
+    with_model = all(r.model is not None for r in rows)
+    fig = _new_figure(10.0, 3.4 * max(1, len(volumes)) + 0.4)
     axes = fig.subplots(max(1, len(volumes)), 2, squeeze=False)
     for v, volume in enumerate(volumes):
         mine = [r for r in rows if r.volume == volume]
@@ -189,10 +189,11 @@ def write_figure(path: str | Path, rows: Sequence[EvalRow]) -> Path:
                 x = np.array([position[r.scale] for r in series])
                 iso = np.array([r.scale.count("x") == 1 for r in series], dtype=bool)
                 colour = colours[k % len(colours)]
-                for name, line, values in _gain_series(series, metric):
+                for filled, values in _gain_series(series, metric):
                     y = np.array([np.nan if g is None else g for g in values], dtype=np.float64)
-                    ax.plot(x[iso], y[iso], "o" + line, color=colour, label=f"{kind}, {name}")
-                    ax.plot(x[~iso], y[~iso], "s", color=colour)
+                    style = {"color": colour, "markerfacecolor": colour if filled else "none", "linewidth": 1.6 if filled else 0.9}
+                    ax.plot(x[iso], y[iso], "o" + ("-" if filled else ":"), label=kind if filled else None, **style)
+                    ax.plot(x[~iso], y[~iso], "s", **style)
             ax.set_xticks(np.arange(len(labels)))
             ax.set_xticklabels(labels)
             ax.set_xlabel("scale")
@@ -200,7 +201,10 @@ def write_figure(path: str | Path, rows: Sequence[EvalRow]) -> Path:
             ax.set_title(volume, fontsize=10)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
+    key = ("model gain: filled = over the better baseline (tricubic or sinc), hollow = over tricubic" if with_model
+           else "no model: sinc - tricubic")
+    fig.suptitle(key, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
