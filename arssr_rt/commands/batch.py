@@ -77,10 +77,11 @@ def register(app: typer.Typer) -> None:
         output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
         ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 (implies --ray)."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (failed inputs) on stderr: no progress, no per-file lines, no summary."),
     ) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.text import Text
 
         from ..batch.discovery import parse_shard
         from ..batch.runner import BatchOptions, run_batch
@@ -110,16 +111,18 @@ def register(app: typer.Typer) -> None:
         def on_result(result) -> None:
             if task_id is not None:
                 progress.advance(task_id)
-            if quiet:
+            if quiet and result.status != "failed":  # --quiet: only errors reach stderr
                 return
-            style = STATUS_STYLE.get(result.status, "")
             detail = f" -> {result.output}" if result.output and result.status != "failed" else ""
             timing = f" ({result.seconds:.1f} s)" if result.status == "done" and result.seconds is not None else ""
             message = result.message or ""
             if message.startswith(f"{result.input}: "):  # reader messages name the file already
                 message = message[len(result.input) + 2:]
             why = f": {message}" if result.status == "failed" and message else ""
-            console.print(f"[{style}]{result.status:>7}[/] {result.input}{detail}{timing}{why}", markup=True, soft_wrap=True)
+            # paths and messages are plain text: an install hint's "arssr-rt[eval]" is not markup
+            line = Text(f"{result.status:>7}", style=STATUS_STYLE.get(result.status, ""))
+            line.append(f" {result.input}{detail}{timing}{why}")
+            console.print(line, soft_wrap=True)
 
         with progress:
             outcome = run_batch(
@@ -129,7 +132,8 @@ def register(app: typer.Typer) -> None:
             )
         counts = outcome.counts()
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}", soft_wrap=True)
+        if not quiet:
+            console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}", soft_wrap=True, markup=False)
         if counts.get("failed") or counts.get("pending"):
             raise BatchFailures(f"{counts['failed']} of {len(outcome.items)} inputs failed"
                                 + (f", {counts['pending']} not run (--fail-fast)" if counts.get("pending") else "") + f"; see {report}")
