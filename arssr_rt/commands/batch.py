@@ -39,6 +39,7 @@ the two networks through Triton (BLS). See docs/batch.md, "Serving with Triton".
 
 Example:
 
+\b
   arssr-rt export-triton --model default -o triton_repo
   docker run --gpus all -v $PWD/triton_repo:/models nvcr.io/nvidia/tritonserver:<tag>-py3 \\
       tritonserver --model-repository /models

@@ -14,6 +14,7 @@ on the field-of-view-preserving grid of IN (as arssr-rt writes it).
 
 Example:
 
+\b
   arssr-rt upsample t1.nii.gz --scale 2
   arssr-rt qc t1.nii.gz t1_x2.nii.gz -o t1_x2_qc.png
 """
