@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..engines.builder import DEFAULT_TILE
 from ..errors import ArssrError
 
 BATCH_HELP = """\
@@ -37,12 +38,16 @@ decoder as ONNX models with dynamic shapes, and a Python-backend model "arssr" t
 volume, its affine and an output shape and does the tiling and trilinear sampling, calling
 the two networks through Triton (BLS). See docs/batch.md, "Serving with Triton".
 
+The server's Python environment needs arssr-rt: --wheel copies a wheel of it into the
+repository (arssr/wheels/) to pip install there.
+
 Example:
 
 \b
-  arssr-rt export-triton --model default -o triton_repo
+  pip wheel --no-deps -w dist .
+  arssr-rt export-triton --model default -o triton_repo --wheel dist/arssr_rt-0.1.0-py3-none-any.whl
   docker run --gpus all -v $PWD/triton_repo:/models nvcr.io/nvidia/tritonserver:<tag>-py3 \\
-      tritonserver --model-repository /models
+      bash -c "pip install /models/arssr/wheels/*.whl && tritonserver --model-repository /models"
 """
 
 class BatchFailures(ArssrError):
@@ -147,8 +152,11 @@ def register(app: typer.Typer) -> None:
         max_batch_points: int = typer.Option(1 << 17, "--chunk", help="Decoder points per Triton request."),
         tensorrt: bool = typer.Option(False, "--tensorrt", help="Serve the networks through ONNX Runtime's TensorRT accelerator (engines built in the server)."),
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing repository."),
+        tile: int = typer.Option(DEFAULT_TILE, "--tile", help="Encoder tile core (LR voxels per axis) of every encoder call; bounds the TensorRT profile."),
+        wheel: Optional[Path] = typer.Option(None, "--wheel", help="arssr-rt wheel (pip wheel --no-deps .) to copy to arssr/wheels/ for pip install in the server."),
     ) -> None:
         from ..batch.triton import export_triton_repository
 
-        path = export_triton_repository(model, out, precision=precision, chunk=max_batch_points, tensorrt=tensorrt, force=force)
+        path = export_triton_repository(model, out, precision=precision, chunk=max_batch_points, tensorrt=tensorrt, force=force,
+                                        tile=tile, wheel=wheel)
         typer.echo(f"Triton model repository written to {path} (models: arssr, arssr_encoder, arssr_decoder)", err=True)
