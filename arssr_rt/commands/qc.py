@@ -9,8 +9,10 @@ import typer
 
 HELP = """\
 Draw a QC montage: three orthogonal slices through the output's centre, each as
-input nearest-up-sampled | tricubic | model output, in one intensity window. OUT must be
-on the field-of-view-preserving grid of IN (as arssr-rt writes it).
+input nearest-up-sampled | tricubic | model output (one intensity window) | model minus
+tricubic (diverging, symmetric colour scale), with colour bars, L/R, P/A, I/S edge labels
+and each slice's world position in mm. OUT must be on the field-of-view-preserving grid of
+IN (as arssr-rt writes it).
 
 Example:
 
