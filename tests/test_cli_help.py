@@ -48,3 +48,9 @@ def test_each_help_example_is_its_own_line(name, capsys, monkeypatch):
     shown = [line.strip().rstrip("\\").strip() for line in capsys.readouterr().out.splitlines()]
     for example in _examples(COMMANDS[name]):
         assert example in shown, f"{name} --help folds the example {example!r} into other text"
+
+
+def test_bracketed_help_text_is_shown_verbatim(capsys, monkeypatch):
+    """Guard (passes on main too): help is not rich markup, "[.shard-I-of-N]" is not a style tag."""
+    assert main(["batch", "--help"]) == 0
+    assert "batch_report[.shard-I-" in capsys.readouterr().out  # wrapped after the hyphen at 80 columns
