@@ -9,14 +9,15 @@ every column and the display orientation does not depend on how the file stores 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import InputError, OutputError
+from .errors import InputError
 from .extras import require
 from .geometry import output_affine, spacing_of
+from .outputs import check_output
 
 VIEWS = ("sagittal", "coronal", "axial")
 COLUMNS = ("input (nearest)", "tricubic", "model")
@@ -87,15 +88,16 @@ def write_qc_montage(
     out_data: np.ndarray,
     out_affine: np.ndarray,
     title: str = "",
+    *,
+    force: bool = False,
+    inputs: Iterable[str | Path] = (),
 ) -> Path:
-    """Write the 3x3 PNG montage atomically (temp file + rename); returns the path."""
+    """Write the 3x3 PNG montage through the output guard, atomically; returns the path."""
     require("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputError(f"{path}: output folder {path.parent} does not exist")
+    path = check_output(path, inputs=inputs, force=force)
     panels, aspects = montage_panels(in_data, in_affine, out_data, out_affine)
     # one intensity window for every panel, from the input, so differences are real
     vmin, vmax = (float(v) for v in np.percentile(in_data, [0.5, 99.5]))
