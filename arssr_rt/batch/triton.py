@@ -22,15 +22,15 @@ is written to a temp folder and renamed into place.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from importlib import resources
 from pathlib import Path
 
+from ..atomic import atomic_write_folder
 from ..bundle import ModelBundle, resolve_model
-from ..errors import InputError, ModelError, OutputError
+from ..errors import InputError, ModelError
 from ..geometry import COORD_MODES
+from ..outputs import check_output
 
 ENCODER_MODEL = "arssr_encoder"
 DECODER_MODEL = "arssr_decoder"
@@ -120,18 +120,13 @@ def export_triton_repository(
     for name in (encoder_file, decoder_file):
         if not bundle.has(name):
             raise ModelError(f"model bundle {bundle.path} has no {name} (needed for --precision {precision})")
-    out = Path(out)
-    if out.exists() and not force:
-        raise OutputError(f"{out}: already exists (use --force to replace it)")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: output folder does not exist")
+    out = check_output(out, force=force, folder=True)
     normalization = normalization or str(bundle.normalization.get("mode", "minmax"))
     coords = bundle.coords_mode  # what the decoder was trained to see; model.py checks it again
     if coords not in COORD_MODES:
         raise ModelError(f"model bundle {bundle.path}: unknown decoder coordinate mode {coords!r} (model.json spec.coords); known: {', '.join(COORD_MODES)}")
 
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    def build(tmp: Path) -> None:
         for model_name, source in ((ENCODER_MODEL, encoder_file), (DECODER_MODEL, decoder_file)):
             version = tmp / model_name / "1"
             version.mkdir(parents=True)
@@ -146,10 +141,5 @@ def export_triton_repository(
         meta["files"] = {}
         (version / "bundle" / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         (tmp / PIPELINE_MODEL / "config.pbtxt").write_text(pipeline_config(precision, chunk, normalization, coords))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return atomic_write_folder(out, build, fsync=False)

@@ -8,14 +8,13 @@ never leaves a bundle that looks valid.
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_write_folder
 from ..bundle import MODEL_JSON, WEIGHTS, write_model_json
 from ..errors import ModelError, OutputError
 from ..extras import require
@@ -113,8 +112,8 @@ def write_bundle(
     if validate and real_input is not None:
         validation_inputs(real_input)  # refuse a bad validation volume before minutes of export
     model.eval()
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def build(stage: Path) -> None:
         save_weights(model, stage / WEIGHTS)
         export_all(model, stage)
         if validate:
@@ -124,10 +123,6 @@ def write_bundle(
                 raise ModelError(str(exc).replace(str(stage), str(out_dir))) from None
         meta["files"] = {n: "" for n in (WEIGHTS, *contract.ONNX_FILES)}
         write_model_json(stage, meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        stage.rename(out_dir)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-    return out_dir
+
+    # staged in a hidden sibling and moved into place whole (atomic.atomic_write_folder)
+    return atomic_write_folder(out_dir, build, fsync=False)
