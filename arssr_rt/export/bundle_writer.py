@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from ..atomic import atomic_write_folder
 from ..bundle import MODEL_JSON, WEIGHTS, write_model_json
 from ..errors import ModelError, OutputError
 from ..extras import require
+from ..outputs import InputSet
 from . import contract
 from .onnx_export import export_all
 from .validate import validate_exports, validation_inputs
@@ -88,6 +89,7 @@ def write_bundle(
     validate: bool = True,
     real_input: np.ndarray | None = None,
     force: bool = False,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
     """Export ``model`` to a bundle directory and return its path.
 
@@ -100,6 +102,7 @@ def write_bundle(
         validate: compare every ONNX file with torch via onnxruntime (fp32 <= 1e-4 or ModelError).
         real_input: a real volume (D, H, W) in the weights' axis order, for validation.
         force: replace an existing bundle in ``out_dir``.
+        inputs: files the bundle is made from (the checkpoint): ``out_dir`` may not hold them.
 
     Example:
         >>> write_bundle(build_model("rescnn"), "bundles/rescnn", name="rescnn")  # doctest: +SKIP
@@ -107,6 +110,9 @@ def write_bundle(
     if axis_order not in AXIS_ORDERS:
         raise ModelError(f"axis_order must be one of {', '.join(AXIS_ORDERS)}, got {axis_order!r}")
     out_dir = Path(out_dir)
+    conflict = InputSet(inputs).conflict(out_dir, folder=True)
+    if conflict:
+        raise OutputError(f"{out_dir}: bundle folder {conflict}; choose another -o (an input is never replaced)")
     prepare_out_dir(out_dir, force)
     meta = bundle_meta(model, name, axis_order, extra_meta)
     if validate and real_input is not None:
