@@ -17,7 +17,7 @@ import nibabel as nib
 import torch
 
 from arssr_rt.export.bundle_writer import write_bundle
-from arssr_rt.training.models import build_model
+from arssr_rt.network import build_model
 from arssr_rt.training.train import validate
 
 ROOT = Path(__file__).resolve().parents[1]
