@@ -119,15 +119,6 @@ def input_index_of_output(j: np.ndarray | int, h: int, H: int) -> np.ndarray:
     return (np.asarray(j, dtype=np.float64) + 0.5) * h / H - 0.5
 
 
-def describe_scale(in_shape: Sequence[int], out_shape: Sequence[int]) -> str:
-    """A short scale label for file names: ``x2``, ``x2.5`` or ``x1x1x3``."""
-    ratios = [H / h for h, H in zip(in_shape, out_shape)]
-    labels = [f"{r:.3g}" for r in ratios]
-    if len(set(labels)) == 1:
-        return f"x{labels[0]}"
-    return "x" + "x".join(labels)
-
-
 # Decoder coordinate modes. "global": the published ArSSR input, the output voxel centre in
 # [-1, 1] over the whole grid. "phase": where the point sits inside its trilinear cell,
 # 2 * (p - floor(p + PHASE_EPS)) - 1 per axis with p its continuous input index; it tells the

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
+from .atomic import atomic_write_folder
 from .errors import InputError, OutputError
 from .extras import require
 from .geometry import OutputGrid
+from .outputs import check_output
 from .validation import DEFAULT_MAX_INPUT_VOXELS, check_affine, check_size, check_voxels
 from .volume import Volume
 
@@ -279,11 +279,13 @@ def write_dicom_series(
     source: Volume,
     series_description: str = "ArSSR super-resolution",
     force: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Write ``data`` (on ``grid``) as a new derived single-frame MR series in ``folder``.
 
     One file per slice along the grid's third axis, named IM0001.dcm ...; the folder appears
-    under its final name only when every file is complete.
+    under its final name only when every file is complete (``atomic.atomic_write_folder``),
+    after the output guard (never an input, no replacing without ``force``).
     """
     require("pydicom")
     from pydicom.dataset import FileMetaDataset
@@ -293,10 +295,8 @@ def write_dicom_series(
     data = np.asarray(data, dtype=np.float32)
     if data.shape != tuple(grid.shape):
         raise OutputError(f"{folder}: data shape {data.shape} does not match the grid {tuple(grid.shape)}")
-    if folder.exists() and not force:
-        raise OutputError(f"{folder}: already exists (use --force to replace it)")
-    if not folder.parent.is_dir():
-        raise OutputError(f"{folder.parent}: output folder does not exist")
+    protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
+    folder = check_output(folder, inputs=protected, force=force, folder=True)
     integral = np.issubdtype(np.dtype(source.source_dtype), np.integer)
     stored, slope, intercept = _pixel_encoding(data, integral)
 
@@ -325,9 +325,7 @@ def write_dicom_series(
     base.WindowCenter = _ds_number(float((low + high) / 2))
     base.WindowWidth = _ds_number(float(max(high - low, 1e-3)))
 
-    tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    def build(stage: Path) -> None:
         for k in range(grid.shape[2]):
             ds = base.copy()
             ds.file_meta = FileMetaDataset()
@@ -341,23 +339,9 @@ def write_dicom_series(
             ds.ImagePositionPatient = [_ds_number(v) for v in position]
             ds.SliceLocation = _ds_number(float(position @ normal))
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
-            ds.save_as(tmp / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
-        _replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+            ds.save_as(stage / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
 
-
-def _replace_folder(new: Path, final: Path) -> None:
-    """Move the finished ``new`` folder to ``final``, replacing an old one only at the end."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, old)
-    os.rename(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return atomic_write_folder(folder, build)
 
 
 def load_dicom_series(path: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:

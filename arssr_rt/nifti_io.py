@@ -6,7 +6,7 @@ voxel type, spacing, affine) is checked before a single voxel is read, then the 
 fully (nibabel is lazy: truncated or corrupt gzip only shows up then) and checked for NaN/Inf
 and constant images.
 
-Writing is atomic (temp file in the output folder + ``os.replace``) and keeps the input's
+Writing goes through the output guard and ``atomic.atomic_write`` and keeps the input's
 header where that is meaningful; see ``save_volume`` for the header rules.
 """
 
@@ -19,7 +19,7 @@ import os
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
 from .memory import all_finite, convert_in_slabs, min_max
+from .outputs import check_output
 from .validation import (
     DEFAULT_MAX_INPUT_VOXELS,
     check_affine,
@@ -213,22 +214,15 @@ def output_suffix(path: Path) -> str:
     raise OutputError(f"{path}: output must end in .nii or .nii.gz")
 
 
-def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse an output path that cannot be written safely; call it before any compute.
+def check_output_path(path: str | os.PathLike, force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse a NIfTI output path that cannot be written safely; call it before any compute.
 
-    Raises OutputError when the suffix is not .nii/.nii.gz, the folder does not exist, the
-    path is a directory, or the file exists and ``force`` is False.
+    The suffix must be .nii/.nii.gz; the rest is the shared guard (``outputs.check_output``):
+    missing folder, a folder, an input of the run, an existing file without ``force``.
     """
     p = Path(path)
     output_suffix(p)
-    parent = p.parent
-    if not parent.is_dir():
-        raise OutputError(f"{p}: output folder {parent} does not exist")
-    if p.is_dir():
-        raise OutputError(f"{p}: is a directory")
-    if (p.exists() or p.is_symlink()) and not force:
-        raise OutputError(f"{p}: already exists (use --force to overwrite)")
-    return p
+    return check_output(p, inputs=inputs, force=force)
 
 
 def _scaling_for(source: Volume, out_dtype: np.dtype) -> tuple[float, float]:
@@ -308,6 +302,7 @@ def save_volume(
     source: Volume,
     dtype: str | None = None,
     force: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Write the restored intensities ``data`` (float32, ``grid.shape``) as NIfTI, atomically.
 
@@ -328,12 +323,13 @@ def save_volume(
     and nothing appears at ``path``.
 
     Raises:
-        OutputError: bad suffix, missing folder, existing file without ``force``, non-finite
-            result, or a write failure (disk full, permissions).
+        OutputError: bad suffix, missing folder, existing file without ``force``, an input
+            (``inputs`` and ``source.source_path``), non-finite result, or a write failure.
     """
     import nibabel as nib
 
-    p = check_output_path(path, force)
+    protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
+    p = check_output_path(path, force, protected)
     suffix = output_suffix(p)
     data = np.asarray(data)
     if tuple(data.shape) != tuple(grid.shape):

@@ -21,7 +21,7 @@ from .backends.base import Backend, BackendOptions, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
 from .errors import BackendError, InputError, ModelError, OutputError
-from .geometry import OutputGrid, Triplet, describe_scale, parse_triplet, plan_output_grid
+from .geometry import OutputGrid, Triplet, parse_triplet, plan_output_grid
 from .intensity import Normalizer
 from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages, slabs
 from .sampling import box_coords, sample_box
@@ -232,14 +232,11 @@ def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: 
     return grid
 
 
-def default_output_path(in_path: Path, grid: OutputGrid, in_shape: Sequence[int]) -> Path:
-    """``<stem>_x<scale>.nii.gz`` next to the input."""
-    name = in_path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".gz"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return in_path.with_name(f"{name}_{describe_scale(in_shape, grid.shape)}.nii.gz")
+def default_output_path(in_path: Path, scale: Any = None, voxel_size: Any = None, shape: Any = None, fmt: str = "nifti") -> Path:
+    """``<stem>_<label>.nii.gz`` (or a DICOM folder ``<stem>_<label>``) next to the input."""
+    from .writers import output_name, size_label
+
+    return Path(in_path).parent / output_name(in_path, size_label(scale, voxel_size, shape), fmt)
 
 
 def upsample(
@@ -291,6 +288,7 @@ def upsample_file(
     normalization: str = "minmax",
     dtype: str | None = None,
     force: bool = False,
+    output_format: str = "auto",
     max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
     upsampler: Upsampler | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
@@ -302,17 +300,19 @@ def upsample_file(
     Every check that can fail (input, size options, output path, model) runs before compute,
     so a bad call costs nothing and leaves nothing behind. ``progress(grid)`` may return a
     callable that receives the number of output voxels done after each chunk.
+    ``output_format``: auto (from the suffix), nifti, or dicom (a series folder).
     """
     from .intensity import choose_output_dtype
-    from .nifti_io import check_output_path, save_volume
     from .readers import read_volume
+    from .writers import check_volume_output, output_format as format_for, write_volume
 
     t0 = time.perf_counter()
     in_path = Path(in_path)
+    fmt = format_for(out_path, output_format)
     volume = read_volume(in_path)
     grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
-    target = Path(out_path) if out_path is not None else default_output_path(in_path, grid, volume.shape)
-    check_output_path(target, force=force)
+    target = Path(out_path) if out_path is not None else default_output_path(in_path, scale, voxel_size, shape, fmt)
+    check_volume_output(target, fmt, inputs=[in_path], force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     owner = upsampler is None
     up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory)
@@ -320,7 +320,7 @@ def upsample_file(
         on_backend(getattr(up.backend, "name", backend))
     try:
         result = up.run(volume, grid, progress(grid) if progress else None)
-        save_volume(target, result, grid, volume, dtype=dtype, force=force)
+        target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path])
     finally:
         if owner:
             up.close()

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import InputError, OutputError
+from .errors import InputError
 from .extras import require
 from .geometry import output_affine, spacing_of
+from .outputs import check_output
 
 VIEWS = ("sagittal", "coronal", "axial")
 COLUMNS = ("input (nearest)", "tricubic", "model", "model - tricubic")
@@ -207,12 +208,13 @@ def write_qc_montage(
     out_data: np.ndarray,
     out_affine: np.ndarray,
     title: str = "",
+    *,
+    force: bool = False,
+    inputs: Iterable[str | Path] = (),
 ) -> Path:
-    """Write the 3x4 PNG montage atomically (temp file + rename); returns the path."""
+    """Write the 3x4 PNG montage through the output guard, atomically; returns the path."""
     require("matplotlib")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputError(f"{path}: output folder {path.parent} does not exist")
+    path = check_output(path, inputs=inputs, force=force)
     fig = draw_montage(in_data, in_affine, out_data, out_affine, title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, facecolor=fig.get_facecolor()), suffix=".png")
     return path

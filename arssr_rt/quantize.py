@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import BackendError, MissingExtraError, ModelError
 from .export import contract
 from .extras import require
@@ -80,18 +80,13 @@ def cached_path(bundle: "ModelBundle", name: str, recipe: str) -> Path:
 def _atomic_build(target: Path, build) -> Path:  # type: ignore[no-untyped-def]
     if target.is_file():
         return target
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".onnx", dir=target.parent)
-    os.close(fd)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime.quantization advises "pre-processing" on the root logger
     try:
-        build(Path(tmp))
-        os.replace(tmp, target)
+        atomic_write(target, build, suffix=".onnx")
     finally:
         root.setLevel(level)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 

@@ -439,16 +439,57 @@ def test_missing_model_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and "model" in err[0]
 
 
-def test_ray_local_instance(tmp_path, tiny_bundle):
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def stale_ray_tmpdir():
+    """A Ray temp dir whose ray_current_cluster names a dead cluster (a `ray start` head that
+    died without `ray stop`); short, under /tmp, so Ray's socket paths stay under 108 bytes."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="arssr-ray-", dir="/tmp"))
+    (folder / "ray").mkdir()
+    (folder / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_closed_port()}\n")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ray_batch(args: list[str], tmpdir: Path, timeout: float) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(tmpdir), OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # the timeout only turns a hang (today's bug) into a failure; nothing asserts on time
+    return subprocess.run([sys.executable, "-m", "arssr_rt", "batch", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_local_instance_ignores_a_stale_cluster_file(tmp_path, tiny_bundle, stale_ray_tmpdir):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'arssr-rt[ray]')")
     crop(tmp_path / "in" / "a.nii.gz", 0)
     crop(tmp_path / "in" / "b.nii.gz", 1)
     (tmp_path / "in" / "c.nii.gz").write_bytes(b"junk")
-    report = run_batch([tmp_path / "in"], tmp_path / "out", BatchOptions(scale="2", model=str(tiny_bundle), threads=1),
-                       executor="ray", jobs=2, report_path=tmp_path / "r.json")
-    assert [i.status for i in report.items] == ["done", "done", "failed"]
+    proc = _ray_batch([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--scale", "2", "--model", str(tiny_bundle), "--threads", "1",
+                       "--ray", "--jobs", "2", "--report", str(tmp_path / "r.json"), "--quiet"], stale_ray_tmpdir, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # c.nii.gz is junk
+    report = read_report(tmp_path / "r.json")
+    assert [i["status"] for i in report["items"]] == ["done", "done", "failed"] and report["complete"]
     assert_complete_output(tmp_path / "out" / "a_x2.nii.gz", (32, 32, 32))
-    assert read_report(tmp_path / "r.json")["complete"]
+
+
+def test_ray_dead_address_is_one_line(tmp_path, tiny_bundle, stale_ray_tmpdir):
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'arssr-rt[ray]')")
+    crop(tmp_path / "in" / "a.nii.gz", 0)
+    address = f"127.0.0.1:{_closed_port()}"
+    proc = _ray_batch([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--scale", "2", "--model", str(tiny_bundle), "--threads", "1",
+                       "--ray-address", address, "--quiet"], stale_ray_tmpdir, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot reach the Ray cluster" in lines[0] and address in lines[0], proc.stderr
+    assert not (tmp_path / "out" / "a_x2.nii.gz").exists()
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

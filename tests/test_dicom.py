@@ -153,7 +153,7 @@ def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):
         return real_save(self, *args, **kwargs)
 
     monkeypatch.setattr(pydicom.Dataset, "save_as", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="No space left on device"):  # one line, like every writer
         write_dicom_series(tmp_path / "out", volume.data, _same_grid(volume), volume)
     assert list(tmp_path.iterdir()) == []
 

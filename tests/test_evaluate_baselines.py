@@ -32,7 +32,7 @@ def hr() -> np.ndarray:
 
 def run_csv(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> list[dict[str, str]]:
     out = tmp_path / "r.csv"
-    rc = main(["evaluate", str(FIXTURE), "-q", "--csv", str(out), *args])
+    rc = main(["evaluate", str(FIXTURE), "-q", "--csv", str(out), "--force", *args])  # called several times per test
     assert rc == 0, capsys.readouterr().err
     return list(csv.DictReader(out.open()))
 

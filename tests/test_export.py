@@ -239,6 +239,18 @@ def test_export_command_writes_a_bundle_from_a_run_checkpoint(tmp_path: Path, ca
     assert "--force" in capsys.readouterr().err
 
 
+def test_export_never_replaces_the_folder_holding_its_checkpoint(tmp_path: Path, capsys) -> None:
+    model = make_model("srresnet")
+    out = write_bundle(model, tmp_path / "b", validate=False)  # a bundle folder, so --force would replace it
+    ckpt = out / "checkpoint.pt"
+    torch.save({"spec": model.spec.to_dict(), "state_dict": model.state_dict()}, ckpt)
+    before = ckpt.read_bytes()
+    assert main(["export", str(ckpt), "-o", str(out), "--force"]) == OutputError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holding the input" in err[0]
+    assert ckpt.read_bytes() == before
+
+
 def test_contract_constants_match_docs() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "onnx-contract.md").read_text()
     for name in (contract.ENCODER_INPUT, contract.ENCODER_OUTPUT, contract.DECODER_COORDS, contract.DECODER_OUTPUT, *ONNX_FILES):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..atomic import is_temp_name
 from ..io_dicom import is_dicom_file
 
 # what a folder walk picks up; .img is the data half of an .hdr pair, so only .hdr counts
@@ -37,6 +38,7 @@ class BatchItem:
     output: Path | None = None
     scale: str | None = None
     error: str | None = None
+    origin: str | None = None  # "list.csv row 3" for a CSV row (error messages name it)
 
     @property
     def stem(self) -> str:
@@ -67,8 +69,11 @@ def _failed(path: Path, relative: Path, message: str) -> BatchItem:
     return BatchItem(input=path, kind="unknown", relative=relative, error=message)
 
 
-def _walk(root: Path) -> Iterable[BatchItem]:
-    """Items under ``root``: volume files, and each folder holding DICOM files as one series."""
+def _walk(root: Path, exclude: Sequence[Path] = ()) -> Iterable[BatchItem]:
+    """Items under ``root``: volume files, and each folder holding DICOM files as one series.
+
+    Folders in ``exclude`` (OUT_DIR, given resolved) are not entered, and hidden temp files
+    of a write in progress are not inputs."""
     visited: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
@@ -81,6 +86,8 @@ def _walk(root: Path) -> Iterable[BatchItem]:
         if (st.st_dev, st.st_ino) in visited:
             continue  # reached again through a symlink: a cycle or an alias
         visited.add((st.st_dev, st.st_ino))
+        if folder != root and Path(os.path.realpath(folder)) in exclude:
+            continue
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -98,10 +105,15 @@ def _walk(root: Path) -> Iterable[BatchItem]:
             except OSError as exc:
                 yield _failed(path, rel, _describe_os_error(exc))
                 continue
+            if is_temp_name(entry.name):
+                continue
             if is_dir:
-                stack.append(path)
+                if not is_batch_output(path, ""):  # a DICOM output series of an earlier run
+                    stack.append(path)
             elif is_file:
                 suffix = volume_suffix(entry.name)
+                if suffix and is_batch_output(path, suffix):
+                    continue  # OUT_DIR is this folder: an earlier output is not a new input
                 if suffix:
                     yield BatchItem(input=path, kind=VOLUME_SUFFIXES[suffix], relative=rel)
                 elif not has_dicom and not entry.name.startswith(".") and is_dicom_file(path):
@@ -111,7 +123,21 @@ def _walk(root: Path) -> Iterable[BatchItem]:
             yield BatchItem(input=folder, kind="dicom", relative=rel)
 
 
-def _explicit(path: Path) -> list[BatchItem]:
+def is_batch_output(path: Path, suffix: str) -> bool:
+    """Whether ``path`` is an output of arssr-rt batch: its sidecar (``<stem>.json``) names it."""
+    import json
+
+    side = path.with_name(path.name[: len(path.name) - len(suffix)] + ".json")
+    if not side.is_file():
+        return False
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("output") == path.name and "input_sha256" in record
+
+
+def _explicit(path: Path, exclude: Sequence[Path] = ()) -> list[BatchItem]:
     """Items for one path named on the command line or in a CSV row."""
     rel = Path(path.name)
     try:
@@ -120,7 +146,7 @@ def _explicit(path: Path) -> list[BatchItem]:
         message = "no such file or folder" if exc.errno == errno.ENOENT and not path.is_symlink() else _describe_os_error(exc)
         return [_failed(path, rel, message)]
     if path.is_dir():
-        return list(_walk(path))
+        return list(_walk(path, exclude))
     if path.name.lower().endswith(".csv"):
         return read_csv(path)
     suffix = volume_suffix(path.name, explicit=True)
@@ -134,7 +160,8 @@ def _explicit(path: Path) -> list[BatchItem]:
 def read_csv(path: Path) -> list[BatchItem]:
     """Rows of ``input[,output,scale]``; a header row naming the columns is optional.
 
-    Relative inputs are relative to the CSV's folder; relative outputs to OUT_DIR. A folder
+    Relative inputs are relative to the CSV's folder; relative outputs to OUT_DIR (and
+    ``plan_tasks`` refuses an output that resolves outside OUT_DIR unless allowed). A folder
     in the input column is one DICOM series (not walked).
     """
     try:
@@ -168,16 +195,22 @@ def read_csv(path: Path) -> list[BatchItem]:
                     output=Path(cells["output"]) if cells.get("output") else None,
                     scale=cells.get("scale") or None,
                     error=item.error,
+                    origin=f"{path.name} row {number}",
                 )
             )
     return items
 
 
-def discover(inputs: Sequence[str | os.PathLike]) -> list[BatchItem]:
-    """All items for INPUTS, sorted by input path; the same real file appears once."""
+def discover(inputs: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()) -> list[BatchItem]:
+    """All items for INPUTS, sorted by input path; the same real file appears once.
+
+    Folder walks skip the folders in ``exclude`` and all below them (OUT_DIR inside an input
+    folder: a rerun must not take the previous outputs as new inputs). A file named on the
+    command line or in a CSV is taken even there: the user asked for it by name."""
+    skip = [Path(os.path.realpath(Path(p).expanduser())) for p in exclude]
     items: list[BatchItem] = []
     for raw in inputs:
-        items.extend(_explicit(Path(raw).expanduser()))
+        items.extend(_explicit(Path(raw).expanduser(), skip))
     unique: dict[str, BatchItem] = {}
     for item in items:
         key = str(item.input) if item.error else os.path.realpath(item.input)

@@ -4,10 +4,18 @@ Actors ask for one GPU each when the cluster has GPUs (so Ray places one model p
 for ``threads`` CPUs otherwise. The inputs and OUT_DIR must be on a file system every node
 sees (the usual shared /data on a cluster); results stream back to this process, which keeps
 the report. Optional extra: ``pip install "arssr-rt[ray]"``.
+
+Without --ray-address and $RAY_ADDRESS a local instance is started explicitly
+(``address="local"``): Ray's own default joins the "latest cluster" named in
+<tmp>/ray/ray_current_cluster and hangs for ever when that cluster is gone. A given address
+is probed first with a bounded TCP connect, so a dead or wrong address is one line.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from typing import Any, Callable, Sequence
 
 from ..errors import ArssrError, BackendError
@@ -50,6 +58,34 @@ def actor_count(cluster: dict[str, float], options: BatchOptions, workers: int, 
     return max(1, min(wanted, tasks))
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+def ray_address(given: str | None) -> str:
+    """What to pass to ray.init: the given address, else $RAY_ADDRESS, else ``"local"``."""
+    return given or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, in one line, a ``[ray://]host:port`` nobody answers on within ``timeout``.
+
+    ("local" starts an instance; "auto" is left to Ray, which looks for a running one.)
+    """
+    if address in ("local", "auto"):
+        return
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)/?", address.strip())
+    if not match:
+        raise BackendError(f"Ray address {address!r} is not [ray://]host:port")
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else (exc.strerror or str(exc))
+        raise BackendError(f"cannot reach the Ray cluster at {address} ({why} after at most {timeout:g} s); "
+                           "check --ray-address / $RAY_ADDRESS, or leave both unset for a local instance") from None
+
+
 def run_on_ray(
     tasks: Sequence[Task],
     options: BatchOptions,
@@ -65,7 +101,12 @@ def run_on_ray(
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+        target = ray_address(address)
+        check_reachable(target)
+        try:
+            ray.init(address=target, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise BackendError(f"cannot start or join Ray at {target}: {' '.join(str(exc).split())[:300]}") from None
     try:
         cluster = ray.cluster_resources()
         resources = actor_resources(cluster, options)

@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
-from ..errors import ArssrError, InputError
+from ..atomic import remove_stale_temps
+from ..errors import ArssrError, InputError, OutputError
+from ..outputs import InputSet, is_inside, normalized
+from ..writers import check_volume_output, output_name, size_label, write_volume
 from .discovery import BatchItem, discover, select_shard
 from .report import BatchReport, ItemResult, Reporter, now_utc
-from .sidecar import input_sha256, model_sha256, output_size, read_sidecar, sidecar_path, stale_reason, write_sidecar
+from .sidecar import (
+    claim_path, input_sha256, model_sha256, output_size, owned_by, read_sidecar, sidecar_path, stale_reason, write_claim, write_sidecar,
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class BatchOptions:
     qc: bool = False
     force: bool = False
     max_output_voxels: int | None = None
+    allow_outside: bool = False  # CSV outputs may resolve outside OUT_DIR (--allow-outside-output-dir)
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
@@ -64,28 +70,14 @@ class Task:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
-def size_label(scale: str | None, voxel_size: str | None, shape: str | None) -> str:
-    """Output-name label from the size option: ``x2``, ``x1x1x3``, ``0.5mm``, ``256x256x100``."""
-    def parts(text: str) -> list[str]:
-        values = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
-        return values if len(set(values)) > 1 else values[:1]
-
-    if scale:
-        return "x" + "x".join(parts(scale))
-    if voxel_size:
-        return "x".join(parts(voxel_size)) + "mm"
-    if shape:
-        return "x".join(p.strip() for p in shape.replace("x", ",").split(",") if p.strip())
-    raise InputError("give exactly one of --scale, --voxel-size or --shape")
-
-
 def output_for(item: BatchItem, out_dir: Path, options: BatchOptions) -> Path:
-    """Where an item's output goes: the CSV's output, else OUT_DIR/<relative>_<label>[.nii.gz]."""
+    """Where an item's output goes: the CSV's output (relative to OUT_DIR), else
+    OUT_DIR/<relative folder>/<stem>_<label>[.nii.gz] (``writers.output_name``)."""
     if item.output is not None:
         return item.output if item.output.is_absolute() else out_dir / item.output
-    label = size_label(item.scale or options.scale, options.voxel_size if not item.scale else None, options.shape if not item.scale else None)
-    suffix = "" if options.output_format == "dicom" else ".nii.gz"
-    return out_dir / item.relative.parent / f"{item.stem}_{label}{suffix}"
+    scale_given = item.scale is not None
+    label = size_label(item.scale or options.scale, None if scale_given else options.voxel_size, None if scale_given else options.shape)
+    return out_dir / item.relative.parent / output_name(item.input, label, options.output_format)
 
 
 def qc_path_for(output: Path) -> Path:
@@ -93,20 +85,9 @@ def qc_path_for(output: Path) -> Path:
 
 
 def remove_stale_temporaries(output: Path) -> None:
-    """Delete temp files an earlier, killed run left for this output (save_volume's
-    ``.<name>.*.tmp.nii.gz``, DICOM ``.<name>.partial-*`` folders, QC and sidecar temps)."""
-    import shutil
-
-    folder = output.parent
-    if not folder.is_dir():
-        return
-    prefixes = tuple(f".{p.name}." for p in (output, qc_path_for(output), sidecar_path(output)))
-    for entry in os.scandir(folder):
-        if entry.name.startswith(prefixes) and (".tmp" in entry.name or ".partial-" in entry.name):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                Path(entry.path).unlink(missing_ok=True)
+    """Delete temps a dead run left for this output, its QC picture and its sidecar (never
+    those of a live writer: another batch may be writing to the same OUT_DIR)."""
+    remove_stale_temps(output.parent, [p.name for p in (output, qc_path_for(output), sidecar_path(output), claim_path(output))])
 
 
 # ------------------------------------------------------------------ one item
@@ -124,9 +105,10 @@ def make_upsampler(options: BatchOptions):
 
 
 def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
-    """Read, super-resolve and write one item; a per-file error becomes a failed result."""
-    from ..io_dicom import write_dicom_series
-    from ..nifti_io import save_volume
+    """Read, super-resolve and write one item; a per-file error becomes a failed result.
+
+    The output may be replaced only when ``plan_tasks`` found it absent, made by an earlier
+    run for this input (its sidecar says so), or ``--force`` was given."""
     from ..pipeline import DEFAULT_MAX_OUTPUT_VOXELS, plan_grid
     from ..qc import write_qc_montage
     from ..readers import read_volume
@@ -144,23 +126,25 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         )
         result.out_shape, result.out_spacing = list(grid.shape), [float(s) for s in grid.spacing]
         task.output.parent.mkdir(parents=True, exist_ok=True)
+        replace = options.force or owned_by(task.output, task.item.input, task.input_digest)
+        check_volume_output(task.output, options.output_format, inputs=[task.item.input], force=replace)
         data = upsampler.run(volume, grid)
-        if options.output_format == "dicom":
-            write_dicom_series(task.output, data, grid, volume, f"ArSSR {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]}", force=True)
-        else:
-            save_volume(task.output, data, grid, volume, dtype=options.dtype, force=True)
+        _write_claimed(task, lambda: write_volume(task.output, data, grid, volume, options.output_format, dtype=options.dtype,
+                                                  force=replace, inputs=[task.item.input]))
         if options.qc:
-            qc = write_qc_montage(qc_path_for(task.output), volume.data, volume.affine, data, grid.affine, title=task.item.input.name)
+            qc = write_qc_montage(qc_path_for(task.output), volume.data, volume.affine, data, grid.affine, title=task.item.input.name,
+                                  force=replace, inputs=[task.item.input])
             result.qc = str(qc)
         result.backend = str(getattr(upsampler.backend, "name", "?"))
         result.seconds = round(time.perf_counter() - t0, 3)
         write_sidecar(sidecar_path(task.output), {
-            "tool": f"arssr-rt {__version__}", "input": str(task.item.input), "input_sha256": task.input_digest,
+            "tool": f"arssr-rt {__version__}", "input": str(task.item.input), "input_path": os.path.realpath(task.item.input), "input_sha256": task.input_digest,
             "model": upsampler.bundle.name, "model_sha256": task.model_digest, "options": task.fingerprint,
             "output": task.output.name, "output_bytes": output_size(task.output),
             "qc": Path(result.qc).name if result.qc else None, "in_shape": result.in_shape, "out_shape": result.out_shape,
             "in_spacing": result.in_spacing, "out_spacing": result.out_spacing, "backend": result.backend, "seconds": result.seconds,
         })
+        claim_path(task.output).unlink(missing_ok=True)
         result.status = "done"
     except (ArssrError, OSError, MemoryError) as exc:
         result.message = _one_line(exc)
@@ -169,6 +153,17 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
     if result.seconds is None:
         result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _write_claimed(task: Task, write: Callable[[], object]) -> None:
+    """Write the output under a claim (a kill between output and sidecar leaves an output
+    this batch may redo without --force); a failed write leaves no claim behind."""
+    write_claim(task.output, task.item.input, task.input_digest)
+    try:
+        write()
+    except BaseException:
+        claim_path(task.output).unlink(missing_ok=True)
+        raise
 
 
 def _spacing(affine) -> list[float]:
@@ -188,33 +183,97 @@ def _one_line(exc: BaseException) -> str:
 
 
 
+def _where(item: BatchItem) -> str:
+    return item.origin or str(item.input)
+
+
 def plan_tasks(items: Sequence[BatchItem], out_dir: Path, options: BatchOptions, model_digest: str) -> tuple[list[Task], list[ItemResult]]:
-    """Tasks to run, and results known without running (discovery errors, name clashes, up to date)."""
+    """Tasks to run, and results known without running (discovery errors, unsafe outputs, up to date).
+
+    Every output is resolved and checked before any work: never an input of the batch, a
+    CSV output inside OUT_DIR unless ``allow_outside``, and no two items on one output (a CSV
+    row on the same output as another item stops the whole batch: the CSV is wrong).
+    """
     tasks: list[Task] = []
     known: list[ItemResult] = []
-    claimed: dict[Path, str] = {}
+    claimed: dict[Path, BatchItem] = {}
+    protected = InputSet(i.input for i in items if not i.error)
+    planned: list[tuple[BatchItem, Path]] = []
     for item in items:
         if item.error:
             known.append(ItemResult(input=str(item.input), status="failed", message=item.error))
             continue
-        output = output_for(item, out_dir, options)
-        if output in claimed:
+        output = normalized(output_for(item, out_dir, options))
+        first = claimed.get(output)
+        if first is not None and (first.output is not None or item.output is not None):
+            raise InputError(f"{_where(first)} and {_where(item)} both write {output}; give each its own output")
+        if first is not None:
             known.append(ItemResult(input=str(item.input), status="failed", output=str(output),
-                                    message=f"output name clashes with that of {claimed[output]}; give outputs in a CSV"))
+                                    message=f"output name clashes with that of {first.input}; give outputs in a CSV"))
             continue
-        claimed[output] = str(item.input)
-        scale = item.scale or options.scale
-        fingerprint = options.fingerprint(scale)
+        claimed[output] = item
+        planned.append((item, output))
+    for item, output in planned:
         try:
+            if item.output is not None and not options.allow_outside and not is_inside(output, out_dir):
+                raise OutputError(f"{_where(item)}: output {item.output} resolves outside the output folder {out_dir} "
+                                  "(a CSV may only name outputs under OUT_DIR; pass --allow-outside-output-dir to allow it)")
+            conflict = protected.conflict(output, folder=options.output_format == "dicom")
+            if conflict:
+                raise OutputError(f"{output}: output {conflict}; an input is never overwritten")
             digest = input_sha256(item.input)
+        except OutputError as exc:
+            known.append(ItemResult(input=str(item.input), status="failed", output=str(output), message=str(exc)))
+            continue
         except OSError as exc:
             known.append(ItemResult(input=str(item.input), status="failed", output=str(output), message=_one_line(exc)))
             continue
+        scale = item.scale or options.scale
+        fingerprint = options.fingerprint(scale)
         if not options.force and stale_reason(output, digest, model_digest, fingerprint) is None:
             known.append(_skipped(item, output, options))
             continue
+        clash = None if options.force else _foreign_file(output, item, digest, options)
+        if clash is not None:
+            known.append(ItemResult(input=str(item.input), status="failed", output=str(output),
+                                    message=f"{clash}: already exists and was not made by arssr-rt batch from this input (use --force to overwrite)"))
+            continue
         tasks.append(Task(item, output, scale, digest, model_digest, fingerprint))
     return tasks, known
+
+
+def _foreign_file(output: Path, item: BatchItem, digest: str, options: BatchOptions) -> Path | None:
+    """The first of the output, its sidecar and QC picture that exists but is not this
+    input's earlier batch output (replacing it needs --force); None when all may be written."""
+    if owned_by(output, item.input, digest):
+        return None
+    side = sidecar_path(output)
+    for path in (output, side, qc_path_for(output) if options.qc else None):
+        if path is not None and (path.exists() or path.is_symlink()):
+            return path
+    return None
+
+
+def check_report_path(path: Path, out_dir: Path, inputs: Sequence[Path], force: bool) -> None:
+    """The report is rewritten during the run and by reruns, so an earlier batch report may be
+    replaced; anything else there (an input, another file) is refused like any output."""
+    import json
+
+    key = normalized(path)
+    conflict = InputSet(inputs).conflict(key)
+    if conflict:
+        raise OutputError(f"{path}: report {conflict}; choose another --report path")
+    if not key.parent.is_dir() and key.parent != normalized(out_dir):
+        raise OutputError(f"{path}: report folder {path.parent} does not exist (create it first)")
+    if key.is_dir():
+        raise OutputError(f"{path}: report is a folder")
+    if key.exists() and not force:
+        try:
+            previous = json.loads(key.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if not (isinstance(previous, dict) and {"items", "options", "model"} <= previous.keys()):
+            raise OutputError(f"{path}: already exists and is not a batch report (use --force to overwrite)")
 
 
 def _skipped(item: BatchItem, output: Path, options: BatchOptions) -> ItemResult:
@@ -252,16 +311,18 @@ def run_batch(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: output folder is a file")
-    out_dir.mkdir(parents=True, exist_ok=True)
     size_label(options.scale, options.voxel_size, options.shape)  # exactly one size option, before any work
     if sum(x is not None for x in (options.scale, options.voxel_size, options.shape)) != 1:
         raise InputError("give exactly one of --scale, --voxel-size or --shape")
-    items = discover(inputs)
+    items = discover(inputs, exclude=[out_dir])  # a rerun never takes earlier outputs as inputs
     if shard is not None:
         items = select_shard(items, *shard)
+    if report_path is not None:
+        check_report_path(Path(report_path), out_dir, [i.input for i in items if not i.error], options.force)
     bundle = resolve_model(options.model)
     model_digest = model_sha256(bundle.path)
     tasks, known = plan_tasks(items, out_dir, options, model_digest)
+    out_dir.mkdir(parents=True, exist_ok=True)
     pending = [ItemResult(input=str(t.item.input), status="pending", output=str(t.output)) for t in tasks]
     by_input = {r.input: r for r in known + pending}
     report = BatchReport(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,32 @@ def write_sidecar(path: Path, record: dict[str, Any]) -> None:
     """Atomically write ``record`` (plus schema and time) as the sidecar at ``path``."""
     record = {"schema": SIDECAR_SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **record}
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def claim_path(output: Path) -> Path:
+    """``.t1_x2.json.claim``: hidden, and not a sidecar (the sidecar still means "complete")."""
+    return output.with_name(f".{sidecar_path(output).name}.claim")
+
+
+def write_claim(output: Path, source: Path, input_digest: str) -> None:
+    """Before the output is written: claim it for this input, so a run killed between the
+    output and its sidecar may redo it without --force (``owned_by``); removed with the sidecar."""
+    write_sidecar(claim_path(output), {"output": output.name, "input": str(source),
+                                       "input_path": os.path.realpath(source), "input_sha256": input_digest})
+
+
+def _names_input(record: dict[str, Any] | None, output: Path, source: Path, input_digest: str) -> bool:
+    if record is None or record.get("output") != output.name:
+        return False
+    recorded = record.get("input_path") or os.path.realpath(str(record.get("input", "")))  # older sidecars: "input" only
+    return recorded == os.path.realpath(source) or record.get("input_sha256") == input_digest
+
+
+def owned_by(output: Path, source: Path, input_digest: str) -> bool:
+    """Whether ``output`` was made (or is claimed) by arssr-rt batch from this input: its
+    sidecar or claim names it and the input (same resolved path or same content). Only such
+    an output is replaced without --force."""
+    return any(_names_input(read_sidecar(p), output, source, input_digest) for p in (sidecar_path(output), claim_path(output)))
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:

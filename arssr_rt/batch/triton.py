@@ -29,18 +29,18 @@ renamed into place.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 import zipfile
 from importlib import resources
 from pathlib import Path
 
+from ..atomic import atomic_write_folder
 from ..bundle import ModelBundle, resolve_model
 from ..engines.builder import DEFAULT_TILE, encoder_edge
 from ..errors import InputError, ModelError, OutputError
 from ..export import contract
 from ..geometry import COORD_MODES
+from ..outputs import check_output
 
 ENCODER_MODEL = "arssr_encoder"
 DECODER_MODEL = "arssr_decoder"
@@ -170,19 +170,15 @@ def export_triton_repository(
     for name in (encoder_file, decoder_file):
         if not bundle.has(name):
             raise ModelError(f"model bundle {bundle.path} has no {name} (needed for --precision {precision})")
-    out = Path(out)
-    if out.exists() and not force:
-        raise OutputError(f"{out}: already exists (use --force to replace it)")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: output folder does not exist")
+    out = check_output(out, force=force, folder=True)
     normalization = normalization or str(bundle.normalization.get("mode", "minmax"))
     coords = bundle.coords_mode  # what the decoder was trained to see; model.py checks it again
     if coords not in COORD_MODES:
         raise ModelError(f"model bundle {bundle.path}: unknown decoder coordinate mode {coords!r} (model.json spec.coords); known: {', '.join(COORD_MODES)}")
 
     profiles = shape_profiles(bundle, tile, chunk)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def build(tmp: Path) -> None:
         for model_name, source in ((ENCODER_MODEL, encoder_file), (DECODER_MODEL, decoder_file)):
             version = tmp / model_name / "1"
             version.mkdir(parents=True)
@@ -200,13 +196,8 @@ def export_triton_repository(
         if wheel is not None:
             (tmp / PIPELINE_MODEL / WHEELS_DIR).mkdir()
             shutil.copyfile(wheel, tmp / PIPELINE_MODEL / WHEELS_DIR / wheel.name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return atomic_write_folder(out, build, fsync=False)
 
 
 def check_wheel(wheel: Path) -> None:

@@ -22,6 +22,11 @@ run resumes where it stopped. Outputs mirror the input folders under OUT_DIR as
 dicom, as a new derived DICOM series folder. The report (default OUT_DIR/batch_report.json)
 lists every input with its status, output, shapes, spacing, backend, time and error.
 
+Nothing is overwritten without --force except this batch's own earlier outputs (their sidecar
+names the same input); an input is never overwritten. Folder walks skip OUT_DIR. A CSV's
+relative outputs are relative to OUT_DIR and must stay inside it (--allow-outside-output-dir
+to allow other paths); two rows on one output stop the batch before any work.
+
 Examples:
 
 \b
@@ -77,7 +82,8 @@ def register(app: typer.Typer) -> None:
         jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (each loads the model once)."),
         shard: Optional[str] = typer.Option(None, "--shard", help="I/N: process only shard I of N (0-based) of the sorted inputs."),
         report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default OUT_DIR/batch_report[.shard-I-of-N].json)."),
-        force: bool = typer.Option(False, "--force", "-f", help="Redo outputs even when they are up to date."),
+        force: bool = typer.Option(False, "--force", "-f", help="Redo outputs even when they are up to date, and overwrite files not made by an earlier batch."),
+        allow_outside: bool = typer.Option(False, "--allow-outside-output-dir", help="Let a CSV's output column name paths outside OUT_DIR."),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
         qc: bool = typer.Option(False, "--qc", help="Write a QC montage PNG next to each output."),
         output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
@@ -104,6 +110,7 @@ def register(app: typer.Typer) -> None:
         options = BatchOptions(
             scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend, device=device, threads=threads,
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
+            allow_outside=allow_outside,
         )
         console = Console(stderr=True, highlight=False)
         progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

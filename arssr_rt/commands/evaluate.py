@@ -24,8 +24,8 @@ magnitude: Rician; noise sigma = 99.5th percentile of the HR voxels above 10 % o
 divided by --snr, default {DEFAULT_SNR:g}; seeded by --seed), gaussian (PSF FWHM = LR spacing),
 slice (thick slices along the reduced axes, --slice-profile box|gaussian, thickness = spacing
 x (1 - --slice-gap)). PSNR uses the HR range (max - min) as its peak. The table goes to stdout
-(--markdown for a Markdown table); --csv/--json/--figure/--montage write files (replaced
-atomically if they exist); the montage shows the first degradation.
+(--markdown for a Markdown table); --csv/--json/--figure/--montage write files atomically (an existing file only with --force,
+never onto an input); the montage shows the first degradation.
 
 Examples:
 
@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         montage_scale: Optional[str] = typer.Option(None, "--montage-scale", help="Scale shown in the montage (default: the first --scale)."),
         markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table instead of the terminal table."),
         region: str = typer.Option("both", "--region", help="Table lines: both | head | whole (files always hold both)."),
+        force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing --csv/--json/--figure/--montage files."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
     ) -> None:
         from rich.console import Console
@@ -90,12 +91,19 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--region must be both, head or whole, got {region!r}")
         if montage is not None and shown not in {scale_label(s) for s in scales}:
             raise InputError(f"--montage-scale {shown} is not one of the --scale values")
-        for path in (csv_path, json_path, figure, montage):
-            if path is not None and not path.parent.is_dir():
-                raise OutputError(f"{path}: output folder {path.parent} does not exist")
         for path in hr:
             if not path.exists():
                 raise InputError(f"{path}: no such file or folder")
+        from ..outputs import check_output, normalized
+
+        seen: dict = {}
+        for flag, path in (("--csv", csv_path), ("--json", json_path), ("--figure", figure), ("--montage", montage)):
+            if path is None:
+                continue
+            check_output(path, inputs=hr, force=force)
+            if normalized(path) in seen:
+                raise OutputError(f"{path}: given to both {seen[normalized(path)]} and {flag}; give each its own file")
+            seen[normalized(path)] = flag
 
         err = Console(stderr=True, soft_wrap=True, markup=False)  # file names may hold [ ]
         upsampler = None
@@ -149,13 +157,14 @@ def register(app: typer.Typer) -> None:
         if upsampler is not None:
             meta["model_meta"] = {k: upsampler.bundle.meta.get(k) for k in ("name", "version", "spec", "training")}
         written = []
+        guard = {"force": force, "inputs": hr}
         if csv_path is not None:
-            written.append(write_csv(csv_path, rows))
+            written.append(write_csv(csv_path, rows, **guard))
         if json_path is not None:
-            written.append(write_json(json_path, rows, meta))
+            written.append(write_json(json_path, rows, meta, **guard))
         if figure is not None:
-            written.append(write_figure(figure, rows))
+            written.append(write_figure(figure, rows, **guard))
         if montage is not None:
-            written.append(write_montage(montage, kept))
+            written.append(write_montage(montage, kept, **guard))
         if written and not quiet:
             err.print("wrote " + ", ".join(str(p) for p in written))

@@ -12,7 +12,8 @@ Draw a QC montage: three orthogonal slices through the output's centre, each as
 input nearest-up-sampled | tricubic | model output (one intensity window) | model minus
 tricubic (diverging, symmetric colour scale), with colour bars, L/R, P/A, I/S edge labels
 and each slice's world position in mm. OUT must be on the field-of-view-preserving grid of
-IN (as arssr-rt writes it).
+IN (as arssr-rt writes it). An existing PNG is replaced only with --force; IN and
+OUT are never written.
 
 Example:
 
@@ -29,13 +30,17 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Argument(..., help="Its super-resolved output."),
         png: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG to write (default <OUT stem>_qc.png)."),
         title: Optional[str] = typer.Option(None, "--title", help="Title line (default: the input's name)."),
+        force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing PNG."),
     ) -> None:
         from ..batch.sidecar import sidecar_path
+        from ..outputs import check_output
         from ..qc import write_qc_montage
         from ..readers import read_volume
 
+        target = png if png is not None else sidecar_path(output).with_name(sidecar_path(output).stem + "_qc.png")
+        check_output(target, inputs=[input, output], force=force)  # before reading two volumes
         lr = read_volume(input)
         sr = read_volume(output)
-        target = png if png is not None else sidecar_path(output).with_name(sidecar_path(output).stem + "_qc.png")
-        path = write_qc_montage(target, lr.data, lr.affine, sr.data, sr.affine, title=title if title is not None else input.name)
+        path = write_qc_montage(target, lr.data, lr.affine, sr.data, sr.affine, title=title if title is not None else input.name,
+                                force=force, inputs=[input, output])
         typer.echo(f"QC montage written to {path}", err=True)

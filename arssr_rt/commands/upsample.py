@@ -27,6 +27,7 @@ Examples:
   arssr-rt upsample thick.nii.gz --scale 1,1,3 -o iso.nii.gz
   arssr-rt upsample t1.nii.gz --voxel-size 0.5 --dtype float32 --force
   arssr-rt upsample t1.nii.gz --scale 2 --backend onnxruntime --threads 2 --tile 64
+  arssr-rt upsample t1.nii.gz --scale 1,1,2 --output-format dicom -o t1_sr_dicom
 """
 
 
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
     @app.command("upsample", help=HELP)
     def upsample_cmd(
         input: Path = typer.Argument(..., help="Input volume (.nii, .nii.gz; .nrrd or a DICOM series folder with arssr-rt[io])."),
-        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nii/.nii.gz (default <stem>_x<scale>.nii.gz next to the input)."),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nii/.nii.gz, or a DICOM series folder with --output-format dicom (default <stem>_<label>.nii.gz next to the input)."),
         scale: Optional[str] = typer.Option(None, "--scale", "-s", help="Scale factor: S or SX,SY,SZ (array axes)."),
         voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="Target spacing in mm: V or V1,V2,V3."),
         shape: Optional[str] = typer.Option(None, "--shape", help="Output shape N1,N2,N3."),
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input), e.g. float32."),
         max_output_voxels: int = typer.Option(DEFAULT_MAX_OUTPUT_VOXELS, "--max-output-voxels", help="Refuse outputs with more voxels than this."),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
+        output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | dicom (a new derived series folder)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         from rich.console import Console
@@ -70,7 +72,7 @@ def register(app: typer.Typer) -> None:
         with bar:
             result = upsample_file(
                 input, output, scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend,
-                options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force,
+                options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
                 max_output_voxels=max_output_voxels, progress=progress,
                 max_memory=int(max_memory * 1024**3),
                 on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),

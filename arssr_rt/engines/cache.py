@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..atomic import atomic_write_bytes
 from ..errors import BackendError, OutputError
 
 CACHE_ENV = "ARSSR_RT_ENGINE_CACHE"
@@ -105,16 +106,7 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, data)  # the project's one atomic writer (temp sibling, fsync, rename)
 
 
 class EngineCache:

@@ -1,7 +1,7 @@
 """Evaluation reports: a terminal table, a Markdown table, CSV/JSON files and two PNG figures.
 
-Every writer is atomic (temp file in the target folder + ``os.replace``), so a report file is
-either the previous one or the complete new one. Numbers are formatted once
+Every writer goes through the output guard (no overwrite without --force, never an input) and
+is atomic, so a report file is either the previous one or the complete new one. Numbers are formatted once
 (``table_cells``) for both tables, so the README table is the terminal table.
 """
 
@@ -12,12 +12,13 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import OutputError
+from ..outputs import check_output
 from ..extras import require
 from ..geometry import spacing_of
 from .case import DegradationSpec
@@ -104,9 +105,9 @@ def markdown_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) ->
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` then rename onto ``path``; a failure leaves nothing behind."""
-    return atomic_write(path, write)
+def _atomic_write(path: str | Path, write: Callable[[Path], None], force: bool, inputs: Iterable[str | Path]) -> Path:
+    """The output guard (never an input, no overwrite without ``force``), then an atomic write."""
+    return atomic_write(check_output(path, inputs=inputs, force=force), write)
 
 
 def _json_safe(value: Any) -> Any:
@@ -120,7 +121,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_csv(path: str | Path, rows: Sequence[EvalRow]) -> Path:
+def write_csv(path: str | Path, rows: Sequence[EvalRow], *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """One CSV line per (volume, scale), columns from ``EvalRow.flat`` (empty = no model)."""
     flat = [row.flat() for row in rows]
     buffer = io.StringIO()
@@ -128,14 +129,14 @@ def write_csv(path: str | Path, rows: Sequence[EvalRow]) -> Path:
         writer = csv.DictWriter(buffer, fieldnames=list(flat[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in flat])
-    return _atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    return _atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), force, inputs)
 
 
-def write_json(path: str | Path, rows: Sequence[EvalRow], meta: dict[str, Any] | None = None) -> Path:
+def write_json(path: str | Path, rows: Sequence[EvalRow], meta: dict[str, Any] | None = None, *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """``{"meta": {...}, "rows": [flat rows]}``; PSNR inf becomes null."""
     doc = _json_safe({"meta": dict(meta or {}), "rows": [row.flat() for row in rows]})
     text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), force, inputs)
 
 
 def _new_figure(width: float, height: float, facecolor: str = "white") -> Any:
@@ -162,7 +163,7 @@ def _gain_series(rows: Sequence[EvalRow], metric: str) -> list[tuple[bool, list[
     return [(True, [None if r.sinc is None else float(getattr(r.sinc, metric)) - float(getattr(r.tricubic, metric)) for r in rows])]
 
 
-def write_figure(path: str | Path, rows: Sequence[EvalRow]) -> Path:
+def write_figure(path: str | Path, rows: Sequence[EvalRow], *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """Gain in PSNR and SSIM (head mask) versus scale, one colour per degradation, one row of plots per volume.
 
     With a model: filled markers, solid lines = model - the better classical baseline (per
@@ -205,7 +206,7 @@ def write_figure(path: str | Path, rows: Sequence[EvalRow]) -> Path:
            else "no model: sinc - tricubic")
     fig.suptitle(key, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), force, inputs)
 
 
 def _ras_slices(data: np.ndarray, affine: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
@@ -219,7 +220,7 @@ def _ras_slices(data: np.ndarray, affine: np.ndarray) -> tuple[list[np.ndarray],
     return [ras[cx, :, :].T, ras[:, cy, :].T, ras[:, :, cz].T], [sz / sy, sz / sx, sy / sx]
 
 
-def write_montage(path: str | Path, outputs: Sequence[ScaleOutputs]) -> Path:
+def write_montage(path: str | Path, outputs: Sequence[ScaleOutputs], *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """HR | tricubic | model | |tricubic - HR| | |model - HR|, three views per volume.
 
     Grey panels share the HR's 0.5-99.5 percentile window; both error panels share one colour
@@ -256,4 +257,4 @@ def write_montage(path: str | Path, outputs: Sequence[ScaleOutputs]) -> Path:
     fig.suptitle(f"{first.scale}, {first.degradation} degradation" + (f", model {first.model_name}" if with_model else ""),
                  color="white", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", facecolor=fig.get_facecolor()))
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", facecolor=fig.get_facecolor()), force, inputs)

@@ -8,17 +8,17 @@ never leaves a bundle that looks valid.
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_write_folder
 from ..bundle import MODEL_JSON, WEIGHTS, write_model_json
 from ..errors import ModelError, OutputError
 from ..extras import require
+from ..outputs import InputSet
 from . import contract
 from .onnx_export import export_all
 from .validate import validate_exports, validation_inputs
@@ -89,6 +89,7 @@ def write_bundle(
     validate: bool = True,
     real_input: np.ndarray | None = None,
     force: bool = False,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
     """Export ``model`` to a bundle directory and return its path.
 
@@ -101,6 +102,7 @@ def write_bundle(
         validate: compare every ONNX file with torch via onnxruntime (fp32 <= 1e-4 or ModelError).
         real_input: a real volume (D, H, W) in the weights' axis order, for validation.
         force: replace an existing bundle in ``out_dir``.
+        inputs: files the bundle is made from (the checkpoint): ``out_dir`` may not hold them.
 
     Example:
         >>> write_bundle(build_model("rescnn"), "bundles/rescnn", name="rescnn")  # doctest: +SKIP
@@ -108,13 +110,16 @@ def write_bundle(
     if axis_order not in AXIS_ORDERS:
         raise ModelError(f"axis_order must be one of {', '.join(AXIS_ORDERS)}, got {axis_order!r}")
     out_dir = Path(out_dir)
+    conflict = InputSet(inputs).conflict(out_dir, folder=True)
+    if conflict:
+        raise OutputError(f"{out_dir}: bundle folder {conflict}; choose another -o (an input is never replaced)")
     prepare_out_dir(out_dir, force)
     meta = bundle_meta(model, name, axis_order, extra_meta)
     if validate and real_input is not None:
         validation_inputs(real_input)  # refuse a bad validation volume before minutes of export
     model.eval()
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def build(stage: Path) -> None:
         save_weights(model, stage / WEIGHTS)
         export_all(model, stage)
         if validate:
@@ -124,10 +129,6 @@ def write_bundle(
                 raise ModelError(str(exc).replace(str(stage), str(out_dir))) from None
         meta["files"] = {n: "" for n in (WEIGHTS, *contract.ONNX_FILES)}
         write_model_json(stage, meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        stage.rename(out_dir)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-    return out_dir
+
+    # staged in a hidden sibling and moved into place whole (atomic.atomic_write_folder)
+    return atomic_write_folder(out_dir, build, fsync=False)

@@ -123,6 +123,7 @@ def import_published(
     return write_bundle(
         model, out_dir, name=name or f"arssr-{encoder}-published", axis_order="zyx",
         extra_meta={"training": training}, real_input=fixture_volume("zyx"), force=force,
+        inputs=[checkpoint],
     )
 
 
@@ -151,4 +152,5 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str | N
     return write_bundle(
         model, out_dir, name=name or checkpoint.parent.name or checkpoint.stem, axis_order=axis_order,
         extra_meta={"training": training}, real_input=fixture_volume(axis_order), force=force,
+        inputs=[checkpoint],
     )

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..atomic import atomic_write
 from ..degrade import cubic_resample, degrade
 from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
@@ -153,9 +154,7 @@ def _cpu(obj: Any) -> Any:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _is_main() -> bool:

@@ -1,0 +1,107 @@
+"""Which writer an output gets, and what an output is called: one place for every command.
+
+The format comes from ``--output-format`` or, when that is ``auto``, from the path: a name
+ending in .nii/.nii.gz is NIfTI; DICOM is a folder (a new derived series) and must be asked
+for by name, since a suffix-less path could be a typo. ``output_name`` is the single naming
+scheme (``<stem>_<label>[.nii.gz]``) used by ``upsample`` (default output) and ``batch``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import InputError, OutputError
+from .geometry import OutputGrid
+from .outputs import check_output
+from .volume import Volume
+
+FORMATS = ("auto", "nifti", "dicom")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# input suffixes stripped from a name to get its stem (longest first)
+INPUT_SUFFIXES = (".nii.gz", ".hdr.gz", ".img.gz", ".nii", ".hdr", ".img", ".nrrd", ".nhdr", ".dcm", ".ima")
+
+
+def output_format(path: str | os.PathLike | None, requested: str = "auto") -> str:
+    """``"nifti"`` or ``"dicom"`` for ``path`` (refuses a path the format cannot have)."""
+    if requested not in FORMATS:
+        raise InputError(f"--output-format must be one of {', '.join(FORMATS)}, got {requested!r}")
+    name = Path(path).name.lower() if path is not None else ""
+    is_nifti = any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES)
+    if requested == "dicom":
+        if is_nifti:
+            raise OutputError(f"{path}: a DICOM output is a folder; drop the .nii/.nii.gz suffix")
+        return "dicom"
+    if path is not None and not is_nifti:
+        raise OutputError(f"{path}: output must end in .nii or .nii.gz (or pass --output-format dicom for a DICOM series folder)")
+    return "nifti"
+
+
+def _number(text: str) -> str:
+    try:
+        return f"{float(text):g}"
+    except ValueError:
+        return text
+
+
+def size_label(scale: Any, voxel_size: Any, shape: Any) -> str:
+    """Name label from the size option as given: ``x2``, ``x1x1x3``, ``0.5mm``, ``256x256x100``."""
+    def parts(value: Any, dedupe: bool = True) -> list[str]:
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple, np.ndarray)) else str(value)
+        values = [_number(p.strip()) for p in text.replace("x", ",").split(",") if p.strip()]
+        return values if not dedupe or len(set(values)) > 1 else values[:1]
+
+    if scale is not None and str(scale) != "":
+        return "x" + "x".join(parts(scale))
+    if voxel_size is not None and str(voxel_size) != "":
+        return "x".join(parts(voxel_size)) + "mm"
+    if shape is not None and str(shape) != "":
+        return "x".join(parts(shape, dedupe=False))
+    raise InputError("give exactly one of --scale, --voxel-size or --shape")
+
+
+def input_stem(path: str | os.PathLike) -> str:
+    """``t1.nii.gz`` -> ``t1``; a DICOM folder keeps its name."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in INPUT_SUFFIXES:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def output_name(input_path: str | os.PathLike, label: str, fmt: str = "nifti") -> str:
+    """The one output naming scheme: ``<stem>_<label>.nii.gz``, or ``<stem>_<label>`` for DICOM."""
+    return f"{input_stem(input_path)}_{label}" + ("" if fmt == "dicom" else ".nii.gz")
+
+
+def check_volume_output(path: str | os.PathLike, fmt: str, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> Path:
+    """The guard for a volume output of format ``fmt`` (run before compute)."""
+    output_format(path, fmt)
+    return check_output(path, inputs=inputs, force=force, folder=fmt == "dicom")
+
+
+def write_volume(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    grid: OutputGrid,
+    source: Volume,
+    fmt: str = "auto",
+    *,
+    dtype: str | None = None,
+    force: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> Path:
+    """Write ``data`` on ``grid`` with the writer for ``fmt`` (through the output guard)."""
+    fmt = output_format(path, fmt)
+    if fmt == "dicom":
+        from .io_dicom import write_dicom_series
+
+        description = f"ArSSR {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]}"
+        return write_dicom_series(path, data, grid, source, description, force=force, inputs=inputs)
+    from .nifti_io import save_volume
+
+    return save_volume(path, data, grid, source, dtype=dtype, force=force, inputs=inputs)
