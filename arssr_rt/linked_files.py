@@ -53,7 +53,7 @@ def resolve_linked(
         )
         raise error(f"{referrer}: {what} {text!r} resolves to {target}, outside {base}; refused{hint}")
     if not target.exists():
-        raise error(f"{referrer}: {what} {text!r} does not exist ({target})")
+        raise error(f"{what} {target} is missing (named in {referrer})")
     if not target.is_file():
         raise error(f"{referrer}: {what} {text!r} is not a regular file ({target})")
     return target

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from .errors import BackendError, MissingExtraError, ModelError
-from .export import contract
+from . import bundle_format as contract
 from .extras import require
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from .. import __version__
 from ..bundle import MODEL_JSON, WEIGHTS, write_model_json
 from ..errors import ModelError, OutputError
 from ..extras import require
-from . import contract
+from .. import bundle_format as contract
 from .onnx_export import export_all
 from .validate import validate_exports, validation_inputs
 
