@@ -35,13 +35,14 @@ ENCODER_FP16 = "encoder.fp16.onnx"
 DECODER_FP16 = "decoder.fp16.onnx"
 ONNX_FILES = (ENCODER_FP32, DECODER_FP32, ENCODER_FP16, DECODER_FP16)
 
-# what a spec may say; training/models.py builds exactly these (a test keeps the two in step)
+# what a spec may say; arssr_rt/network builds exactly these (a test keeps the two in step)
 ENCODERS = ("rdn", "rescnn", "srresnet")
 DECODERS = ("arssr", "modulated")
 COORDS = ("global", "phase")
 AXIS_ORDERS = ("xyz", "zyx")
 NORMALIZATIONS = ("minmax", "percentile")
-SPEC_KEYS = ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder", "feature_scale")
+BASES = ("none", "lanczos3")  # windowed_sinc.BASES
+SPEC_KEYS = ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder", "feature_scale", "base")
 # sane upper bounds: far above any model that fits in memory, far below what overflows
 _MAX_WIDTH = 8192
 _MAX_DEPTH = 256
@@ -89,6 +90,8 @@ def validate_spec(spec: Any, where: str = "spec") -> dict[str, Any]:
         _one_of(f"{where}.coords", spec["coords"], COORDS)
     if "decoder" in spec:
         _one_of(f"{where}.decoder", spec["decoder"], DECODERS)
+    if "base" in spec:
+        _one_of(f"{where}.base", spec["base"], BASES)
     args = spec.get("encoder_args", {})
     if not isinstance(args, dict):
         raise ModelError(f"{where}.encoder_args must be an object, got {args!r}")

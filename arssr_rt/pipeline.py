@@ -19,7 +19,8 @@ import numpy as np
 from .background import flatten_flat_background
 from .backends.base import Backend, BackendOptions, open_backend
 from .bundle import ModelBundle, resolve_model
-from .errors import BackendError, InputError, OutputError
+from . import windowed_sinc
+from .errors import BackendError, InputError, ModelError, OutputError
 from .geometry import OutputGrid, Triplet, describe_scale, parse_triplet, plan_output_grid
 from .intensity import Normalizer
 from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages, slabs
@@ -155,8 +156,13 @@ class Upsampler:
         plan = self.memory_plan(lr.shape, out_shape)
         out = output_buffer(out_shape, in_memory=plan.output_in_memory)
         tiles = plan_tiles(lr.shape, out_shape, plan.tile, self.bundle.receptive_radius)
+        base = self.bundle.spec.get("base", "none")
+        if base not in windowed_sinc.BASES:
+            raise ModelError(f"model.json: spec.base must be one of {', '.join(windowed_sinc.BASES)}, got {base!r}")
         for tile in tiles:
             self._run_tile(lr, out, tile, progress)
+            if base != "none":  # residual bundles: decoder output + windowed-sinc base
+                windowed_sinc.add_base(out, lr, tile.output)
             release_pages(out)
         return out
 

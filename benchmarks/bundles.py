@@ -32,7 +32,7 @@ def published_bundle(encoder: str) -> ModelBundle:
     import torch
 
     from arssr_rt.export.bundle_writer import write_bundle
-    from arssr_rt.training.models import build_model
+    from arssr_rt.network import build_model
 
     torch.manual_seed(SEED)
     model = build_model(encoder).eval()

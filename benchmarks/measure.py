@@ -36,7 +36,7 @@ def run_reference(job: dict, lr: np.ndarray) -> tuple[float, float, float, np.nd
     import torch
 
     from arssr_rt.backends.torch_backend import load_weights
-    from arssr_rt.training.models import build_model
+    from arssr_rt.network import build_model
 
     from .reference import reference_upsample
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from arssr_rt.geometry import decoder_axis_coords, normalized_centres
-from arssr_rt.training.models import ArSSR
+from arssr_rt.network import ArSSR
 
 DECODER_CHUNK = 1 << 18  # points per decoder call ("large chunks")
 

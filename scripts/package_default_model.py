@@ -16,8 +16,8 @@ from pathlib import Path
 import nibabel as nib
 
 from arssr_rt.export.bundle_writer import write_bundle
+from arssr_rt.network import build_model
 from arssr_rt.safe_load import load_checkpoint
-from arssr_rt.training.models import build_model
 from arssr_rt.training.train import validate
 
 ROOT = Path(__file__).resolve().parents[1]

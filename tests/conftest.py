@@ -161,7 +161,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         import torch
 
         from arssr_rt.export.bundle_writer import write_bundle
-        from arssr_rt.training.models import build_model
+        from arssr_rt.network import build_model
     except ImportError as exc:
         pytest.skip(f"cannot build a test bundle here: {exc}")
     torch.manual_seed(0)
@@ -180,7 +180,7 @@ def phase_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny RANDOM-WEIGHT model with spec.coords = "phase" (TEST ONLY), outputs O(1)."""
     torch = pytest.importorskip("torch")
     from arssr_rt.export.bundle_writer import write_bundle
-    from arssr_rt.training.models import build_model
+    from arssr_rt.network import build_model
 
     torch.manual_seed(0)
     model = build_model({**TINY_SPEC, "coords": "phase"})

@@ -22,7 +22,7 @@ from arssr_rt.backends.base import BackendOptions, open_backend  # noqa: E402
 from arssr_rt.bundle import load_bundle  # noqa: E402
 from arssr_rt.errors import BackendError, MissingExtraError, ModelError  # noqa: E402
 from arssr_rt.export.bundle_writer import write_bundle  # noqa: E402
-from arssr_rt.training.models import build_model  # noqa: E402
+from arssr_rt.network import build_model  # noqa: E402
 
 SHRUNK = {
     "rdn": {"encoder": "rdn", "feature_dim": 8, "encoder_args": {"width": 8, "growth": 8, "blocks": 2, "layers": 2}, "decoder_width": 16},

@@ -119,16 +119,18 @@ def test_cli_refuses_an_escaping_bundle_in_one_line(copy_default, tmp_path: Path
 
 
 def test_spec_sets_match_the_torch_registry() -> None:
-    models = pytest.importorskip("arssr_rt.training.models", exc_type=ImportError)
+    models = pytest.importorskip("arssr_rt.network", exc_type=ImportError)
+    from arssr_rt import windowed_sinc
     from arssr_rt.geometry import COORD_MODES
 
     assert sorted(models.ENCODERS) == sorted(bundle_format.ENCODERS)
     assert tuple(COORD_MODES) == bundle_format.COORDS
+    assert tuple(windowed_sinc.BASES) == bundle_format.BASES
     assert sorted(models.ModelSpec().to_dict()) == sorted(bundle_format.SPEC_KEYS)
 
 
 def test_model_spec_refuses_unknown_keys() -> None:
-    models = pytest.importorskip("arssr_rt.training.models", exc_type=ImportError)
+    models = pytest.importorskip("arssr_rt.network", exc_type=ImportError)
     with pytest.raises(ModelError, match="unknown keys 'dropout'"):
         models.ModelSpec.from_dict({"encoder": "rescnn", "dropout": 0.1})
 

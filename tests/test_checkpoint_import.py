@@ -22,7 +22,7 @@ from arssr_rt.bundle import load_bundle, sha256_file  # noqa: E402
 from arssr_rt.cli import main  # noqa: E402
 from arssr_rt.errors import InputError, ModelError  # noqa: E402
 from arssr_rt.export.checkpoint_import import export_checkpoint, extract_state_dict, import_published, load_strict  # noqa: E402
-from arssr_rt.training.models import build_model  # noqa: E402
+from arssr_rt.network import build_model  # noqa: E402
 
 K3 = (3, 3, 3)
 K1 = (1, 1, 1)

@@ -18,7 +18,7 @@ from arssr_rt.bundle import load_bundle, sha256_file  # noqa: E402
 from arssr_rt.errors import BackendError  # noqa: E402
 from arssr_rt.memory import is_file_backed, plan_memory  # noqa: E402
 from arssr_rt.pipeline import Upsampler, encoder_bytes_per_voxel  # noqa: E402
-from arssr_rt.training.models import build_model  # noqa: E402
+from arssr_rt.network import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"

@@ -40,7 +40,7 @@ def hr() -> np.ndarray:
 def tiny_test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
     from arssr_rt.export.bundle_writer import write_bundle
-    from arssr_rt.training.models import build_model
+    from arssr_rt.network import build_model
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()

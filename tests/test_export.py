@@ -23,7 +23,7 @@ from arssr_rt.errors import ModelError, OutputError  # noqa: E402
 from arssr_rt import bundle_format as contract  # noqa: E402
 from arssr_rt.export import validate  # noqa: E402
 from arssr_rt.export.bundle_writer import write_bundle  # noqa: E402
-from arssr_rt.training.models import build_model  # noqa: E402
+from arssr_rt.network import build_model  # noqa: E402
 
 SHRUNK = {
     "rdn": {"encoder": "rdn", "feature_dim": 12, "encoder_args": {"width": 8, "growth": 8, "blocks": 2, "layers": 2}, "decoder_width": 24},

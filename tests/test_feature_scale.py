@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import TINY_SPEC  # noqa: E402
 
-from arssr_rt.training.models import build_model  # noqa: E402
+from arssr_rt.network import build_model  # noqa: E402
 from arssr_rt.training.train import predict_volume  # noqa: E402
 
 SUBVOXEL_SPEC = {**TINY_SPEC, "coords": "phase", "decoder": "modulated", "feature_scale": 2}
@@ -105,7 +105,7 @@ def test_training_sampler_feeds_the_decoder_the_runtime_coordinates():
     s = PatchSampler([TrainVolume("noise", vol, np.arange(vol.size))], SamplerConfig(
         lr_patch=8, points=200, margin=0, scale_min=2.2, scale_max=3.7, coords="phase", feature_scale=2), seed=4)
     for _ in range(3):
-        lr, coords, dec, _ = s.sample()
+        lr, coords, dec, _, _ = s.sample()
         derived = model.decoder_coords(torch.from_numpy(coords)[None], lr.shape)[0].numpy()
         np.testing.assert_allclose(dec, derived, atol=1e-5)
 

@@ -15,7 +15,7 @@ from arssr_rt.geometry import plan_output_grid  # noqa: E402
 from arssr_rt.pipeline import Upsampler, upsample  # noqa: E402
 from arssr_rt.sampling import box_coords, sample_box  # noqa: E402
 from arssr_rt.tiling import plan_tiles  # noqa: E402
-from arssr_rt.training.models import build_model  # noqa: E402
+from arssr_rt.network import build_model  # noqa: E402
 from arssr_rt.training.train import predict_volume  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"

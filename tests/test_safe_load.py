@@ -88,7 +88,7 @@ def test_trust_flag_is_the_explicit_opt_in(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.skipif(not COMMITTED_RUN.is_file(), reason="training-runs/default/checkpoint.pt not in this checkout")
 def test_the_committed_run_checkpoint_loads_weights_only() -> None:
-    from arssr_rt.training.models import build_model
+    from arssr_rt.network import build_model
 
     state = load_checkpoint(COMMITTED_RUN)
     build_model(state["spec"]).load_state_dict(state["model"], strict=True)

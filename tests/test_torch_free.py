@@ -70,7 +70,7 @@ def runtime_bundle(tmp_path_factory) -> Path:
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     from arssr_rt.export.bundle_writer import write_bundle
-    from arssr_rt.training.models import build_model
+    from arssr_rt.network import build_model
 
     torch.manual_seed(0)
     spec = {"encoder": "rescnn", "feature_dim": 8, "encoder_args": {"width": 8, "blocks": 1, "convs": 2}, "decoder_width": 16, "decoder_depth": 2}

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from arssr_rt.training.data import PatchSampler, SamplerConfig  # noqa: E402
-from arssr_rt.training.models import PUBLISHED_SPECS, build_model, count_parameters  # noqa: E402
+from arssr_rt.network import PUBLISHED_SPECS, build_model, count_parameters  # noqa: E402
 from arssr_rt.training.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_patch_sampler_geometry_is_centre_aligned():
 
     vol = TrainVolume("ramp", ramp, np.flatnonzero(ramp > 0.1))
     s = PatchSampler([vol], SamplerConfig(lr_patch=10, points=64, flips=False, margin=2), seed=3)
-    lr, coords, _, target = s.sample()
+    lr, coords, _, target, _ = s.sample()
     # HR coordinate -> LR continuous index; a ramp is linear so trilinear of LR == HR value
     p = (coords[:, 0] + 1) / 2 * 10 - 0.5
     i0 = np.floor(p).astype(int)
@@ -90,7 +90,7 @@ def test_intensity_augmentation_moves_lr_and_target_by_the_same_gain_and_offset(
     for name, gain, offset in (("plain", (1.0, 1.0), (0.0, 0.0)), ("moved", (1.08, 1.08), (0.04, 0.04))):
         cfg = SamplerConfig(lr_patch=8, points=256, scale_min=2.5, scale_max=2.5, intensity=1.0, intensity_gain=gain, intensity_offset=offset)
         draws[name] = PatchSampler(vols, cfg, seed=11).sample()
-    (lr0, c0, _, t0), (lr1, c1, _, t1) = draws["plain"], draws["moved"]
+    (lr0, c0, _, t0, _), (lr1, c1, _, t1, _) = draws["plain"], draws["moved"]
     np.testing.assert_array_equal(c0, c1)  # same crop, scale and points
     assert float(np.ptp(t0)) > 0.1  # a patch with contrast, not air
     np.testing.assert_allclose(t1, 1.08 * t0 + 0.04, atol=1e-5)

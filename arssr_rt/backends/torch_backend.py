@@ -30,7 +30,7 @@ def load_weights(path) -> dict[str, Any]:
 
 def load_bundle_model(bundle: "ModelBundle"):
     """The bundle's torch model with its weights loaded strictly (fp32, CPU, not yet eval)."""
-    from ..training.models import build_model
+    from ..network import build_model
 
     payload = load_weights(bundle.file(WEIGHTS))
     model = build_model(payload["spec"])

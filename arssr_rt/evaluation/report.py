@@ -20,10 +20,13 @@ from ..atomic import atomic_write
 from ..errors import OutputError
 from ..extras import require
 from ..geometry import spacing_of
+from .case import DegradationSpec
 from .runner import EvalRow, ScaleOutputs
 
-HEADERS = ("volume", "scale", "LR shape", "region", "PSNR tricubic", "PSNR model", "ΔPSNR dB",
-           "SSIM tricubic", "SSIM model", "ΔSSIM")
+HEADERS = ("volume", "scale", "LR shape", "region", "PSNR tricubic", "PSNR model", "ΔPSNR tricubic",
+           "SSIM tricubic", "SSIM model", "ΔSSIM tricubic", "PSNR sinc", "ΔPSNR sinc", "ΔPSNR best",
+           "SSIM sinc", "ΔSSIM sinc", "ΔSSIM best", "degradation")
+GAIN_COLUMNS = (6, 9, 11, 12, 14, 15)
 REGION_LABELS = {"head": "head mask", "whole": "whole volume"}
 REGIONS = ("head", "whole")
 
@@ -36,8 +39,19 @@ def _fmt(value: float | None, digits: int, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def degradation_label(row: EvalRow) -> str:
+    """``kspace-noise (snr 50, seed 0)``, ``slice (box, gap 0)`` or the kind, from a row's fields."""
+    spec = DegradationSpec(row.degradation, snr=row.snr, seed=row.seed or 0, profile=row.slice_profile, gap=row.slice_gap)
+    return spec.label()
+
+
 def table_cells(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> list[list[str]]:
-    """Formatted cells, one line per row and region (head mask first, then whole volume)."""
+    """Formatted cells, one line per row and region (head mask first, then whole volume).
+
+    The first ten columns are the tricubic-only table of earlier versions, in the same order;
+    the sinc baseline, the gains over it and over the better baseline ("best", per metric)
+    and the degradation follow.
+    """
     cells = []
     for row in rows:
         for region in regions:
@@ -46,17 +60,22 @@ def table_cells(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> li
                 row.volume, row.scale, row.lr_shape, REGION_LABELS[region],
                 _fmt(getattr(row.tricubic, p), 2), _fmt(getattr(row.model, p) if row.model else None, 2), _fmt(row.gain(p), 2, True),
                 _fmt(getattr(row.tricubic, s), 4), _fmt(getattr(row.model, s) if row.model else None, 4), _fmt(row.gain(s), 4, True),
+                _fmt(row.baseline(p, "sinc"), 2), _fmt(row.gain(p, "sinc"), 2, True), _fmt(row.gain(p, "best"), 2, True),
+                _fmt(row.baseline(s, "sinc"), 4), _fmt(row.gain(s, "sinc"), 4, True), _fmt(row.gain(s, "best"), 4, True),
+                degradation_label(row),
             ])
     return cells
 
 
 def describe_setup(rows: Sequence[EvalRow]) -> str:
-    """One line saying what was compared (model, backend, degradation)."""
+    """One line saying what was compared (model, backend, degradations)."""
     if not rows:
         return "no results"
     first = rows[0]
-    model = f"model {first.model_name} [{first.backend}]" if first.model_name else "tricubic only (no model)"
-    return f"{model}; degradation {first.degradation}; PSNR data range = HR max - min"
+    model = f"model {first.model_name} [{first.backend}]" if first.model_name else "baselines only (no model)"
+    kinds = ", ".join(dict.fromkeys(degradation_label(r) for r in rows))
+    return (f"{model}; degradation {kinds}; baselines tricubic and zero-filled k-space (sinc), best = the better one "
+            "per metric; PSNR data range = HR max - min")
 
 
 def rich_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> Any:
@@ -66,10 +85,10 @@ def rich_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> Any
 
     table = Table(title=escape(describe_setup(rows)), title_justify="left")
     for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="right" if i >= 4 else "left", no_wrap=True)
+        table.add_column(header, justify="right" if 4 <= i < len(HEADERS) - 1 else "left", no_wrap=True)
     for cells in table_cells(rows, regions):
         styled = list(cells)
-        for i in (6, 9):
+        for i in GAIN_COLUMNS:
             if cells[i].startswith("+"):
                 styled[i] = f"[green]{cells[i]}[/green]"
             elif cells[i].startswith("-") and cells[i] != "-":
@@ -80,7 +99,7 @@ def rich_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> Any
 
 def markdown_table(rows: Sequence[EvalRow], regions: Sequence[str] = REGIONS) -> str:
     """A GitHub Markdown table of the same cells as the terminal table."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * 6) + "|"]
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * 12 + ["---"]) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, regions)]
     return "\n".join(lines) + "\n"
 
@@ -136,39 +155,56 @@ def _scale_volume_ratio(label: str) -> float:
     return float(np.prod(factors * 3 if len(factors) == 1 else factors))
 
 
-def write_figure(path: str | Path, rows: Sequence[EvalRow]) -> Path:
-    """PSNR and SSIM (head mask) versus scale, model against tricubic, one row of plots per volume.
+def _gain_series(rows: Sequence[EvalRow], metric: str) -> list[tuple[bool, list[float | None]]]:
+    """(filled, values) to plot: gains over the best baseline (filled) and over tricubic (hollow), or sinc - tricubic."""
+    if all(r.model is not None for r in rows):
+        return [(True, [r.gain(metric, "best") for r in rows]), (False, [r.gain(metric, "tricubic") for r in rows])]
+    return [(True, [None if r.sinc is None else float(getattr(r.sinc, metric)) - float(getattr(r.tricubic, metric)) for r in rows])]
 
+
+def write_figure(path: str | Path, rows: Sequence[EvalRow]) -> Path:
+    """Gain in PSNR and SSIM (head mask) versus scale, one colour per degradation, one row of plots per volume.
+
+    With a model: filled markers, solid lines = model - the better classical baseline (per
+    metric); hollow markers, dotted lines = model - tricubic. Baselines only: sinc - tricubic.
     Scales are placed in order of the LR voxel volume they imply and labelled as requested, so
     isotropic and thick-slice (x1x1x3) factors share one axis; lines join isotropic scales
     only, per-axis scales are square markers.
     """
     volumes = list(dict.fromkeys(r.volume for r in rows))
-    fig = _new_figure(10.0, 3.4 * max(1, len(volumes)))
+    labels = sorted(dict.fromkeys(r.scale for r in rows), key=_scale_volume_ratio)
+    position = {label: i for i, label in enumerate(labels)}
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+    with_model = all(r.model is not None for r in rows)
+    fig = _new_figure(10.0, 3.4 * max(1, len(volumes)) + 0.4)
     axes = fig.subplots(max(1, len(volumes)), 2, squeeze=False)
     for v, volume in enumerate(volumes):
-        mine = sorted((r for r in rows if r.volume == volume), key=lambda r: _scale_volume_ratio(r.scale))
-        x = np.arange(len(mine))
-        labels = [r.scale for r in mine]
-        iso = np.array([r.scale.count("x") == 1 for r in mine], dtype=bool)
-        for c, (metric, unit) in enumerate((("psnr_head", "PSNR (dB)"), ("ssim_head", "SSIM"))):
+        mine = [r for r in rows if r.volume == volume]
+        kinds = list(dict.fromkeys(degradation_label(r) for r in mine))
+        for c, (metric, unit) in enumerate((("psnr_head", "ΔPSNR (dB)"), ("ssim_head", "ΔSSIM"))):
             ax = axes[v][c]
-            methods = [("tricubic", "--", "tab:gray", "tricubic")]
-            if all(r.model is not None for r in mine):
-                methods.append(("model", "-", "tab:blue", mine[0].model_name or "model"))
-            for method, line, color, label in methods:
-                y = np.array([getattr(getattr(r, method), metric) for r in mine], dtype=np.float64)
-                # the curve joins isotropic scales only; per-axis scales are separate points
-                ax.plot(x[iso], y[iso], "o" + line, color=color, label=label)
-                ax.plot(x[~iso], y[~iso], "s", color=color)
-            ax.set_xticks(x)
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            for k, kind in enumerate(kinds):
+                series = sorted((r for r in mine if degradation_label(r) == kind), key=lambda r: position[r.scale])
+                x = np.array([position[r.scale] for r in series])
+                iso = np.array([r.scale.count("x") == 1 for r in series], dtype=bool)
+                colour = colours[k % len(colours)]
+                for filled, values in _gain_series(series, metric):
+                    y = np.array([np.nan if g is None else g for g in values], dtype=np.float64)
+                    style = {"color": colour, "markerfacecolor": colour if filled else "none", "linewidth": 1.6 if filled else 0.9}
+                    ax.plot(x[iso], y[iso], "o" + ("-" if filled else ":"), label=kind if filled else None, **style)
+                    ax.plot(x[~iso], y[~iso], "s", **style)
+            ax.set_xticks(np.arange(len(labels)))
             ax.set_xticklabels(labels)
-            ax.set_xlabel(f"scale ({mine[0].degradation} degradation)")
+            ax.set_xlabel("scale")
             ax.set_ylabel(f"{unit}, head mask")
             ax.set_title(volume, fontsize=10)
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+            ax.legend(fontsize=7)
+    key = ("model gain: filled = over the better baseline (tricubic or sinc), hollow = over tricubic" if with_model
+           else "no model: sinc - tricubic")
+    fig.suptitle(key, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 

@@ -1,32 +1,33 @@
-"""Evaluate a model against tricubic interpolation on simulated low-resolution acquisitions.
+"""Evaluate a model against the classical baselines on simulated low-resolution acquisitions.
 
-For one HR volume and one scale: LR = degrade(HR) on the centre-aligned grid; the LR volume
-gets the affine of that grid (``geometry.output_affine``), so the model's target grid, HR
-shape on the LR volume's field of view, is exactly the HR grid; tricubic is
-``degrade.cubic_resample(LR, HR.shape)`` on the same grid. Both are scored against HR with
-the metrics module, over the whole volume and inside ``head_mask(HR)``.
+For one HR volume, degradation and scale: LR = degrade(HR) on the centre-aligned grid; the LR
+volume gets the affine of that grid (``geometry.output_affine``), so the model's target grid,
+HR shape on the LR volume's field of view, is exactly the HR grid; tricubic is
+``degrade.cubic_resample(LR, HR.shape)`` and sinc ``fourier.sinc_upsample(LR, HR.shape)`` on
+the same grid. All are scored against HR with the metrics module, over the whole volume and
+inside ``head_mask(HR)`` (``case.run_case`` does the work on arrays).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..degrade import DEGRADATIONS, cubic_resample, degrade
 from ..errors import InputError
 from ..geometry import Triplet, output_affine, parse_triplet
 from ..volume import Volume
-from .metrics import default_data_range, head_mask, psnr, ssim_map
+from .case import MIN_LR_VOXELS, DegradationSpec, MethodScores, as_spec, best_baseline, run_case, score
+from .metrics import default_data_range, head_mask
 
 if TYPE_CHECKING:
     from ..pipeline import Upsampler
 
-METHODS = ("tricubic", "model")
-MIN_LR_VOXELS = 2  # the pipeline needs at least 2 voxels on every LR axis
+METHODS = ("tricubic", "sinc", "model")
+__all__ = ["DegradationSpec", "EvalRow", "MIN_LR_VOXELS", "MethodScores", "ScaleOutputs", "evaluate_scale", "evaluate_volume",
+           "lr_volume", "parse_scales", "scale_label", "score", "volume_name"]  # MethodScores, score: re-exported from case
 
 
 def scale_label(scale: Triplet) -> str:
@@ -48,18 +49,11 @@ def parse_scales(values: Sequence[str | float | Sequence[float]]) -> list[Triple
 
 
 @dataclass
-class MethodScores:
-    """PSNR (dB) and SSIM of one reconstruction, inside the head mask and over the whole volume."""
-
-    psnr_head: float
-    psnr_whole: float
-    ssim_head: float
-    ssim_whole: float
-
-
-@dataclass
 class EvalRow:
-    """One (volume, scale) result: both methods' scores and the model's gain over tricubic."""
+    """One (volume, degradation, scale) result: every method's scores and the model's gains.
+
+    Fields after ``model_seconds`` are newer (defaults keep old positional constructions valid).
+    """
 
     volume: str
     scale: str
@@ -73,20 +67,45 @@ class EvalRow:
     model_name: str | None
     backend: str | None
     model_seconds: float | None
+    sinc: MethodScores | None = None
+    snr: float | None = None
+    seed: int | None = None
+    slice_profile: str | None = None
+    slice_gap: float | None = None
 
-    def gain(self, metric: str) -> float | None:
-        """model - tricubic for a field of MethodScores (e.g. ``psnr_head``); None without a model."""
-        if self.model is None:
+    def baseline(self, metric: str, which: str = "best") -> float | None:
+        """A baseline's value of ``metric``: ``tricubic``, ``sinc`` or ``best`` (the higher of the two)."""
+        if which == "best":
+            return best_baseline({"tricubic": self.tricubic, "sinc": self.sinc}, metric)[1]
+        scores = getattr(self, which)
+        return None if scores is None else float(getattr(scores, metric))
+
+    def best_method(self, metric: str) -> str:
+        return best_baseline({"tricubic": self.tricubic, "sinc": self.sinc}, metric)[0]
+
+    def gain(self, metric: str, over: str = "tricubic") -> float | None:
+        """model - baseline (``tricubic``, ``sinc`` or ``best``) for a MethodScores field; None without a model."""
+        base = self.baseline(metric, over)
+        if self.model is None or base is None:
             return None
-        return float(getattr(self.model, metric)) - float(getattr(self.tricubic, metric))
+        return float(getattr(self.model, metric)) - base
 
     def flat(self) -> dict[str, Any]:
-        """One flat dict (CSV columns / JSON object): ``psnr_head_tricubic``, ``psnr_head_gain``..."""
+        """One flat dict (CSV columns / JSON object): ``psnr_head_tricubic``, ``psnr_head_gain``...
+
+        ``*_gain`` stays model - tricubic (as before the sinc baseline); ``*_gain_sinc`` and
+        ``*_gain_best`` are over the sinc and over the better baseline, named by ``*_best``.
+        """
         out: dict[str, Any] = {k: v for k, v in asdict(self).items() if k not in METHODS}
         for metric in MethodScores.__dataclass_fields__:
             out[f"{metric}_tricubic"] = getattr(self.tricubic, metric)
             out[f"{metric}_model"] = getattr(self.model, metric) if self.model else None
             out[f"{metric}_gain"] = self.gain(metric)
+        for metric in MethodScores.__dataclass_fields__:
+            out[f"{metric}_sinc"] = self.baseline(metric, "sinc")
+            out[f"{metric}_best"] = self.best_method(metric)
+            out[f"{metric}_gain_sinc"] = self.gain(metric, "sinc")
+            out[f"{metric}_gain_best"] = self.gain(metric, "best")
         return out
 
 
@@ -100,17 +119,7 @@ class ScaleOutputs:
     lr: np.ndarray
     tricubic: np.ndarray
     model: np.ndarray | None
-
-
-def score(hr: np.ndarray, test: np.ndarray, mask: np.ndarray, data_range: float) -> MethodScores:
-    """Both regions from one SSIM map (the expensive part)."""
-    smap = ssim_map(hr, test, data_range)
-    return MethodScores(
-        psnr_head=psnr(hr, test, mask, data_range),
-        psnr_whole=psnr(hr, test, None, data_range),
-        ssim_head=float(np.mean(smap[mask])),
-        ssim_whole=float(np.mean(smap)),
-    )
+    sinc: np.ndarray | None = None
 
 
 def lr_volume(hr: Volume, lr_data: np.ndarray) -> Volume:
@@ -119,47 +128,48 @@ def lr_volume(hr: Volume, lr_data: np.ndarray) -> Volume:
     return Volume(data=np.ascontiguousarray(lr_data, dtype=np.float32), affine=affine, source_path=hr.source_path)
 
 
+def upsampler_fn(hr: Volume, upsampler: "Upsampler") -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
+    """``model_fn`` for ``run_case``: the LR array as a Volume, up-sampled onto exactly the HR grid."""
+    from ..pipeline import plan_grid
+
+    def run(lr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        low = lr_volume(hr, lr)
+        return upsampler.run(low, plan_grid(low, shape=list(shape)))
+
+    return run
+
+
 def evaluate_scale(
     hr: Volume,
     scale: Triplet,
-    degradation: str,
+    degradation: "str | DegradationSpec",
     upsampler: "Upsampler | None",
     mask: np.ndarray,
     name: str,
 ) -> ScaleOutputs:
-    """Degrade, reconstruct with tricubic (and the model), score both."""
-    from ..pipeline import plan_grid
-
-    if degradation not in DEGRADATIONS:
-        raise InputError(f"--degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
+    """Degrade, reconstruct with tricubic, sinc (and the model), score all."""
+    spec = as_spec(degradation)
     data_range = default_data_range(hr.data)
-    lr = degrade(hr.data, scale, degradation).astype(np.float32, copy=False)
-    if min(lr.shape) < MIN_LR_VOXELS:
-        raise InputError(f"{name}: --scale {scale_label(scale)} leaves an LR volume of shape {lr.shape}; use a smaller scale")
-    tricubic = cubic_resample(lr, hr.shape)
-    model_out, model_scores, seconds = None, None, None
-    if upsampler is not None:
-        low = lr_volume(hr, lr)
-        grid = plan_grid(low, shape=list(hr.shape))
-        t0 = time.perf_counter()
-        model_out = upsampler.run(low, grid)
-        seconds = time.perf_counter() - t0
-        model_scores = score(hr.data, model_out, mask, data_range)
+    model_fn = upsampler_fn(hr, upsampler) if upsampler is not None else None
+    out = run_case(hr.data, scale, spec, model_fn, mask, data_range, name)
     row = EvalRow(
         volume=name,
         scale=scale_label(scale),
-        degradation=degradation,
+        degradation=spec.kind,
         hr_shape="x".join(map(str, hr.shape)),
-        lr_shape="x".join(map(str, lr.shape)),
+        lr_shape="x".join(map(str, out.lr.shape)),
         mask_fraction=float(mask.mean()),
         data_range=data_range,
-        tricubic=score(hr.data, tricubic, mask, data_range),
-        model=model_scores,
+        tricubic=out.scores["tricubic"],
+        model=out.scores.get("model"),
         model_name=upsampler.bundle.name if upsampler is not None else None,
         backend=getattr(upsampler.backend, "name", None) if upsampler is not None else None,
-        model_seconds=seconds,
+        model_seconds=out.model_seconds,
+        sinc=out.scores["sinc"],
+        **spec.fields(),
     )
-    return ScaleOutputs(row=row, hr=hr.data, affine=hr.affine, lr=lr, tricubic=tricubic, model=model_out)
+    return ScaleOutputs(row=row, hr=hr.data, affine=hr.affine, lr=out.lr, tricubic=out.images["tricubic"],
+                        model=out.images.get("model"), sinc=out.images["sinc"])
 
 
 def volume_name(path: Path) -> str:
@@ -174,11 +184,12 @@ def volume_name(path: Path) -> str:
 def evaluate_volume(
     hr_path: str | Path,
     scales: Sequence[Triplet | str | float],
-    degradation: str,
+    degradation: "str | DegradationSpec | Sequence[str | DegradationSpec]",
     upsampler: "Upsampler | None",
     on_outputs: Callable[[ScaleOutputs], None] | None = None,
 ) -> list[EvalRow]:
-    """Rows for one HR volume, one per scale; ``upsampler=None`` scores tricubic only.
+    """Rows for one HR volume, one per degradation and scale (degradation-major); ``upsampler=None``
+    scores the baselines only.
 
     ``on_outputs`` receives each scale's arrays (to keep one for a montage) before they are
     dropped, so memory stays at one scale's worth of volumes.
@@ -193,10 +204,12 @@ def evaluate_volume(
     hr = read_volume(path)
     mask = head_mask(hr.data)
     triplets = parse_scales(scales)
+    specs = [as_spec(d) for d in ([degradation] if isinstance(degradation, (str, DegradationSpec)) else degradation)]
     rows = []
-    for scale in triplets:
-        outputs = evaluate_scale(hr, scale, degradation, upsampler, mask, volume_name(path))
-        if on_outputs is not None:
-            on_outputs(outputs)
-        rows.append(outputs.row)
+    for spec in specs:
+        for scale in triplets:
+            outputs = evaluate_scale(hr, scale, spec, upsampler, mask, volume_name(path))
+            if on_outputs is not None:
+                on_outputs(outputs)
+            rows.append(outputs.row)
     return rows

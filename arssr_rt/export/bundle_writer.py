@@ -24,7 +24,7 @@ from .onnx_export import export_all
 from .validate import validate_exports, validation_inputs
 
 if TYPE_CHECKING:
-    from ..training.models import ArSSR
+    from ..network import ArSSR
 
 AXIS_ORDERS = ("xyz", "zyx")
 # keys write_bundle owns; extra_meta may not override them

@@ -21,7 +21,7 @@ from ..safe_load import load_checkpoint
 from .bundle_writer import write_bundle
 
 if TYPE_CHECKING:
-    from ..training.models import ArSSR
+    from ..network import ArSSR
 
 PUBLISHED_ENCODERS = ("rdn", "rescnn", "srresnet")
 FIXTURE = "colin27_t1_crop64_1mm.nii.gz"
@@ -95,7 +95,7 @@ def import_published(
     checkpoint: str | Path, encoder: str, out_dir: str | Path, name: str | None = None, force: bool = False, trust: bool = False
 ) -> Path:
     """Published ArSSR state dict -> bundle (axis order zyx, validated against torch)."""
-    from ..training.models import build_model
+    from ..network import build_model
 
     if encoder not in PUBLISHED_ENCODERS:
         raise InputError(f"--encoder must be one of {', '.join(PUBLISHED_ENCODERS)}, got {encoder!r}")
@@ -117,7 +117,7 @@ def import_published(
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str | None = None, force: bool = False, trust: bool = False) -> Path:
     """A bundle's weights.pt ({"spec", "state_dict"}) or a training run's checkpoint.pt /
     best.pt ({"spec", "model", "step", ...}) -> bundle."""
-    from ..training.models import build_model
+    from ..network import build_model
 
     checkpoint = Path(checkpoint)
     payload = read_checkpoint(checkpoint, trust)

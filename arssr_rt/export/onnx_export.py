@@ -23,7 +23,7 @@ from .. import bundle_format as contract
 if TYPE_CHECKING:
     import torch
 
-    from ..training.models import ArSSR
+    from ..network import ArSSR
 
 
 def _graph_modules():

@@ -16,9 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import windowed_sinc
 from ..degrade import cubic_resample, degrade, gaussian_blur_down
 from ..errors import InputError
-from ..geometry import decoder_axis_coords, normalized_centres
+from ..geometry import decoder_axis_coords, input_index_of_output, normalized_centres
+from .acquisition import acquire, gamma_and_bias
 
 
 @dataclass
@@ -49,8 +51,20 @@ class SamplerConfig:
     intensity_offset: tuple[float, float] = (0.0, 0.05)
     flips: bool = True
     foreground_bias: float = 0.9
+    # MR-like acquisitions (training/acquisition.py): every degradation as a separable operator
+    # with mirrored patch edges (no k-space wrap-around), plus Rician noise, slice gaps, deeper
+    # thick-slice scales, and contrast / bias-field changes of the HR patch
+    separable: bool = False
+    thick_max: float = 0.0  # through-plane scale of thick-slice draws ~ U(scale_min, thick_max); 0: scale_max + 1
+    noise_sigma: tuple[float, float] = (0.005, 0.04)  # Rician sigma of `kspace-noise`, normalised units
+    slice_gap: float = 0.0  # gap ~ U(0, slice_gap) of the slice spacing
+    slice_profiles: tuple[str, ...] = ("box",)
+    contrast: float = 0.0  # probability of a gamma / bias-field change of the HR patch
+    gamma: float = 0.2  # gamma ~ exp(U(-gamma, gamma))
+    bias: float = 0.1  # bias field exp(sum c_k u_k), c_k ~ U(-bias, bias)
     coords: str = "global"  # decoder coordinate mode of the model being trained
     feature_scale: int = 1  # the model's feature grid is this many times finer than the LR
+    base: str = "none"  # the model's residual base (windowed_sinc.BASES)
 
 
 def expand_data_arg(data: str | Sequence[str]) -> list[Path]:
@@ -147,7 +161,7 @@ class PatchSampler:
         if r.random() < c.anisotropic:
             if r.random() < 0.5:  # thick-slice: in-plane 1, through-plane k
                 s = np.ones(3)
-                s[r.integers(3)] = r.uniform(c.scale_min, c.scale_max + 1.0)
+                s[r.integers(3)] = r.uniform(c.scale_min, c.thick_max or c.scale_max + 1.0)
                 return s
             return r.uniform(1.0, c.scale_max, size=3)
         return np.full(3, r.uniform(c.scale_min, c.scale_max))
@@ -169,8 +183,18 @@ class PatchSampler:
         sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size_a))
         return data[sl]
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One (lr (p,p,p), coords (K,3), decoder coords (K,3), target (K,)) sample."""
+    def degrade(self, hr: np.ndarray, lr_shape: Sequence[int], scale: Sequence[float]) -> np.ndarray:
+        """The LR patch: a degradation drawn from the configured mix."""
+        c, r = self.cfg, self.rng
+        kind = self.kinds[r.choice(len(self.kinds), p=self.kind_p)]
+        if not c.separable:
+            return degrade(hr, scale, kind)
+        thickness = 1.0 - r.uniform(0.0, c.slice_gap) if c.slice_gap else 1.0
+        profile = c.slice_profiles[r.integers(len(c.slice_profiles))]
+        return acquire(hr, lr_shape, kind, r, float(r.uniform(*c.noise_sigma)), thickness, profile)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One (lr (p,p,p), coords (K,3), decoder coords (K,3), target (K,), base (K,)) sample."""
         c, r = self.cfg, self.rng
         scale = self.draw_scale()
         p = c.lr_patch
@@ -184,8 +208,9 @@ class PatchSampler:
         hr = np.ascontiguousarray(hr, dtype=np.float32)
         if c.intensity and r.random() < c.intensity:  # degradation is linear: LR and target move together
             hr = hr * np.float32(r.uniform(*c.intensity_gain)) + np.float32(r.uniform(*c.intensity_offset))
-        kind = self.kinds[r.choice(len(self.kinds), p=self.kind_p)]
-        lr = degrade(hr, [H / p for H in hr_size], kind)
+        if c.contrast and r.random() < c.contrast:
+            hr = gamma_and_bias(hr, r, c.gamma, c.bias)
+        lr = self.degrade(hr, [p, p, p], [H / p for H in hr_size])
         if c.noise and r.random() < c.noise:
             lr = lr + r.normal(0.0, r.uniform(0.005, 0.02), size=lr.shape).astype(np.float32)
         # supervise HR voxels whose LR position lies at least `margin` voxels inside the patch
@@ -199,12 +224,19 @@ class PatchSampler:
         coords = np.stack([axes[a][picks[a]] for a in range(3)], axis=1).astype(np.float32)
         dec = np.stack([decoder_axis_coords(p * c.feature_scale, H, 0, H, c.coords)[picks[a]] for a, H in enumerate(hr_size)], axis=1)
         target = hr[picks[0], picks[1], picks[2]]
-        return lr.astype(np.float32), coords, dec.astype(np.float32), target.astype(np.float32)
+        if c.base == "none":
+            base = np.zeros(c.points, dtype=np.float32)
+        else:
+            pos = np.stack([input_index_of_output(picks[a], p, H) for a, H in enumerate(hr_size)], axis=1)
+            base = windowed_sinc.sample_points(lr, pos)
+        return lr.astype(np.float32), coords, dec.astype(np.float32), target.astype(np.float32), base
 
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(lr (n,1,p,p,p), coords (n,K,3), decoder coords (n,K,3), target (n,K,1), base (n,K,1))."""
         samples = [self.sample() for _ in range(n)]
         lr = np.stack([s[0] for s in samples])[:, None]
         coords = np.stack([s[1] for s in samples])
         dec = np.stack([s[2] for s in samples])
         target = np.stack([s[3] for s in samples])[..., None]
-        return lr, coords, dec, target
+        base = np.stack([s[4] for s in samples])[..., None]
+        return lr, coords, dec, target, base

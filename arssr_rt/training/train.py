@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from ..degrade import cubic_resample, degrade
 from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
-from ..geometry import decoder_axis_coords, normalized_centres
+from .. import windowed_sinc
+from ..geometry import decoder_axis_coords, input_index_of_output, normalized_centres
 from ..safe_load import load_checkpoint
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
-from .models import ArSSR, ModelSpec, build_model
+from ..network import ArSSR, ModelSpec, build_model
 
 
 @dataclass
@@ -53,6 +54,7 @@ class TrainConfig:
     log_every: int = 20
     threads: int | None = None
     init: str | None = None  # checkpoint whose model weights start a new run (fine-tuning)
+    start_as_base: bool = False  # after `init`, zero the decoder's output layers: a residual model starts as its base
     stop_at: int | None = None  # pause here (checkpointed) although the schedule spans `steps`
     device: str = "cpu"  # "cpu" | "cuda" (DDP: each process takes cuda:LOCAL_RANK)
     precision: str = "fp32"  # "fp32" | "bf16" (autocast: fp32 master weights, ~2x faster CPU steps)
@@ -92,14 +94,17 @@ def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk
     mode = model.spec.coords
     r = model.spec.feature_scale
     dec_axes = [torch.from_numpy(decoder_axis_coords(h * r, n, 0, n, mode)).to(device) for h, n in zip(lr.shape, out_shape)]
-    out = np.empty(tuple(out_shape), dtype=np.float32)
+    if model.spec.base == "none":
+        out = np.zeros(tuple(out_shape), dtype=np.float32)
+    else:
+        out = windowed_sinc.sample_grid(lr, [input_index_of_output(np.arange(n), h, n) for h, n in zip(lr.shape, out_shape)])
     rows = max(1, chunk // (out_shape[1] * out_shape[2]))
     for a in range(0, out_shape[0], rows):
         b = min(out_shape[0], a + rows)
         g = torch.stack(torch.meshgrid(axes[0][a:b], axes[1], axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
         d = torch.stack(torch.meshgrid(dec_axes[0][a:b], dec_axes[1], dec_axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
         pred = model.decode(model.query(feats, g), d)
-        out[a:b] = pred.reshape(b - a, out_shape[1], out_shape[2]).cpu().numpy()
+        out[a:b] += pred.reshape(b - a, out_shape[1], out_shape[2]).cpu().numpy()
     return out
 
 
@@ -198,7 +203,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.spec).to(device)  # before the optimiser, so its state lives there too
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    sampler_cfg = SamplerConfig(**{**cfg.sampler, "coords": model.spec.coords, "feature_scale": model.spec.feature_scale})
+    sampler_cfg = SamplerConfig(**{**cfg.sampler, "coords": model.spec.coords, "feature_scale": model.spec.feature_scale,
+                                   "base": model.spec.base})
     sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid, kinds=cfg.pyramid_kinds, weights=cfg.data_weights), sampler_cfg, seed=cfg.seed + rank)
     val_volumes = []
     for p in cfg.val:
@@ -218,6 +224,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
     else:
         if cfg.init:
             load_init(model, _init_state(load_checkpoint(cfg.init, trust), Path(cfg.init)))
+            if cfg.start_as_base:
+                model.start_as_base()
         if _is_main():
             (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     net: torch.nn.Module = model
@@ -247,9 +255,9 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
             net.train()
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            lr_t, coords_t, dec_t, target_t = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.batch(cfg.batch))
+            lr_t, coords_t, dec_t, target_t, base_t = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.batch(cfg.batch))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                pred = net(lr_t, coords_t, dec_t)
+                pred = net(lr_t, coords_t, dec_t, base_t)
             loss = F.l1_loss(pred.float(), target_t)
             opt.zero_grad(set_to_none=True)
             loss.backward()

