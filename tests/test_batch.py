@@ -462,3 +462,37 @@ def test_a_backend_that_cannot_open_stops_the_batch_with_one_line(tmp_path, tiny
     report = read_report(tmp_path / "out" / "batch_report.json")
     assert report["counts"]["pending"] == 2 and not report["complete"]
     assert listing(tmp_path / "out") == ["batch_report.json"]
+
+
+# ------------------------------------------------------------------ what batch prints
+
+
+def test_quiet_prints_only_errors(tmp_path, tiny_bundle, capsys):
+    """-q in a SLURM log: nothing for good files, no summary; a failed input and the final error only."""
+    crop(tmp_path / "in" / "good.nii.gz", 0)
+    (tmp_path / "in" / "junk.nii.gz").write_bytes(b"not a volume")
+    args = ["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--scale", "2", "--model", str(tiny_bundle), "--threads", "1", "-q"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert "failed" in lines[0] and "junk.nii.gz" in lines[0]
+    assert lines[1].startswith("arssr-rt: error: 1 of 2 inputs failed")
+    assert "good.nii.gz" not in captured.err and "inputs:" not in captured.err
+    # a run with nothing wrong is silent
+    (tmp_path / "in" / "junk.nii.gz").unlink()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")
+
+
+def test_install_hints_with_brackets_are_printed_verbatim(tmp_path, tiny_bundle, capsys, monkeypatch):
+    """Rich markup must not eat "[eval]" from 'pip install "arssr-rt[eval]"' (nor [..] in paths)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    source = crop(tmp_path / "in[1]" / "t1.nii.gz", 0)
+    code = main(["batch", str(source), "-o", str(tmp_path / "out"), "--scale", "2", "--model", str(tiny_bundle), "--threads", "1", "--qc"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert 'pip install "arssr-rt[eval]"' in err
+    assert "in[1]" in err

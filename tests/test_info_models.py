@@ -29,10 +29,33 @@ def test_models_lists_and_verifies_bundles(tiny_bundle: Path, tmp_path: Path, ca
     by_source = {r["source"]: r for r in rows}
     assert by_source["user"]["name"] == by_source["--model"]["name"] == "tiny-random-test"
     row = by_source["--model"]
-    assert (row["encoder"], row["feature_dim"], row["axis_order"], row["status"]) == ("rescnn", "8", "xyz", "ok")
+    assert (row["encoder"], row["feature_dim"], row["axis_order"], row["status"]) == ("rescnn", 8, "xyz", "ok")
     meta = json.loads((tiny_bundle / "model.json").read_text())
-    assert row["receptive_radius"] == str(meta["receptive_radius"])
+    assert row["receptive_radius"] == meta["receptive_radius"]
     assert len(row["sha256"]) == 12
+
+
+def test_models_json_gives_numbers_as_json_numbers(capsys, monkeypatch, tmp_path: Path) -> None:
+    """Scripts read counts with json.loads; strings like "8" or "0.27 M" would need parsing."""
+    monkeypatch.setenv("ARSSR_RT_MODELS", str(tmp_path / "none"))
+    code, rows = run_json(capsys, ["models"])
+    assert code == 0
+    (row,) = [r for r in rows if r["source"] == "embedded"]
+    from arssr_rt.bundle import resolve_model
+
+    meta = resolve_model(None).meta
+    for key in ("feature_dim", "receptive_radius", "params"):
+        assert type(row[key]) is int, (key, row[key])
+    assert row["feature_dim"] == meta["spec"]["feature_dim"]
+    assert row["receptive_radius"] == meta["receptive_radius"]
+    assert row["params"] == meta["parameters"]["total"]
+    # a bundle that fails verification has null numbers, not "?"
+    bad = Path(tmp_path / "bad")
+    bad.mkdir()
+    code, rows = run_json(capsys, ["models", "--model", str(bad)])
+    assert code == ModelError.exit_code
+    broken = next(r for r in rows if r["path"] == str(bad))
+    assert broken["feature_dim"] is None and broken["params"] is None and broken["status"].startswith("error:")
 
 
 def test_models_reports_a_corrupt_bundle_and_fails(tiny_bundle: Path, tmp_path: Path, capsys, monkeypatch) -> None:

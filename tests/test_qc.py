@@ -15,7 +15,7 @@ pytest.importorskip("scipy")
 from arssr_rt.degrade import cubic_resample  # noqa: E402
 from arssr_rt.errors import InputError  # noqa: E402
 from arssr_rt.geometry import parse_triplet, plan_output_grid  # noqa: E402
-from arssr_rt.qc import COLUMNS, VIEWS, montage_panels, nearest_upsample, write_qc_montage  # noqa: E402
+from arssr_rt.qc import COLUMNS, DIFFERENCE, VIEWS, draw_montage, montage_layout, montage_panels, nearest_upsample, write_qc_montage  # noqa: E402
 
 FIXTURE = Path(str(resources.files("arssr_rt") / "data" / "colin27_t1_crop64_1mm.nii.gz"))
 
@@ -110,3 +110,113 @@ def test_qc_command_on_files(tmp_path, lr):
     # the 1 mm original is on a corner-aligned grid, not the FOV-preserving one: refused
     assert main(["qc", str(tmp_path / "lr.nii.gz"), str(FIXTURE), "-o", str(tmp_path / "bad.png")]) == 2
     assert not (tmp_path / "bad.png").exists()
+
+
+# ------------------------------------------------------------------ difference, labels, positions
+
+ANATOMY = {"sagittal": ("P", "A", "I", "S"), "coronal": ("L", "R", "I", "S"), "axial": ("L", "R", "P", "A")}
+
+
+@pytest.fixture(scope="module")
+def real_output(lr):
+    """The embedded default model's x2 output of the LR crop (the real thing, not a stand-in)."""
+    import arssr_rt
+
+    data, affine = lr
+    out, out_affine = arssr_rt.upsample(data, affine, scale=2.0)
+    return np.asarray(out, np.float32), out_affine
+
+
+def _orientation_texts(fig) -> list[list[str]]:
+    """The orientation labels drawn on each panel (left, right, bottom, top), row by row."""
+    panels = [ax for ax in fig.axes if any(t.get_gid() == "orientation" for t in ax.texts)]
+    return [[t.get_text() for t in ax.texts if t.get_gid() == "orientation"] for ax in panels]
+
+
+def test_difference_panel_is_model_minus_tricubic(lr, real_output):
+    data, affine = lr
+    out, out_affine = real_output
+    panels, _ = montage_panels(data, affine, out, out_affine)
+    tricubic = cubic_resample(data, out.shape)
+    # the fixture is RAS-stored: the centre slices are plain index slices of model - tricubic
+    diff = out - tricubic
+    cx, cy, cz = (n // 2 for n in out.shape)
+    expected = {"sagittal": diff[cx, :, :].T, "coronal": diff[:, cy, :].T, "axial": diff[:, :, cz].T}
+    for view in VIEWS:
+        np.testing.assert_allclose(panels[(view, DIFFERENCE)], expected[view], atol=1e-4)
+        assert np.abs(panels[(view, DIFFERENCE)]).max() > 0.1  # the model does differ from tricubic
+    fig = draw_montage(data, affine, out, out_affine)
+    difference_images = [ax.images[0] for ax in fig.axes if ax.get_title() == DIFFERENCE]
+    assert len(difference_images) == 1  # the title is on the first row; the column has one image per row
+    image = difference_images[0]
+    np.testing.assert_allclose(np.asarray(image.get_array()), expected["sagittal"], atol=1e-4)
+    low, high = image.get_clim()
+    assert low == -high and high > 0 and image.get_cmap().name == "RdBu_r"
+    # one colour bar for the intensity columns, one for the difference
+    bars = sorted(ax.get_xlabel() for ax in fig.axes if ax.get_xlabel())
+    assert bars == ["intensity", "model - tricubic"]
+
+
+def test_orientation_labels_name_the_anatomy_whatever_the_stored_order(lr):
+    data, affine = lr
+    out, grid = _model_stand_in(data, affine, 2.0)
+    layout = montage_layout(grid.affine, out.shape)
+    assert {v: (layout[v].left, layout[v].right, layout[v].bottom, layout[v].top) for v in VIEWS} == ANATOMY
+    fig = draw_montage(data, affine, out, grid.affine)
+    assert _orientation_texts(fig) == [list(ANATOMY[v]) for v in VIEWS for _ in COLUMNS]
+
+    # the same voxels with an LPS affine (i runs to the Left, j to Posterior): the labels still
+    # name the anatomy, so relative to the stored array they swap: stored i = 0 is now shown at
+    # the edge labelled R, not L (and j = 0 at A, not P)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    out_lps, grid_lps = _model_stand_in(data, lps, 2.0)
+    lps_layout = montage_layout(grid_lps.affine, out_lps.shape)
+    assert {v: (lps_layout[v].left, lps_layout[v].right, lps_layout[v].bottom, lps_layout[v].top) for v in VIEWS} == ANATOMY
+    ras_panels, _ = montage_panels(data, affine, out, grid.affine)
+    lps_panels, _ = montage_panels(data, lps, out_lps, grid_lps.affine)
+    stored = nearest_upsample(data, out.shape)[:, :, out.shape[2] // 2]  # the axial plane, stored (i, j)
+    axial_ras, axial_lps = ras_panels[("axial", COLUMNS[0])], lps_panels[("axial", COLUMNS[0])]  # rows = display up, columns = left -> right
+    np.testing.assert_array_equal(axial_ras[:, 0], stored[0, :])  # RAS: stored i = 0 at the left edge, labelled L
+    np.testing.assert_array_equal(axial_lps[:, -1], stored[0, ::-1])  # LPS: stored i = 0 at the right edge, labelled R
+    fig_lps = draw_montage(data, lps, out_lps, grid_lps.affine)
+    assert _orientation_texts(fig_lps) == [list(ANATOMY[v]) for v in VIEWS for _ in COLUMNS]
+
+
+def test_labels_of_permuted_and_oblique_storage(lr):
+    """LIA storage (permuted + flipped) and an oblique one: labels from aff2axcodes of what is
+    displayed; an oblique grid says that labels are along the closest axes."""
+    from conftest import lia_affine, oblique_affine
+
+    data, _ = lr
+    for affine, oblique in ((lia_affine(), False), (oblique_affine(lia_affine()), True)):
+        out, grid = _model_stand_in(data, affine, 2.0)
+        layout = montage_layout(grid.affine, out.shape)
+        assert {v: (layout[v].left, layout[v].right, layout[v].bottom, layout[v].top) for v in VIEWS} == ANATOMY
+        fig = draw_montage(data, affine, out, grid.affine)
+        assert _orientation_texts(fig) == [list(ANATOMY[v]) for v in VIEWS for _ in COLUMNS]
+        assert ("oblique" in fig.get_suptitle()) is oblique
+
+
+def test_slice_positions_in_mm_match_the_affine(lr):
+    data, affine = lr
+    out, grid = _model_stand_in(data, affine, 2.0)
+    n = out.shape
+    layout = montage_layout(grid.affine, n)
+    # RAS-stored, axis-aligned: the centre slice k of axis a lies at origin + spacing * k
+    for view, axis in (("sagittal", 0), ("coronal", 1), ("axial", 2)):
+        assert layout[view].slice_axis == "xyz"[axis]
+        assert layout[view].slice_mm == pytest.approx(grid.affine[axis, 3] + grid.affine[axis, axis] * (n[axis] // 2))
+    # the same anatomy stored flipped along i: the shown plane is stored index n - 1 - n // 2
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, data.shape[0] - 1
+    flipped_affine = affine @ flip
+    out_f, grid_f = _model_stand_in(np.flip(data, 0).copy(), flipped_affine, 2.0)
+    sagittal = montage_layout(grid_f.affine, out_f.shape)["sagittal"]
+    stored = out_f.shape[0] - 1 - out_f.shape[0] // 2
+    assert sagittal.slice_mm == pytest.approx((grid_f.affine @ [stored, 0, 0, 1])[0])
+    assert sagittal.slice_mm == pytest.approx(layout["sagittal"].slice_mm)
+    # each row says where it is
+    fig = draw_montage(data, affine, out, grid.affine)
+    row_labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert row_labels == [f"{v}\n{layout[v].position}" for v in VIEWS]
+    assert layout["axial"].position == f"z = {grid.affine[2, 3] + grid.affine[2, 2] * (n[2] // 2):+.1f} mm"

@@ -58,6 +58,7 @@ def fake_pb_utils(repo: Path) -> types.ModuleType:
 
     sessions: dict[str, ort.InferenceSession] = {}
     calls: dict[str, int] = {}
+    shapes: dict[str, list[dict[str, tuple[int, ...]]]] = {}  # every BLS request's input shapes
 
     class InferenceRequest:
         def __init__(self, model_name, requested_output_names, inputs):
@@ -68,6 +69,7 @@ def fake_pb_utils(repo: Path) -> types.ModuleType:
                 sessions[self.model_name] = ort.InferenceSession(str(repo / self.model_name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
             calls[self.model_name] = calls.get(self.model_name, 0) + 1
             feeds = {t.name(): t.as_numpy() for t in self.inputs}
+            shapes.setdefault(self.model_name, []).append({k: v.shape for k, v in feeds.items()})
             results = sessions[self.model_name].run(self.outputs, feeds)
             return _Response([_Tensor(n, r) for n, r in zip(self.outputs, results)])
 
@@ -77,9 +79,11 @@ def fake_pb_utils(repo: Path) -> types.ModuleType:
     module.InferenceResponse = _Response
     module.TritonError = _Error
     module.TritonModelException = RuntimeError
-    module.get_input_tensor_by_name = lambda request, name: next(t for t in request.inputs if t.name() == name)
+    # like Triton: None for an input the client did not send
+    module.get_input_tensor_by_name = lambda request, name: next((t for t in request.inputs if t.name() == name), None)
     module.get_output_tensor_by_name = lambda response, name: next(t for t in response.output_tensors if t.name() == name)
     module.calls = calls
+    module.shapes = shapes
     return module
 
 
@@ -201,3 +205,151 @@ def test_export_refuses_a_bundle_with_an_unknown_coords_mode(tmp_path, tiny_bund
     assert main(["export-triton", "--model", str(odd), "-o", str(tmp_path / "repo")]) != 0
     assert "spec.coords" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+# ------------------------------------------------------------------ TensorRT profiles
+
+
+def _trt_parameters(config: str) -> dict[str, str]:
+    return dict(re.findall(r'parameters \{ key: "(\w+)" value: "([^"]*)" \}', config))
+
+
+def _profile(value: str) -> dict[str, list[int]]:
+    """ONNX Runtime's "name:1x2x3,other:4x5" -> {name: [1, 2, 3], other: [4, 5]}."""
+    return {name: [int(n) for n in dims.split("x")] for name, dims in (item.split(":") for item in value.split(","))}
+
+
+def test_tensorrt_accelerator_gets_the_shape_profiles_the_pipeline_keeps_to(tmp_path, tiny_bundle, monkeypatch):
+    """Without explicit profiles ONNX Runtime's TensorRT EP rebuilds an engine for every new
+    tile / chunk shape; with them one engine per network covers every call the model makes."""
+    repo = tmp_path / "trt"
+    tile, chunk = 8, 1000
+    assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(repo), "--tensorrt", "--tile", str(tile), "--chunk", str(chunk)]) == 0
+    radius = json.loads((tiny_bundle / "model.json").read_text())["receptive_radius"]
+    feature_dim = json.loads((tiny_bundle / "model.json").read_text())["spec"]["feature_dim"]
+    edge = tile + 2 * (radius + 1)  # the tiling rule: core + halo of radius + 1 each side
+    encoder = _trt_parameters((repo / "arssr_encoder" / "config.pbtxt").read_text())
+    decoder = _trt_parameters((repo / "arssr_decoder" / "config.pbtxt").read_text())
+    assert _profile(encoder["trt_profile_min_shapes"]) == {"lr": [1, 1, 1, 1, 1]}
+    assert _profile(encoder["trt_profile_opt_shapes"]) == _profile(encoder["trt_profile_max_shapes"]) == {"lr": [1, 1, edge, edge, edge]}
+    assert _profile(decoder["trt_profile_min_shapes"]) == {"coords": [1, 3], "features": [1, feature_dim]}
+    assert _profile(decoder["trt_profile_max_shapes"]) == {"coords": [chunk, 3], "features": [chunk, feature_dim]}
+    assert _parameters(repo)["tile"] == str(tile) and _parameters(repo)["chunk"] == str(chunk)
+
+    # the served model stays inside those profiles on a volume of many tiles, and is exact
+    model, pb_utils = _load_served_model(repo, monkeypatch)
+    img = nib.load(FIXTURE_PATH)
+    data = np.asarray(img.dataobj, dtype=np.float32)[:20, :18, :16]
+    out_shape = np.array([40, 27, 32], dtype=np.int32)
+    (response,) = model.execute([types.SimpleNamespace(inputs=[_Tensor("volume", data), _Tensor("affine", img.affine), _Tensor("out_shape", out_shape)])])
+    assert not response.has_error()
+    encoder_calls = [c["lr"] for c in pb_utils.shapes["arssr_encoder"]]
+    decoder_calls = pb_utils.shapes["arssr_decoder"]
+    assert len(encoder_calls) > 1 and max(max(s[2:]) for s in encoder_calls) <= edge
+    assert max(c["coords"][0] for c in decoder_calls) <= chunk and all(c["features"] == (c["coords"][0], feature_dim) for c in decoder_calls)
+    grid = plan_output_grid(data.shape, img.affine, shape=out_shape.tolist())
+    with Upsampler(tiny_bundle, backend="onnxruntime") as local:
+        expected = local.run(Volume(data=data, affine=img.affine), grid)
+    served = {t.name(): t.as_numpy() for t in response.output_tensors}
+    np.testing.assert_allclose(served["output"], expected, atol=1e-5 * float(np.ptp(data)))
+    model.finalize()
+
+
+# ------------------------------------------------------------------ every failure is a response
+
+
+def test_every_failure_of_a_request_is_a_one_line_error_response(repo, monkeypatch):
+    model, _ = _load_served_model(repo, monkeypatch)
+    img = nib.load(FIXTURE_PATH)
+    data = np.asarray(img.dataobj, dtype=np.float32)[:12, :12, :12]
+    good = types.SimpleNamespace(inputs=[_Tensor("volume", data), _Tensor("affine", img.affine), _Tensor("out_shape", np.array([24, 24, 24], np.int32))])
+    missing = types.SimpleNamespace(inputs=[_Tensor("volume", data), _Tensor("affine", img.affine)])
+    responses = model.execute([missing, good])
+    assert responses[0].has_error() and "missing input 'out_shape'" in responses[0].error().message()
+    assert not responses[1].has_error()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("arssr_decoder: CUDA error 700\nan illegal memory access was encountered")
+
+    monkeypatch.setattr(model.upsampler, "run", broken)
+    (response,) = model.execute([good])
+    message = response.error().message()
+    assert response.has_error() and "\n" not in message
+    assert message == "arssr: internal error: RuntimeError: arssr_decoder: CUDA error 700 an illegal memory access was encountered"
+    model.finalize()
+
+
+# ------------------------------------------------------------------ the in-container install route
+
+
+def _fake_wheel(path: Path, triton_model: bytes) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("arssr_rt/__init__.py", "")
+        archive.writestr("arssr_rt/batch/triton_model.py", triton_model)
+    return path
+
+
+def test_export_copies_a_matching_wheel_and_refuses_others(tmp_path, tiny_bundle, capsys):
+    from importlib import resources
+
+    template = (resources.files("arssr_rt.batch") / "triton_model.py").read_bytes()
+    good = _fake_wheel(tmp_path / "arssr_rt-0.1.0-py3-none-any.whl", template)
+    assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(tmp_path / "repo"), "--wheel", str(good)]) == 0
+    copied = tmp_path / "repo" / "arssr" / "wheels" / good.name
+    assert copied.read_bytes() == good.read_bytes()
+    # Triton loads only numeric version folders of a model: wheels/ sits beside 1/
+    assert sorted(p.name for p in (tmp_path / "repo" / "arssr").iterdir()) == ["1", "config.pbtxt", "wheels"]
+    capsys.readouterr()
+    garbage = tmp_path / "arssr_rt-0.2.0-py3-none-any.whl"
+    garbage.write_bytes(b"not a zip file")
+    cases = (
+        (_fake_wheel(tmp_path / "arssr_rt-0.0.9-py3-none-any.whl", b"# an older model.py\n"), "another arssr-rt version"),
+        (_fake_wheel(tmp_path / "other-1.0-py3-none-any.whl", template), "not an arssr-rt wheel"),
+        (garbage, "not a readable wheel"),
+        (tmp_path / "missing" / "arssr_rt-0.1.0-py3-none-any.whl", "no such file"),
+    )
+    for bad, why in cases:
+        assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(tmp_path / "repo2"), "--wheel", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("arssr-rt: error: --wheel") and why in err[0], err
+        assert not (tmp_path / "repo2").exists()
+
+
+def test_the_documented_wheel_route_installs_a_working_arssr_rt(tmp_path, tiny_bundle):
+    """docs/batch.md: `pip wheel --no-deps .`, `export-triton --wheel`, `pip install` it in the
+    server. Build the wheel from a copy of this checkout, install it into an empty target and
+    import what model.py imports from there alone."""
+    import shutil
+    import subprocess
+
+    pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools in this environment")
+    from conftest import REPO_ROOT
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    shutil.copytree(REPO_ROOT / "arssr_rt", source / "arssr_rt", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("arssr_rt-*.whl")
+    assert main(["export-triton", "--model", str(tiny_bundle), "-o", str(tmp_path / "repo"), "--wheel", str(wheel)]) == 0
+    served_wheel = tmp_path / "repo" / "arssr" / "wheels" / wheel.name
+    site = tmp_path / "site"
+    installed = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(served_wheel)],
+                               capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import arssr_rt; assert arssr_rt.__file__.startswith(sys.argv[1]), arssr_rt.__file__\n"
+        "import arssr_rt.backends.base, arssr_rt.bundle, arssr_rt.geometry, arssr_rt.pipeline, arssr_rt.validation, arssr_rt.volume\n"
+        "from arssr_rt.bundle import resolve_model; print(resolve_model(None).name)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe, str(site)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip()  # the embedded default model travels in the wheel
+    assert (site / "arssr_rt" / "batch" / "triton_model.py").read_bytes() == (tmp_path / "repo" / "arssr" / "1" / "model.py").read_bytes()

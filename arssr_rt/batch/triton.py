@@ -15,8 +15,15 @@ copied model.json disagree with it.
 
 The networks are served by Triton's ONNX Runtime backend (on GPU when the server has one;
 ``tensorrt=True`` adds the TensorRT execution accelerator, which builds engines inside the
-server for its own GPU and TensorRT version, so no engine file has to match). The repository
-is written to a temp folder and renamed into place.
+server for its own GPU and TensorRT version, so no engine file has to match). Its engines get
+one explicit shape profile per network, from the limits the served pipeline keeps to (encoder
+input up to one tile plus halo, decoder calls up to ``chunk`` points; config parameters
+``tile`` and ``chunk``), so ONNX Runtime builds each engine once instead of once per shape.
+
+The Python backend needs arssr-rt installed in the server; ``wheel=`` copies a wheel of it
+(``pip wheel --no-deps .`` in a source checkout) to ``arssr/wheels/`` for
+``pip install /models/arssr/wheels/*.whl``. The repository is written to a temp folder and
+renamed into place.
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 from importlib import resources
 from pathlib import Path
 
 from ..bundle import ModelBundle, resolve_model
+from ..engines.builder import DEFAULT_TILE, encoder_edge
 from ..errors import InputError, ModelError, OutputError
+from ..export import contract
 from ..geometry import COORD_MODES
 
 ENCODER_MODEL = "arssr_encoder"
@@ -37,6 +47,32 @@ DECODER_MODEL = "arssr_decoder"
 PIPELINE_MODEL = "arssr"
 ONNX_FILES = {"fp32": ("encoder.onnx", "decoder.onnx", "TYPE_FP32"), "fp16": ("encoder.fp16.onnx", "decoder.fp16.onnx", "TYPE_FP16")}
 _ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16"}
+WHEELS_DIR = "wheels"  # under REPO/arssr/: Triton ignores a model folder's non-numeric subfolders
+TEMPLATE = "arssr_rt/batch/triton_model.py"
+
+# input name -> (min, opt, max) shape of one TensorRT optimisation profile
+ShapeProfile = dict[str, tuple[list[int], list[int], list[int]]]
+
+
+def shape_profiles(bundle: ModelBundle, tile: int, chunk: int) -> dict[str, ShapeProfile]:
+    """TensorRT profiles of the two networks, from the limits the served pipeline keeps to:
+    encoder input from one voxel to one tile core plus its halo per axis (the tiling rule of
+    ``engines build``), decoder inputs from 1 to ``chunk`` points (model.py splits larger calls)."""
+    edge = encoder_edge(bundle, tile)
+    big = [1, 1, edge, edge, edge]
+    f = bundle.feature_dim
+    return {
+        ENCODER_MODEL: {contract.ENCODER_INPUT: ([1, 1, 1, 1, 1], big, big)},
+        DECODER_MODEL: {
+            contract.DECODER_FEATURES: ([1, f], [chunk, f], [chunk, f]),
+            contract.DECODER_COORDS: ([1, 3], [chunk, 3], [chunk, 3]),
+        },
+    }
+
+
+def _profile_value(profile: ShapeProfile, which: int) -> str:
+    """ONNX Runtime's ``trt_profile_*_shapes`` syntax: ``name:1x1x8x8x8,other:1x3``."""
+    return ",".join(f"{name}:{'x'.join(str(n) for n in shapes[which])}" for name, shapes in sorted(profile.items()))
 
 
 def _tensor_block(kind: str, name: str, data_type: str, dims: list[int]) -> str:
@@ -62,9 +98,10 @@ def _io_signature(onnx_path: Path) -> tuple[list[tuple[str, str, list[int]]], li
     return describe(session.get_inputs()), describe(session.get_outputs())
 
 
-def network_config(name: str, onnx_path: Path, tensorrt: bool, precision: str) -> str:
+def network_config(name: str, onnx_path: Path, tensorrt: bool, precision: str, profile: ShapeProfile | None = None) -> str:
     """config.pbtxt for one ONNX network: no batching dimension (the dims carry it), dynamic
-    spatial / point dims as -1, default instance placement (one per GPU, else CPU)."""
+    spatial / point dims as -1, default instance placement (one per GPU, else CPU); with
+    ``tensorrt``, the accelerator and (``profile``) its explicit min/opt/max shapes."""
     inputs, outputs = _io_signature(onnx_path)
     text = f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
     for tensor_name, data_type, dims in inputs:
@@ -78,15 +115,21 @@ def network_config(name: str, onnx_path: Path, tensorrt: bool, precision: str) -
             '      name : "tensorrt"\n'
             f'      parameters {{ key: "precision_mode" value: "{mode}" }}\n'
             '      parameters { key: "trt_engine_cache_enable" value: "true" }\n'
-            "    } ]\n  }\n}\n"
         )
+        if profile:
+            if sorted(profile) != sorted(t[0] for t in inputs):
+                raise ModelError(f"{onnx_path} has inputs {sorted(t[0] for t in inputs)}, the ONNX contract expects {sorted(profile)}")
+            for key, which in (("trt_profile_min_shapes", 0), ("trt_profile_opt_shapes", 1), ("trt_profile_max_shapes", 2)):
+                text += f'      parameters {{ key: "{key}" value: "{_profile_value(profile, which)}" }}\n'
+        text += "    } ]\n  }\n}\n"
     return text
 
 
-def pipeline_config(precision: str, chunk: int, normalization: str, coords: str = "global") -> str:
+def pipeline_config(precision: str, chunk: int, normalization: str, coords: str = "global", tile: int = DEFAULT_TILE) -> str:
     """config.pbtxt of the Python-backend model that does tiling and sampling.
 
-    ``coords`` is the decoder coordinate mode (the bundle's ``spec.coords``).
+    ``coords`` is the decoder coordinate mode (the bundle's ``spec.coords``); ``tile`` and
+    ``chunk`` bound every network call (the TensorRT profiles are built from them).
     """
     text = f'name: "{PIPELINE_MODEL}"\nbackend: "python"\nmax_batch_size: 0\n'
     text += _tensor_block("input", "volume", "TYPE_FP32", [-1, -1, -1])
@@ -96,7 +139,7 @@ def pipeline_config(precision: str, chunk: int, normalization: str, coords: str 
     text += _tensor_block("output", "output_affine", "TYPE_FP64", [4, 4])
     # the pipeline itself is numpy on the CPU; the networks it calls run on the GPU
     text += "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
-    for key, value in (("precision", precision), ("chunk", str(chunk)), ("normalization", normalization), ("coords", coords)):
+    for key, value in (("precision", precision), ("chunk", str(chunk)), ("tile", str(tile)), ("normalization", normalization), ("coords", coords)):
         text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
     return text
 
@@ -109,12 +152,19 @@ def export_triton_repository(
     normalization: str | None = None,
     tensorrt: bool = False,
     force: bool = False,
+    tile: int = DEFAULT_TILE,
+    wheel: str | Path | None = None,
 ) -> Path:
     """Write the model repository for ``model`` to ``out``; returns ``out``."""
     if precision not in ONNX_FILES:
         raise InputError(f"--precision must be one of {', '.join(ONNX_FILES)}, got {precision!r}")
     if chunk < 1:
         raise InputError(f"--chunk must be >= 1, got {chunk}")
+    if tile < 1:
+        raise InputError(f"--tile must be >= 1, got {tile}")
+    wheel = Path(wheel) if wheel is not None else None
+    if wheel is not None:
+        check_wheel(wheel)
     bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
     encoder_file, decoder_file, _ = ONNX_FILES[precision]
     for name in (encoder_file, decoder_file):
@@ -130,13 +180,14 @@ def export_triton_repository(
     if coords not in COORD_MODES:
         raise ModelError(f"model bundle {bundle.path}: unknown decoder coordinate mode {coords!r} (model.json spec.coords); known: {', '.join(COORD_MODES)}")
 
+    profiles = shape_profiles(bundle, tile, chunk)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         for model_name, source in ((ENCODER_MODEL, encoder_file), (DECODER_MODEL, decoder_file)):
             version = tmp / model_name / "1"
             version.mkdir(parents=True)
             shutil.copyfile(bundle.file(source), version / "model.onnx")
-            (tmp / model_name / "config.pbtxt").write_text(network_config(model_name, version / "model.onnx", tensorrt, precision))
+            (tmp / model_name / "config.pbtxt").write_text(network_config(model_name, version / "model.onnx", tensorrt, precision, profiles[model_name]))
         version = tmp / PIPELINE_MODEL / "1"
         (version / "bundle").mkdir(parents=True)
         template = resources.files("arssr_rt.batch") / "triton_model.py"
@@ -145,7 +196,10 @@ def export_triton_repository(
         meta = dict(bundle.meta)
         meta["files"] = {}
         (version / "bundle" / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        (tmp / PIPELINE_MODEL / "config.pbtxt").write_text(pipeline_config(precision, chunk, normalization, coords))
+        (tmp / PIPELINE_MODEL / "config.pbtxt").write_text(pipeline_config(precision, chunk, normalization, coords, tile))
+        if wheel is not None:
+            (tmp / PIPELINE_MODEL / WHEELS_DIR).mkdir()
+            shutil.copyfile(wheel, tmp / PIPELINE_MODEL / WHEELS_DIR / wheel.name)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
@@ -153,3 +207,22 @@ def export_triton_repository(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_wheel(wheel: Path) -> None:
+    """Refuse anything but an arssr-rt wheel whose Triton model equals the one being exported:
+    model.py and the arssr-rt it imports in the server must be the same version."""
+    if not wheel.name.startswith("arssr_rt-") or wheel.suffix != ".whl":
+        raise InputError(f"--wheel {wheel}: not an arssr-rt wheel (expected arssr_rt-<version>-py3-none-any.whl, from `pip wheel --no-deps .`)")
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            served = archive.read(TEMPLATE)
+    except FileNotFoundError:
+        raise InputError(f"--wheel {wheel}: no such file") from None
+    except KeyError:
+        raise InputError(f"--wheel {wheel}: has no {TEMPLATE}; is it an arssr-rt wheel?") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"--wheel {wheel}: not a readable wheel ({exc})") from None
+    if served != (resources.files("arssr_rt.batch") / "triton_model.py").read_bytes():
+        raise InputError(f"--wheel {wheel}: built from another arssr-rt version than this one (its Triton model differs); "
+                         "rebuild it with `pip wheel --no-deps .` from this checkout")

@@ -6,8 +6,15 @@ chunks, restore intensities) with a backend whose encode/decode are BLS requests
 ``arssr_encoder`` and ``arssr_decoder`` models in the same server, so the networks run on
 Triton's ONNX Runtime / TensorRT backends and their GPU instances.
 
-Needs ``pip install arssr-rt`` in the Python backend's environment (numpy + nibabel only
-are used on this path; torch is never imported).
+Needs arssr-rt in the Python backend's environment, the same version that wrote this file:
+``arssr-rt export-triton --wheel`` copies a wheel to ``<repo>/arssr/wheels/`` for
+``pip install /models/arssr/wheels/*.whl`` in the server (numpy + nibabel only are used on
+this path; torch is never imported). Without it the model fails to load with that advice.
+
+Every network call stays inside the TensorRT shape profiles of the exported configs:
+encoder tiles of at most config parameter ``tile`` (plus halo), decoder calls of at most
+``chunk`` points. Every failure of a request (bad input or not) becomes that request's error
+response, one line; the other requests of the batch are served.
 
 The decoder's ``coords`` follow the bundle's coordinate mode (config parameter ``coords`` =
 model.json ``spec.coords``: "global" or "phase"); an installed arssr-rt that does not know the
@@ -26,13 +33,19 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from arssr_rt.backends.base import BackendOptions, register_backend
-from arssr_rt.bundle import ModelBundle
-from arssr_rt.errors import ArssrError
-from arssr_rt.geometry import plan_output_grid
-from arssr_rt.pipeline import Upsampler
-from arssr_rt.validation import check_affine, check_voxels
-from arssr_rt.volume import Volume
+try:
+    from arssr_rt.backends.base import BackendOptions, register_backend
+    from arssr_rt.bundle import ModelBundle
+    from arssr_rt.errors import ArssrError
+    from arssr_rt.geometry import plan_output_grid
+    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.validation import check_affine, check_voxels
+    from arssr_rt.volume import Volume
+except ImportError as exc:  # Triton would show a bare traceback; say what to install
+    raise pb_utils.TritonModelException(
+        f"arssr-rt is not usable in this Python backend ({exc}); install the wheel exported with the repository: "
+        "pip install /models/arssr/wheels/*.whl (arssr-rt export-triton --wheel, see docs/batch.md)"
+    ) from exc
 
 ENCODER_MODEL = "arssr_encoder"
 DECODER_MODEL = "arssr_decoder"
@@ -43,8 +56,9 @@ class TritonBLSBackend:
 
     name = "triton-bls"
 
-    def __init__(self, io_dtype: np.dtype):
+    def __init__(self, io_dtype: np.dtype, max_points: int):
         self.io_dtype = io_dtype
+        self.max_points = max_points  # the decoder's TensorRT profile ends here
 
     @staticmethod
     def _call(model: str, inputs: list, output: str) -> np.ndarray:
@@ -60,11 +74,15 @@ class TritonBLSBackend:
         return np.asarray(features[0], dtype=np.float32)
 
     def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        inputs = [
-            pb_utils.Tensor("features", np.ascontiguousarray(features, dtype=self.io_dtype)),
-            pb_utils.Tensor("coords", np.ascontiguousarray(coords, dtype=self.io_dtype)),
-        ]
-        return np.asarray(self._call(DECODER_MODEL, inputs, "intensity"), dtype=np.float32).reshape(-1)
+        parts = []
+        for start in range(0, len(coords), self.max_points):
+            stop = start + self.max_points
+            inputs = [
+                pb_utils.Tensor("features", np.ascontiguousarray(features[start:stop], dtype=self.io_dtype)),
+                pb_utils.Tensor("coords", np.ascontiguousarray(coords[start:stop], dtype=self.io_dtype)),
+            ]
+            parts.append(np.asarray(self._call(DECODER_MODEL, inputs, "intensity"), dtype=np.float32).reshape(-1))
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
     def close(self) -> None:
         pass
@@ -83,6 +101,20 @@ def check_coords_mode(configured: str, bundle: ModelBundle) -> None:
         raise pb_utils.TritonModelException(f"the installed arssr-rt does not know decoder coordinate mode {configured!r}; pip install -U arssr-rt")
 
 
+def error_line(exc: BaseException) -> str:
+    """One line for the client: an ArssrError says what to fix; anything else names its type."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, ArssrError) else f"arssr: internal error: {type(exc).__name__}: {text}"
+
+
+def _input(request, name: str) -> np.ndarray:
+    """A named input tensor; Triton gives None for one the client did not send."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise ArssrError(f"missing input {name!r}; send volume (X,Y,Z) FP32, affine (4,4) FP64, out_shape (3) INT32")
+    return tensor.as_numpy()
+
+
 class TritonPythonModel:
     """Triton's entry points: initialize once per instance, execute per batch of requests."""
 
@@ -92,21 +124,23 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         meta = json.loads((model_dir / "bundle" / "model.json").read_text())
         io_dtype = np.dtype(np.float16 if parameters.get("precision") == "fp16" else np.float32)
-        register_backend("triton-bls", priority=-1000)(lambda bundle, options: TritonBLSBackend(io_dtype))
+        chunk = int(parameters.get("chunk", 1 << 17))
+        tile = int(parameters["tile"]) if "tile" in parameters else None  # repositories from before profiles: none
+        register_backend("triton-bls", priority=-1000)(lambda bundle, options: TritonBLSBackend(io_dtype, chunk))
         bundle = ModelBundle(path=model_dir / "bundle", meta=meta)
         check_coords_mode(parameters.get("coords", "global"), bundle)
         self.upsampler = Upsampler(
-            bundle, backend="triton-bls", options=BackendOptions(),
-            chunk=int(parameters.get("chunk", 1 << 17)), normalization=parameters.get("normalization", "minmax"),
+            bundle, backend="triton-bls", options=BackendOptions(), tile=tile,
+            chunk=chunk, normalization=parameters.get("normalization", "minmax"),
         )
 
     def execute(self, requests: list) -> list:
         responses = []
         for request in requests:
             try:
-                volume = pb_utils.get_input_tensor_by_name(request, "volume").as_numpy().astype(np.float32)
-                affine = pb_utils.get_input_tensor_by_name(request, "affine").as_numpy().astype(np.float64)
-                out_shape = [int(n) for n in pb_utils.get_input_tensor_by_name(request, "out_shape").as_numpy().reshape(-1)]
+                volume = _input(request, "volume").astype(np.float32)
+                affine = _input(request, "affine").astype(np.float64)
+                out_shape = [int(n) for n in _input(request, "out_shape").reshape(-1)]
                 if volume.ndim != 3 or affine.shape != (4, 4) or len(out_shape) != 3 or min(out_shape) < 1:
                     raise ArssrError(f"need volume (X,Y,Z), affine (4,4), out_shape (3), got {volume.shape}, {affine.shape}, {out_shape}")
                 check_voxels("volume", volume)
@@ -117,8 +151,8 @@ class TritonPythonModel:
                     pb_utils.Tensor("output", result.astype(np.float32)),
                     pb_utils.Tensor("output_affine", np.asarray(grid.affine, dtype=np.float64)),
                 ]))
-            except ArssrError as exc:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not fail the batch or the server
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(error_line(exc))))
         return responses
 
     def finalize(self) -> None:

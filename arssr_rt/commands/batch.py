@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..engines.builder import DEFAULT_TILE
 from ..errors import ArssrError
 
 BATCH_HELP = """\
@@ -37,11 +38,16 @@ decoder as ONNX models with dynamic shapes, and a Python-backend model "arssr" t
 volume, its affine and an output shape and does the tiling and trilinear sampling, calling
 the two networks through Triton (BLS). See docs/batch.md, "Serving with Triton".
 
+The server's Python environment needs arssr-rt: --wheel copies a wheel of it into the
+repository (arssr/wheels/) to pip install there.
+
 Example:
 
-  arssr-rt export-triton --model default -o triton_repo
+\b
+  pip wheel --no-deps -w dist .
+  arssr-rt export-triton --model default -o triton_repo --wheel dist/arssr_rt-0.1.0-py3-none-any.whl
   docker run --gpus all -v $PWD/triton_repo:/models nvcr.io/nvidia/tritonserver:<tag>-py3 \\
-      tritonserver --model-repository /models
+      bash -c "pip install /models/arssr/wheels/*.whl && tritonserver --model-repository /models"
 """
 
 class BatchFailures(ArssrError):
@@ -77,10 +83,11 @@ def register(app: typer.Typer) -> None:
         output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
         ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 (implies --ray)."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (failed inputs) on stderr: no progress, no per-file lines, no summary."),
     ) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.text import Text
 
         from ..batch.discovery import parse_shard
         from ..batch.runner import BatchOptions, run_batch
@@ -110,16 +117,18 @@ def register(app: typer.Typer) -> None:
         def on_result(result) -> None:
             if task_id is not None:
                 progress.advance(task_id)
-            if quiet:
+            if quiet and result.status != "failed":  # --quiet: only errors reach stderr
                 return
-            style = STATUS_STYLE.get(result.status, "")
             detail = f" -> {result.output}" if result.output and result.status != "failed" else ""
             timing = f" ({result.seconds:.1f} s)" if result.status == "done" and result.seconds is not None else ""
             message = result.message or ""
             if message.startswith(f"{result.input}: "):  # reader messages name the file already
                 message = message[len(result.input) + 2:]
             why = f": {message}" if result.status == "failed" and message else ""
-            console.print(f"[{style}]{result.status:>7}[/] {result.input}{detail}{timing}{why}", markup=True, soft_wrap=True)
+            # paths and messages are plain text: an install hint's "arssr-rt[eval]" is not markup
+            line = Text(f"{result.status:>7}", style=STATUS_STYLE.get(result.status, ""))
+            line.append(f" {result.input}{detail}{timing}{why}")
+            console.print(line, soft_wrap=True)
 
         with progress:
             outcome = run_batch(
@@ -129,7 +138,8 @@ def register(app: typer.Typer) -> None:
             )
         counts = outcome.counts()
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}", soft_wrap=True)
+        if not quiet:
+            console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}", soft_wrap=True, markup=False)
         if counts.get("failed") or counts.get("pending"):
             raise BatchFailures(f"{counts['failed']} of {len(outcome.items)} inputs failed"
                                 + (f", {counts['pending']} not run (--fail-fast)" if counts.get("pending") else "") + f"; see {report}")
@@ -142,8 +152,11 @@ def register(app: typer.Typer) -> None:
         max_batch_points: int = typer.Option(1 << 17, "--chunk", help="Decoder points per Triton request."),
         tensorrt: bool = typer.Option(False, "--tensorrt", help="Serve the networks through ONNX Runtime's TensorRT accelerator (engines built in the server)."),
         force: bool = typer.Option(False, "--force", "-f", help="Replace an existing repository."),
+        tile: int = typer.Option(DEFAULT_TILE, "--tile", help="Encoder tile core (LR voxels per axis) of every encoder call; bounds the TensorRT profile."),
+        wheel: Optional[Path] = typer.Option(None, "--wheel", help="arssr-rt wheel (pip wheel --no-deps .) to copy to arssr/wheels/ for pip install in the server."),
     ) -> None:
         from ..batch.triton import export_triton_repository
 
-        path = export_triton_repository(model, out, precision=precision, chunk=max_batch_points, tensorrt=tensorrt, force=force)
+        path = export_triton_repository(model, out, precision=precision, chunk=max_batch_points, tensorrt=tensorrt, force=force,
+                                        tile=tile, wheel=wheel)
         typer.echo(f"Triton model repository written to {path} (models: arssr, arssr_encoder, arssr_decoder)", err=True)

@@ -22,6 +22,7 @@ and PSNR against (a), then the fast mode's quality on the held-out volume.
 
 Needs a source checkout (benchmarks/) and torch. Examples:
 
+\b
   arssr-rt bench
   arssr-rt bench --cases rdn-48-x2,rdn-32-x4 --threads 2 --json bench.json
 """

@@ -86,17 +86,20 @@ def register(app: typer.Typer) -> None:
             return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        console = Console() if sys.stdout.isatty() else Console(width=200)
+        # markup=False: cache paths and model names are text, "[...]" in them is not a style
+        console = Console(markup=False) if sys.stdout.isatty() else Console(width=200, markup=False)
         if not entries:
             console.print(f"no cached engines in {cache.root}", highlight=False)
             return
-        table = Table(title=f"TensorRT engines in {cache.root}")
+        table = Table(title=Text(f"TensorRT engines in {cache.root}"))
         for col in ("role", "model", "precision", "TensorRT", "GPU", "shapes", "MB", "created", "file"):
             table.add_column(col, overflow="fold")
         for e in entries:
             k = e.key
-            table.add_row(k.role, str(e.meta.get("model", "?")), k.precision, k.trt_version, f"{k.gpu_name} ({k.gpu_sm})",
-                          _profile_text(k.role, k.profiles), f"{e.meta.get('engine_bytes', 0) / 1e6:.1f}",
-                          str(e.meta.get("created", "?")), e.engine_path.name)
+            cells = (k.role, str(e.meta.get("model", "?")), k.precision, k.trt_version, f"{k.gpu_name} ({k.gpu_sm})",
+                     _profile_text(k.role, k.profiles), f"{e.meta.get('engine_bytes', 0) / 1e6:.1f}",
+                     str(e.meta.get("created", "?")), e.engine_path.name)
+            table.add_row(*(Text(c) for c in cells))
         console.print(table)

@@ -16,18 +16,28 @@ from ..errors import ModelError
 
 @dataclass
 class BundleRow:
-    """One line of the table; ``status`` is "ok" or the one-line reason the bundle fails."""
+    """One line of the table; ``status`` is "ok" or the one-line reason the bundle fails.
+
+    Counts stay numbers (None when unknown) so ``--json`` gives JSON numbers; only the table
+    formats them.
+    """
 
     name: str
     source: str
     path: str
-    encoder: str = "?"
-    feature_dim: str = "?"
-    receptive_radius: str = "?"
-    axis_order: str = "?"
-    params: str = "?"
-    sha256: str = "?"
+    encoder: str | None = None
+    feature_dim: int | None = None
+    receptive_radius: int | None = None
+    axis_order: str | None = None
+    params: int | None = None  # total parameter count
+    sha256: str | None = None
     status: str = "ok"
+
+    def cells(self) -> list[str]:
+        """The table's text cells ("?" for unknown, parameters in millions)."""
+        params = f"{self.params / 1e6:.2f} M" if self.params is not None else None
+        values = (self.name, self.source, self.encoder, self.feature_dim, self.receptive_radius, self.axis_order, params, self.sha256)
+        return ["?" if v is None else str(v) for v in values]
 
 
 def find_bundles(extra_dirs: list[Path]) -> list[tuple[str, Path]]:
@@ -51,11 +61,11 @@ def describe_bundle(source: str, path: Path) -> BundleRow:
     spec, meta = bundle.spec, bundle.meta
     params = meta.get("parameters", {}).get("total")
     row.name = bundle.name
-    row.encoder = str(spec.get("encoder", "?"))
-    row.feature_dim = str(bundle.feature_dim)
-    row.receptive_radius = str(bundle.receptive_radius)
+    row.encoder = str(spec["encoder"]) if "encoder" in spec else None
+    row.feature_dim = int(bundle.feature_dim)
+    row.receptive_radius = int(bundle.receptive_radius)
     row.axis_order = bundle.axis_order
-    row.params = f"{params / 1e6:.2f} M" if isinstance(params, (int, float)) else "?"
+    row.params = int(params) if isinstance(params, (int, float)) and not isinstance(params, bool) else None
     # model.json lists the sha256 of every file, so its own hash identifies the whole bundle
     row.sha256 = sha256_file(path / MODEL_JSON)[:12]
     return row
@@ -92,17 +102,19 @@ def register(app: typer.Typer) -> None:
             return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         # a pipe or CI log has no width; do not fold paths and hashes into 80 columns
         console = Console() if sys.stdout.isatty() else Console(width=200)
         if not rows:
-            console.print(f"no model bundles found (embedded: {embedded_models_dir()}, user: {user_models_dir()})", highlight=False)
+            console.print(f"no model bundles found (embedded: {embedded_models_dir()}, user: {user_models_dir()})", highlight=False, markup=False)
             return
         table = Table(title="arssr-rt model bundles")
         for col in ("name", "source", "encoder", "F", "radius", "axes", "params", "sha256", "status"):
             table.add_column(col, overflow="fold")
         for r in rows:
-            status = "[green]ok[/green]" if r.status == "ok" else f"[red]{r.status}[/red]"
-            table.add_row(r.name, r.source, r.encoder, r.feature_dim, r.receptive_radius, r.axis_order, r.params, r.sha256, status)
+            # cells are plain Text: a path or message with [brackets] is not rich markup
+            status = Text(r.status, style="green" if r.status == "ok" else "red")
+            table.add_row(*(Text(c) for c in r.cells()), status)
         console.print(table)
         _raise_if_failed(rows)

@@ -9,11 +9,14 @@ import typer
 
 HELP = """\
 Draw a QC montage: three orthogonal slices through the output's centre, each as
-input nearest-up-sampled | tricubic | model output, in one intensity window. OUT must be
-on the field-of-view-preserving grid of IN (as arssr-rt writes it).
+input nearest-up-sampled | tricubic | model output (one intensity window) | model minus
+tricubic (diverging, symmetric colour scale), with colour bars, L/R, P/A, I/S edge labels
+and each slice's world position in mm. OUT must be on the field-of-view-preserving grid of
+IN (as arssr-rt writes it).
 
 Example:
 
+\b
   arssr-rt upsample t1.nii.gz --scale 2
   arssr-rt qc t1.nii.gz t1_x2.nii.gz -o t1_x2_qc.png
 """
