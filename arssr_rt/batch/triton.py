@@ -39,7 +39,7 @@ from pathlib import Path
 from ..bundle import ModelBundle, resolve_model
 from ..engines.builder import DEFAULT_TILE, encoder_edge
 from ..errors import InputError, ModelError, OutputError
-from ..export import contract
+from .. import bundle_format as contract
 from ..geometry import COORD_MODES
 
 ENCODER_MODEL = "arssr_encoder"
