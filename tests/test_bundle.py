@@ -138,7 +138,8 @@ def test_model_spec_refuses_unknown_keys() -> None:
 def test_runtime_imports_nothing_from_the_export_package() -> None:
     code = (
         "import sys, arssr_rt.cli, arssr_rt.pipeline, arssr_rt.bundle, arssr_rt.quantize, arssr_rt.engines.builder\n"
-        "import arssr_rt.backends.onnxruntime_backend, arssr_rt.backends.openvino_backend\n"
+        "import arssr_rt.backends.onnxruntime_backend, arssr_rt.backends.openvino_backend, arssr_rt.batch.triton\n"
+        "import arssr_rt.batch.runner, arssr_rt.commands.upsample, arssr_rt.commands.info, arssr_rt.commands.models\n"
         "print(sorted(m for m in sys.modules if m.startswith('arssr_rt.export')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
