@@ -3,7 +3,9 @@
 One bundle carries a model from training to every backend. ``model.json`` says what the model
 is (architecture spec, feature dim, receptive radius, the axis order the weights expect,
 intensity normalisation, training summary) and lists a sha256 for every file; loading
-verifies the schema version and every checksum before anything runs.
+verifies the schema version, the fields the runtime uses (``bundle_format.validate_meta``)
+and every checksum before anything runs. Every ``files`` entry must be a file inside the
+bundle folder (no ``../``, absolute paths or symlinks out): model.json is untrusted input.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .bundle_format import MODEL_JSON, SCHEMA_VERSION, WEIGHTS, validate_meta
 from .errors import ModelError
+from .linked_files import resolve_linked
 
-SCHEMA_VERSION = 1
-MODEL_JSON = "model.json"
-ENCODER_ONNX = "encoder.onnx"
-DECODER_ONNX = "decoder.onnx"
-WEIGHTS = "weights.pt"
+__all__ = ["MODEL_JSON", "SCHEMA_VERSION", "WEIGHTS", "ModelBundle", "load_bundle", "resolve_model", "write_model_json"]
+
 DEFAULT_MODEL_NAME = "default"
 USER_MODELS_ENV = "ARSSR_RT_MODELS"
 
@@ -71,23 +72,25 @@ class ModelBundle:
     @property
     def feature_scale(self) -> int:
         """How many times finer than the input tile the encoder's feature map is (1: published)."""
-        r = self.meta["spec"].get("feature_scale", 1)
-        if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= 4:
-            raise ModelError(f"model.json: spec.feature_scale must be an integer 1..4, got {r!r}")
-        return r
+        return int(self.meta["spec"].get("feature_scale", 1))  # validated by load_bundle
 
     @property
     def normalization(self) -> dict[str, Any]:
         return dict(self.meta.get("normalization", {"mode": "minmax"}))
 
     def file(self, name: str) -> Path:
-        """Path of a bundle file; ModelError if the bundle does not list it."""
+        """Path of a bundle file (inside the bundle folder); ModelError if it is not listed."""
         if name not in self.meta.get("files", {}):
             raise ModelError(f"model bundle {self.path} has no {name}")
-        return self.path / name
+        return bundle_file(self.path, name)
 
     def has(self, name: str) -> bool:
         return name in self.meta.get("files", {})
+
+
+def bundle_file(folder: Path, name: str) -> Path:
+    """``folder/name`` resolved, refused unless it is a regular file inside ``folder``."""
+    return resolve_linked(folder / MODEL_JSON, name, what="model bundle file", error=ModelError)
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> ModelBundle:
@@ -107,16 +110,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> ModelBundle:
     for key in ("spec", "receptive_radius", "files"):
         if key not in meta:
             raise ModelError(f"{meta_path} lacks the required key {key!r}")
-    if verify:
-        for name, digest in meta["files"].items():
-            f = path / name
-            if not f.is_file():
-                raise ModelError(f"model bundle file {f} is missing")
-            if sha256_file(f) != digest:
-                raise ModelError(f"model bundle file {f} fails its sha256 check (corrupt or modified)")
-    bundle = ModelBundle(path=path, meta=meta)
-    bundle.feature_scale  # noqa: B018 - validates spec.feature_scale now, not mid-run
-    return bundle
+    validate_meta(meta, str(meta_path))
+    for name, digest in meta["files"].items():
+        f = bundle_file(path, name)  # inside the bundle and present, even with verify=False
+        if verify and sha256_file(f) != digest:
+            raise ModelError(f"model bundle file {f} fails its sha256 check (corrupt or modified)")
+    return ModelBundle(path=path, meta=meta)
 
 
 def write_model_json(path: Path, meta: dict[str, Any]) -> None:

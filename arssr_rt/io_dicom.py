@@ -33,6 +33,12 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 # relative deviation of one slice gap from the median gap that still counts as regular
 SPACING_TOLERANCE = 0.01
 ORIENTATION_TOLERANCE = 1e-4
+# how far ImageOrientationPatient's two cosines may be from unit length and from orthogonal
+# (DS strings carry ~6 decimals; anything worse is a broken header, not rounding)
+DIRECTION_TOLERANCE = 1e-3
+# grey-level photometric interpretations; MONOCHROME1 displays low values bright and is kept
+# as such on output (the values are not inverted, so they keep their meaning)
+GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
 # attributes copied from the source so the derived series files under the same patient/study
 COPIED_ATTRIBUTES = (
@@ -89,6 +95,12 @@ def _require_one_series(folder: Path, headers: list[Any]) -> None:
         missing = [h for h in headers if name not in h]
         if missing:
             raise InputError(f"{folder}: slice {missing[0].filename} has no {name}; cannot place it in 3-D")
+    _check_geometry(folder, headers[0])
+    photometric = {str(getattr(h, "PhotometricInterpretation", "MONOCHROME2")).strip().upper() for h in headers}
+    if not photometric <= set(GREY_PHOTOMETRICS):
+        raise InputError(f"{folder}: PhotometricInterpretation {', '.join(sorted(photometric))} is not a grey-level image (MONOCHROME1/2)")
+    if len(photometric) > 1:
+        raise InputError(f"{folder}: slices mix MONOCHROME1 and MONOCHROME2; mixed series")
     frames = {int(getattr(h, "NumberOfFrames", 1) or 1) for h in headers}
     if frames != {1}:
         raise InputError(f"{folder}: multi-frame DICOM (NumberOfFrames > 1) is not supported; convert it to single frames")
@@ -100,6 +112,27 @@ def _require_one_series(folder: Path, headers: list[Any]) -> None:
             raise InputError(f"{folder}: slices have different orientations (ImageOrientationPatient); mixed series")
         if not np.allclose(np.asarray(h.PixelSpacing, float), np.asarray(first.PixelSpacing, float), rtol=1e-4):
             raise InputError(f"{folder}: slices have different PixelSpacing; mixed series")
+
+
+def _check_geometry(folder: Path, header: Any) -> None:
+    """ImageOrientationPatient must be two orthonormal cosines and PixelSpacing two sizes > 0:
+    anything else places the voxels wrongly in 3-D (a skewed or mirrored image, no error)."""
+    try:
+        iop = np.asarray(header.ImageOrientationPatient, dtype=np.float64).reshape(-1)
+        spacing = np.asarray(header.PixelSpacing, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"{folder}: ImageOrientationPatient or PixelSpacing is not numeric in {header.filename}") from None
+    if iop.shape != (6,) or not np.all(np.isfinite(iop)):
+        raise InputError(f"{folder}: ImageOrientationPatient {iop.tolist()} is not six finite numbers")
+    row, col = iop[:3], iop[3:]
+    lengths = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+    if max(abs(n - 1.0) for n in lengths) > DIRECTION_TOLERANCE or abs(float(row @ col)) > DIRECTION_TOLERANCE:
+        raise InputError(
+            f"{folder}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors "
+            f"(lengths {lengths[0]:.4f}, {lengths[1]:.4f}; dot {float(row @ col):.4f}); the header is broken"
+        )
+    if spacing.shape != (2,) or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
+        raise InputError(f"{folder}: PixelSpacing {spacing.tolist()} must be two finite sizes > 0 (mm)")
 
 
 def _sorted_by_position(folder: Path, headers: list[Any]) -> tuple[list[Any], np.ndarray]:
@@ -202,6 +235,7 @@ def read_dicom_series(folder: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VO
             "format": "dicom",
             "series_instance_uid": str(getattr(first, "SeriesInstanceUID", "")),
             "stored_dtype": str(stored_dtype),
+            "photometric": str(getattr(first, "PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
             "dicom_reference": reference,
         },
     )
@@ -315,7 +349,10 @@ def write_dicom_series(
     base.SpacingBetweenSlices = _ds_number(thickness)
     base.Rows, base.Columns = int(grid.shape[1]), int(grid.shape[0])
     base.SamplesPerPixel = 1
-    base.PhotometricInterpretation = "MONOCHROME2"
+    # same display polarity as the source: values are never inverted, so a MONOCHROME1 input
+    # stays MONOCHROME1 (written as MONOCHROME2 it would display inverted)
+    photometric = str(source.meta.get("photometric", "MONOCHROME2"))
+    base.PhotometricInterpretation = photometric if photometric in GREY_PHOTOMETRICS else "MONOCHROME2"
     base.BitsAllocated = base.BitsStored = 16
     base.HighBit = 15
     base.PixelRepresentation = 1 if stored.dtype == np.int16 else 0

@@ -7,13 +7,13 @@ rest of arssr-rt use RAS+, so the axes the space names as left/posterior are neg
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
 from .extras import require
+from .nrrd_data import read_voxels
 from .validation import (
     DEFAULT_MAX_INPUT_VOXELS,
     check_affine,
@@ -40,6 +40,27 @@ _SPACE_TO_RAS: dict[str, tuple[float, float, float]] = {
 
 _SPATIAL_KINDS = {"domain", "space", "time"}
 
+# millimetres per unit of NRRD "space units" (arssr-rt works in mm, like NIfTI and DICOM)
+_MM_PER_UNIT: dict[str, float] = {
+    "mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0, "millimetres": 1.0,
+    "cm": 10.0, "m": 1000.0, "meter": 1000.0, "meters": 1000.0, "metre": 1000.0, "metres": 1000.0,
+    "um": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3, "micrometre": 1e-3,
+}
+
+
+def _mm_per_unit(header: dict, path: Path | str, key: str) -> np.ndarray:
+    """Per axis, how many mm one header unit is; unknown units are refused, not guessed."""
+    units = header.get(key)
+    if units is None:
+        return np.ones(3)
+    units = [str(u).strip().lower() for u in (units if isinstance(units, (list, tuple)) else [units])]
+    if len(units) != 3 or any(u not in _MM_PER_UNIT for u in units):
+        raise InputError(
+            f"{path}: NRRD {key} {header.get(key)!r} are not all known lengths "
+            f"(known: mm, cm, m, um); convert the file to mm"
+        )
+    return np.array([_MM_PER_UNIT[u] for u in units])
+
 
 def nrrd_affine(header: dict, path: Path | str) -> np.ndarray:
     """The RAS+ voxel-to-world affine of a 3-D NRRD header (index order i, j, k)."""
@@ -60,12 +81,24 @@ def nrrd_affine(header: dict, path: Path | str) -> np.ndarray:
             raise InputError(f"{path}: NRRD space origin {origin.tolist()} is not a 3-vector")
     else:
         spacings = np.asarray(header.get("spacings", [1.0, 1.0, 1.0]), dtype=np.float64)[:3]
-        linear = np.diag(spacings)
+        linear = np.diag(spacings * _mm_per_unit(header, path, "units"))
         origin = np.zeros(3)
+    scale = _mm_per_unit(header, path, "space units")  # units of the world axes: rows and origin
     affine = np.eye(4)
-    affine[:3, :3] = flip[:, None] * linear
-    affine[:3, 3] = flip * origin
+    affine[:3, :3] = (flip * scale)[:, None] * linear
+    affine[:3, 3] = flip * scale * origin
     return affine
+
+
+def _check_ascii_units(handle, path: Path) -> None:
+    """pynrrd drops non-ASCII bytes, so "\u00b5m" would arrive as "m" (10^6 x too large): refuse."""
+    end = handle.tell()  # read_header leaves the handle just after the header
+    handle.seek(0)
+    raw = handle.read(end)
+    handle.seek(end)
+    for line in raw.splitlines():
+        if line.lstrip().lower().startswith((b"space units", b"units")) and not line.isascii():
+            raise InputError(f"{path}: NRRD units {line.decode('utf-8', 'replace').split(':', 1)[-1].strip()!r} are not ASCII; write them as mm, cm, m or um")
 
 
 def _scalar_axes(header: dict, path: Path | str) -> list[int]:
@@ -91,11 +124,22 @@ def read_nrrd(path: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> V
     nrrd = require("nrrd")
     path = Path(path)
     try:
-        header = nrrd.read_header(str(path))
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    with handle:
+        return _read_open_nrrd(nrrd, path, handle, max_voxels)
+
+
+def _read_open_nrrd(nrrd, path: Path, handle, max_voxels: int) -> Volume:
+    """read_nrrd once the file is open: header, checks, then the capped data read."""
+    try:
+        header = nrrd.read_header(handle)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except (nrrd.NRRDError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: is not a valid NRRD file ({exc})") from None
+    _check_ascii_units(handle, path)
     if "sizes" not in header:
         raise InputError(f"{path}: NRRD header has no sizes field")
     axes = _scalar_axes(header, path)
@@ -105,13 +149,7 @@ def read_nrrd(path: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> V
     check_size(path, shape, 8, max_voxels)
     affine = check_affine(path, nrrd_affine(header, path))
     check_spacing(path, np.linalg.norm(affine[:3, :3], axis=0))
-    try:
-        raw, _ = nrrd.read(str(path), index_order="F")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except (nrrd.NRRDError, ValueError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: NRRD data is corrupt or truncated ({exc})") from None
-    raw = np.asarray(raw)
+    raw = np.asarray(read_voxels(nrrd, header, path, handle))
     check_scalar_dtype(path, raw.dtype)
     if raw.size != np.prod(shape):
         raise InputError(f"{path}: NRRD data has {raw.size} values, the header says {shape}")

@@ -116,21 +116,52 @@ def _check_data_bytes_present(path: Path, img, shape: tuple[int, ...], dtype: np
         raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the file has {have:,}")
 
 
-def _verify_gzip_stream(path: Path, img) -> None:
-    """Decompress every gzip member to its end so the CRC is checked.
+# bytes a .gz may inflate to beyond what its header accounts for (padding some writers add)
+GZIP_SLACK = 1 << 20
+# smallest data offset of a single-file NIfTI: the header plus the 4-byte extension flag
+MIN_VOX_OFFSET = {"nifti1": 352, "nifti2": 544}
+
+
+def _check_vox_offset(path: Path, img, raw) -> None:
+    """A single-file .nii whose vox_offset points into its own header would read header bytes
+    as voxels (vox_offset 0 is legal only for .hdr/.img pairs, whose data file is separate)."""
+    import nibabel as nib
+
+    if isinstance(img, nib.Nifti1Pair) and not isinstance(img, nib.Nifti1Image):
+        return  # a pair (NIfTI-2 pairs subclass Nifti1Pair too): the data lives in the .img
+    kind = "nifti2" if isinstance(img.header, nib.Nifti2Header) else "nifti1"
+    offset = float(raw["vox_offset"])
+    if not offset >= MIN_VOX_OFFSET[kind]:
+        raise InputError(
+            f"{path}: vox_offset {offset:g} points into the header (a single-file {kind.upper()} needs >= {MIN_VOX_OFFSET[kind]}); "
+            "the file is broken: rewrite it with a NIfTI tool"
+        )
+
+
+def _verify_gzip_stream(path: Path, img, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Decompress every gzip member to its end so the CRC is checked, with a byte cap.
 
     nibabel reads only the bytes it needs and never reaches the gzip trailer, so most
     single-byte corruptions of a .nii.gz load silently as wrong voxel values; a streaming
-    pass (constant memory) turns them into an error.
+    pass (constant memory) turns them into an error. The pass stops as soon as the stream
+    yields more than the header accounts for (a decompression bomb), never inflating GBs.
     """
+    needed = int(img.header.get_data_offset()) + int(np.prod(shape)) * dtype.itemsize
+    cap = needed + GZIP_SLACK
     names = {holder.filename for holder in img.file_map.values() if holder.filename}
     for name in sorted(str(n) for n in names):
         if not name.lower().endswith(".gz"):
             continue
+        total = 0
         try:
             with gzip.open(name, "rb") as handle:
-                while handle.read(1 << 24):
-                    pass
+                while block := handle.read(min(1 << 24, cap + 1 - total)):
+                    total += len(block)
+                    if total > cap:
+                        raise InputError(
+                            f"{path}: {Path(name).name} inflates to more than the {needed:,} bytes its header accounts for "
+                            "(a decompression bomb or a wrong header); refused"
+                        )
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path}: {_describe_read_error(exc)}") from None
 
@@ -168,6 +199,7 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     except Exception as exc:
         raise InputError(f"{p}: {_describe_read_error(exc)}") from None
     check_spacing(p, np.asarray(raw["pixdim"][1:4], dtype=np.float64))
+    _check_vox_offset(p, img, raw)
     try:
         with _quiet_nibabel():
             affine = img.affine
@@ -175,7 +207,7 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
         raise InputError(f"{p}: invalid orientation in the header: {exc}") from None
     affine = check_affine(p, affine)
     _check_data_bytes_present(p, img, full_shape, on_disk)
-    _verify_gzip_stream(p, img)
+    _verify_gzip_stream(p, img, full_shape, on_disk)
 
     try:
         with _quiet_nibabel():

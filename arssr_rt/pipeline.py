@@ -62,7 +62,7 @@ def encoder_bytes_per_voxel(spec: dict[str, Any]) -> float:
 
 def _model_bytes(bundle: ModelBundle) -> int:
     """Size of the fp32 graphs a CPU runtime holds (weights, plus its own repacked copy)."""
-    from .export import contract
+    from . import bundle_format as contract
 
     total = 0
     for name in (contract.ENCODER_FP32, contract.DECODER_FP32):

@@ -29,7 +29,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import BackendError, MissingExtraError, ModelError
-from .export import contract
+from . import bundle_format as contract
 from .extras import require
 
 if TYPE_CHECKING:

@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 import nibabel as nib
-import torch
 
 from arssr_rt.export.bundle_writer import write_bundle
 from arssr_rt.network import build_model
+from arssr_rt.safe_load import load_checkpoint
 from arssr_rt.training.train import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = json.loads((args.run / "config.json").read_text())
-    ckpt = torch.load(args.run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"), map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(args.run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"))
     model = build_model(cfg["spec"])
     model.load_state_dict(ckpt["model"], strict=True)
     log = [json.loads(line) for line in (args.log or args.run / "log.jsonl").read_text().splitlines() if line.strip()]

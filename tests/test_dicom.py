@@ -242,3 +242,69 @@ def test_left_handed_grid_round_trips_in_world_space(tmp_path):
     flip_k[2, 2], flip_k[2, 3] = -1.0, volume.shape[2] - 1
     np.testing.assert_allclose(back.affine @ flip_k, volume.affine, atol=1e-5)
     np.testing.assert_array_equal(back.data[:, :, ::-1], volume.data)
+
+
+def _edit_all(folder: Path, **values) -> None:
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        for name, value in values.items():
+            setattr(ds, name, value)
+        ds.save_as(f)
+
+
+@pytest.mark.parametrize(
+    "iop, reason",
+    [
+        ([2, 0, 0, 0, 1, 0], "not two orthogonal unit vectors"),  # scaled cosine: spacing silently doubled
+        ([1, 0, 0, 0.2, 0.98, 0], "not two orthogonal unit vectors"),  # skewed axes
+        ([0, 0, 0, 0, 0, 0], "not two orthogonal unit vectors"),
+    ],
+)
+def test_broken_image_orientation_is_refused(series, iop, reason):
+    folder, _ = series
+    _edit_all(folder, ImageOrientationPatient=iop)
+    with pytest.raises(InputError, match=reason) as err:
+        read_dicom_series(folder)
+    assert "\n" not in str(err.value)
+
+
+def test_orientation_within_rounding_is_accepted(series):
+    folder, volume = series
+    ds = pydicom.dcmread(sorted(folder.iterdir())[0])
+    iop = [float(v) * (1 + 2e-4) for v in ds.ImageOrientationPatient]  # DS rounding-sized error
+    _edit_all(folder, ImageOrientationPatient=[f"{v:.8f}" for v in iop])
+    np.testing.assert_array_equal(read_dicom_series(folder).data, volume.data)
+
+
+@pytest.mark.parametrize("spacing", [["-0.8", "0.9"], ["0", "0.9"]])
+def test_negative_or_zero_pixel_spacing_is_refused(series, spacing):
+    folder, _ = series
+    _edit_all(folder, PixelSpacing=spacing)
+    with pytest.raises(InputError, match="PixelSpacing .* must be two finite sizes > 0"):
+        read_dicom_series(folder)
+
+
+def test_palette_colour_is_refused(series):
+    folder, _ = series
+    _edit_all(folder, PhotometricInterpretation="PALETTE COLOR")
+    with pytest.raises(InputError, match="not a grey-level image"):
+        read_dicom_series(folder)
+
+
+def _displayed(folder: Path) -> np.ndarray:
+    """What a viewer shows (brighter = larger), from the rescaled values and the polarity."""
+    slices = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
+    values = np.stack([s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in slices]).astype(np.float64)
+    return -values if slices[0].PhotometricInterpretation == "MONOCHROME1" else values
+
+
+def test_monochrome1_keeps_its_values_and_its_display_polarity(series, tmp_path):
+    folder, volume = series
+    _edit_all(folder, PhotometricInterpretation="MONOCHROME1")
+    back = read_dicom_series(folder)
+    np.testing.assert_array_equal(back.data, volume.data)  # values keep their meaning: not inverted
+    out = tmp_path / "out"
+    write_dicom_series(out, back.data, _same_grid(back), back, "round trip")
+    assert pydicom.dcmread(sorted(out.iterdir())[0]).PhotometricInterpretation == "MONOCHROME1"
+    src, dst = _displayed(folder), _displayed(out)
+    assert np.corrcoef(src.ravel(), dst.ravel())[0, 1] > 0.99  # bright stays bright on screen

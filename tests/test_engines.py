@@ -359,9 +359,9 @@ def test_decode_box_feeds_a_phase_bundle_the_cell_phase(bundle, phase_bundle, ca
 
 
 def test_a_bundle_with_an_unknown_coords_mode_is_refused_before_the_gpu(tmp_path, cache):
-    odd = make_fake_bundle(tmp_path / "odd", feature_dim=F, coords="local")
     trt = make_fake_tensorrt(TRT10)
-    with pytest.raises(ModelError, match="spec.coords"):
+    with pytest.raises(ModelError, match="spec.coords"):  # load_bundle already refuses it
+        odd = make_fake_bundle(tmp_path / "odd", feature_dim=F, coords="local")
         TensorRTBackend(odd, BackendOptions(), trt=trt, device=FakeDevice(), gpu=GPU, cache=cache)
     assert not builds(trt)
 

@@ -20,7 +20,8 @@ pytest.importorskip("onnxscript")
 from arssr_rt.bundle import load_bundle  # noqa: E402
 from arssr_rt.cli import main  # noqa: E402
 from arssr_rt.errors import ModelError, OutputError  # noqa: E402
-from arssr_rt.export import contract, validate  # noqa: E402
+from arssr_rt import bundle_format as contract  # noqa: E402
+from arssr_rt.export import validate  # noqa: E402
 from arssr_rt.export.bundle_writer import write_bundle  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 

@@ -416,3 +416,63 @@ def test_grid_too_long_for_nifti1_is_written_as_nifti2(tmp_path, fixture_path):
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
     np.testing.assert_allclose(out.affine, grid.affine, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(out.dataobj), np.rint(result).astype(np.uint8))
+
+
+# ----- headers that would make the reader read the wrong bytes ------------------------------------
+
+
+def _fixture_block(fixture_image: nib.Nifti1Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(fixture_image.dataobj)[16:48, 16:48, 16:48])
+
+
+@pytest.mark.parametrize("offset", [0, 100, 348])
+def test_single_file_with_vox_offset_inside_the_header_is_refused(tmp_path, fixture_image, offset):
+    path = write_raw_nifti(tmp_path / "t1.nii", _fixture_block(fixture_image))
+    blob = bytearray(path.read_bytes())
+    blob[108:112] = np.float32(offset).tobytes()  # vox_offset, NIfTI-1 byte 108
+    path.write_bytes(bytes(blob))
+    with pytest.raises(InputError, match=r"vox.offset \d+ (points into the header|too low)") as err:
+        load_volume(path)
+    assert "\n" not in str(err.value)
+
+
+def test_nifti2_with_vox_offset_inside_the_header_is_refused(tmp_path, fixture_image):
+    img = nib.Nifti2Image(_fixture_block(fixture_image), fixture_image.affine)
+    blob = bytearray(img.to_bytes())
+    blob[168:176] = np.int64(0).tobytes()  # vox_offset, NIfTI-2 byte 168
+    (tmp_path / "t1.nii").write_bytes(bytes(blob))
+    with pytest.raises(InputError, match="NIFTI2 needs >= 544"):
+        load_volume(tmp_path / "t1.nii")
+
+
+def test_hdr_img_pair_with_vox_offset_0_still_reads(tmp_path, fixture_image):
+    data = _fixture_block(fixture_image)
+    nib.save(nib.Nifti1Pair(data, fixture_image.affine), tmp_path / "t1.img")
+    assert int(nib.load(tmp_path / "t1.hdr").header["vox_offset"]) == 0
+    np.testing.assert_array_equal(load_volume(tmp_path / "t1.hdr").data, data.astype(np.float32))
+
+
+def test_nii_gz_bomb_is_refused_without_inflating_it(tmp_path, fixture_image):
+    import tracemalloc
+    import zlib
+
+    data = _fixture_block(fixture_image)
+    nii = write_raw_nifti(tmp_path / "t1.nii", data).read_bytes()
+    comp = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    zeros = bytes(1 << 20)
+    bomb = comp.compress(nii) + b"".join(comp.compress(zeros) for _ in range(256)) + comp.flush()
+    (tmp_path / "bomb.nii.gz").write_bytes(bomb)  # ~250 KB that inflates to 256 MiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="decompression bomb"):
+            load_volume(tmp_path / "bomb.nii.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 2**20, f"peak Python allocation {peak / 2**20:.0f} MiB while refusing a 256 MiB bomb"
+
+
+def test_nii_gz_that_inflates_to_its_header_size_reads(tmp_path, fixture_image):
+    data = _fixture_block(fixture_image)
+    path = write_raw_nifti(tmp_path / "t1.nii.gz", data)
+    np.testing.assert_array_equal(load_volume(path).data, data.astype(np.float32))

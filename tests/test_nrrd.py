@@ -139,3 +139,157 @@ def test_absurd_size_is_refused_before_reading(tmp_path):
 def test_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot be read"):
         read_nrrd(tmp_path / "absent.nrrd")
+
+
+# ----- detached data files: resolved inside the header's folder -------------------------------
+
+
+def _detached(folder: Path, data_name: str, encoding: str = "raw") -> Path:
+    """A real detached header (sizes of the fixture) naming ``data_name`` as its data file."""
+    data, affine = _fixture()
+    header = folder / "t1.nhdr"
+    nrrd.write(str(header), data, {"space": "right-anterior-superior", "space directions": affine[:3, :3].T,
+                                   "space origin": affine[:3, 3], "encoding": encoding}, detached_header=True, index_order="F")
+    text = header.read_text()
+    written = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("data file"))
+    header.write_text(text.replace(f"data file: {written}", f"data file: {data_name}"))
+    return header
+
+
+def test_detached_header_next_to_its_data_reads(tmp_path):
+    header = _detached(tmp_path, "t1.raw.gz", encoding="gzip")
+    np.testing.assert_array_equal(read_nrrd(header).data, _fixture()[0].astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.raw", "sub/../../outside.raw"])
+def test_data_file_outside_the_header_folder_is_refused(tmp_path, name):
+    (tmp_path / "outside.raw").write_bytes(bytes(64**3))
+    folder = tmp_path / "case"
+    folder.mkdir()
+    header = _detached(folder, name)
+    with pytest.raises(InputError, match="outside .*ARSSR_RT_ALLOW_EXTERNAL_DATA") as info:
+        read_nrrd(header)
+    assert "\n" not in str(info.value)
+
+
+def test_symlinked_data_file_that_escapes_is_refused(tmp_path):
+    (tmp_path / "secret.raw").write_bytes(bytes(64**3))
+    folder = tmp_path / "case"
+    folder.mkdir()
+    (folder / "t1.raw").symlink_to(tmp_path / "secret.raw")
+    with pytest.raises(InputError, match="outside"):
+        read_nrrd(_detached(folder, "t1.raw"))
+
+
+def test_external_data_needs_the_explicit_opt_in(tmp_path, monkeypatch):
+    data = _fixture()[0]
+    folder = tmp_path / "case"
+    folder.mkdir()
+    header = _detached(folder, "t1.raw")
+    (folder / "t1.raw").rename(tmp_path / "t1.raw")
+    header.write_text(header.read_text().replace("data file: t1.raw", "data file: ../t1.raw"))
+    with pytest.raises(InputError, match="outside"):
+        read_nrrd(header)
+    monkeypatch.setenv("ARSSR_RT_ALLOW_EXTERNAL_DATA", "1")
+    np.testing.assert_array_equal(read_nrrd(header).data, data.astype(np.float32))
+
+
+def test_data_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    header = _detached(tmp_path, "t1.raw")
+    (tmp_path / "t1.raw").unlink()
+    (tmp_path / "t1.raw").mkdir()  # (a FIFO is refused the same way; opening one would block)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_nrrd(header)
+
+
+def test_multi_file_data_forms_are_refused(tmp_path):
+    header = _detached(tmp_path, "LIST")
+    with pytest.raises(InputError, match="multi-file"):
+        read_nrrd(header)
+    header.write_text(header.read_text().replace("data file: LIST", "data file: slice%03d.raw 1 64 1"))
+    with pytest.raises(InputError, match="multi-file"):
+        read_nrrd(header)
+
+
+def test_cli_refuses_an_escaping_data_file_in_one_line(tmp_path, capsys):
+    from arssr_rt.cli import main
+
+    folder = tmp_path / "case"
+    folder.mkdir()
+    header = _detached(folder, "/etc/passwd")
+    before = sorted(p.name for p in folder.iterdir())
+    code = main(["upsample", str(header), "-o", str(tmp_path / "out.nii.gz"), "--scale", "2", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("arssr-rt: error:") and "outside" in err[0]
+    assert not (tmp_path / "out.nii.gz").exists() and sorted(p.name for p in folder.iterdir()) == before
+
+
+# ----- decompression bombs: inflated with a byte cap --------------------------------------------
+
+
+def _gzip_of_zeros(megabytes: int) -> bytes:
+    """gzip of ``megabytes`` MiB of zeros, built a MiB at a time (the bomb is ~1000x smaller)."""
+    import zlib
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    zeros = bytes(1 << 20)
+    return b"".join(comp.compress(zeros) for _ in range(megabytes)) + comp.flush()
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    import tracemalloc
+
+    bomb = _gzip_of_zeros(256)  # 256 MiB inflated, ~250 KB on disk
+    path = tmp_path / "bomb.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 64 64 64\nencoding: gzip\n\n" + bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="decompression bomb"):
+            read_nrrd(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak Python allocation {peak / 2**20:.0f} MiB while refusing a 256 MiB bomb"
+
+
+def test_gzip_data_longer_than_the_header_says_is_refused(tmp_path):
+    data, affine = _fixture()
+    _write_lps(tmp_path / "t1.nrrd", data, affine)
+    raw = (tmp_path / "t1.nrrd").read_bytes()
+    head, _, _ = raw.partition(b"\n\n")
+    (tmp_path / "long.nrrd").write_bytes(head + b"\n\n" + gzip.compress(data.tobytes(order="F") + bytes(4096)))
+    with pytest.raises(InputError, match="more than the 262,144 bytes"):
+        read_nrrd(tmp_path / "long.nrrd")
+
+
+def test_bzip2_nrrd_reads(tmp_path):
+    data, affine = _fixture()
+    _write_lps(tmp_path / "t1.nrrd", data, affine, encoding="bzip2")
+    np.testing.assert_array_equal(read_nrrd(tmp_path / "t1.nrrd").data, data.astype(np.float32))
+
+
+# ----- space units -------------------------------------------------------------------------------
+
+
+def test_space_units_in_metres_give_the_mm_geometry(tmp_path):
+    data, affine = _fixture()
+    affine = _oblique(affine)
+    metres = affine.copy()
+    metres[:3] /= 1000.0
+    _write_lps(tmp_path / "m.nrrd", data, metres, **{"space units": ["m", "m", "m"]})
+    np.testing.assert_allclose(read_nrrd(tmp_path / "m.nrrd").affine, affine, atol=1e-9)
+    microns = affine.copy()
+    microns[:3] *= 1000.0
+    _write_lps(tmp_path / "um.nrrd", data, microns, **{"space units": ["um", "um", "um"]})
+    np.testing.assert_allclose(read_nrrd(tmp_path / "um.nrrd").affine, affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("units", [["furlong", "mm", "mm"], ["\u00b5m", "\u00b5m", "\u00b5m"]])
+def test_unknown_or_non_ascii_space_units_are_refused(tmp_path, units):
+    data, affine = _fixture()
+    _write_lps(tmp_path / "u.nrrd", data, affine)
+    text = (tmp_path / "u.nrrd").read_bytes()
+    field = ("space units: " + " ".join(f'"{u}"' for u in units) + "\n").encode("utf-8")
+    (tmp_path / "u.nrrd").write_bytes(text.replace(b"space origin", field + b"space origin", 1))
+    with pytest.raises(InputError, match="units"):
+        read_nrrd(tmp_path / "u.nrrd")

@@ -55,7 +55,7 @@ def test_residual_training_from_a_direct_model_starts_as_base_and_learns(tmp_pat
     cfg = TrainConfig(data=[str(FIXTURE_PATH)], spec=SPEC, sampler=sampler, batch=2, steps=30, lr=3e-3, pyramid=0,
                       checkpoint_every=30, val_every=1000, log_every=1, threads=1, init=str(first), start_as_base=True)
     ckpt = train(cfg, tmp_path / "residual", progress=False)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     model = build_model(state["spec"])
     model.load_state_dict(state["model"])
     last = [m for m in model.decoder.stage_two if isinstance(m, torch.nn.Linear)][-1]

@@ -88,7 +88,7 @@ def test_blocker_really_blocks_torch(tmp_path: Path) -> None:
 
 def test_importing_the_runtime_does_not_import_torch(tmp_path: Path) -> None:
     code = (
-        "import arssr_rt, arssr_rt.cli, arssr_rt.bundle, arssr_rt.backends.onnxruntime_backend, arssr_rt.export.contract\n"
+        "import arssr_rt, arssr_rt.cli, arssr_rt.bundle, arssr_rt.backends.onnxruntime_backend, arssr_rt.bundle_format\n"
         "from arssr_rt.backends.base import available_backends; print(available_backends())"
     )
     proc, report = run_without_torch([code], tmp_path, module=False)

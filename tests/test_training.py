@@ -109,8 +109,8 @@ def test_resume_continues_exactly(tmp_path):
     first = train(_tiny_config(tmp_path, 3), tmp_path / "b", progress=False)
     cfg = _tiny_config(tmp_path, 6)
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
-    a = torch.load(straight, weights_only=False)["model"]
-    b = torch.load(resumed, weights_only=False)["model"]
+    a = torch.load(straight, weights_only=True)["model"]
+    b = torch.load(resumed, weights_only=True)["model"]
     assert first.exists()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
@@ -139,7 +139,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     rank_errors = "\n".join(f"--- {p.relative_to(logs)}\n{p.read_text()[-1500:]}" for p in sorted(logs.rglob("stderr.log")))
     assert res.returncode == 0, res.stderr[-1500:] + "\n" + rank_errors
-    state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4
     assert isinstance(state["sampler_rng"], list) and len(state["sampler_rng"]) == 2
 
@@ -173,7 +173,7 @@ def test_bf16_autocast_training_learns_and_keeps_fp32_master_weights(tmp_path):
     cfg = _tiny_config(tmp_path, 60)
     cfg.precision, cfg.checkpoint_every = "bf16", 60
     ckpt = train(cfg, tmp_path / "bf16", progress=False)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
     log = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
     assert np.mean([r["loss"] for r in log[-5:]]) < np.mean([r["loss"] for r in log[:5]])
@@ -201,8 +201,26 @@ def test_cuda_training_resumes_on_cpu(tmp_path):
     cfg = _tiny_config(tmp_path, 4)
     cfg.device, cfg.precision = "cuda", "bf16"
     train(cfg, tmp_path / "gpu", progress=False)
-    state = torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=True)
     assert all(v.device.type == "cpu" for v in state["model"].values())
     cfg = _tiny_config(tmp_path, 6)
     train(cfg, tmp_path / "gpu", resume=True, progress=False)
-    assert torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=True)["step"] == 6
+
+
+def test_a_real_run_exports_and_upsamples(tmp_path, capsys):
+    """train (a few CPU steps) -> `arssr-rt export runs/x/checkpoint.pt` -> upsample, as the README says."""
+    from arssr_rt.cli import main
+
+    ckpt = train(_tiny_config(tmp_path, 3), tmp_path / "run", progress=False)
+    bundle, out = tmp_path / "bundle", tmp_path / "up.nii.gz"
+    assert main(["export", str(ckpt), "-o", str(bundle)]) == 0, capsys.readouterr().err
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["training"]["step"] == 3 and meta["spec"]["feature_dim"] == 4
+    assert main(["upsample", str(FIXTURE), "-o", str(out), "--scale", "2", "--model", str(bundle), "--quiet"]) == 0, capsys.readouterr().err
+    import nibabel as nib
+
+    img = nib.load(out)
+    assert img.shape == (128, 128, 128)
+    np.testing.assert_allclose(np.abs(np.diag(img.affine)[:3]), 0.5)
+    assert np.isfinite(np.asarray(img.dataobj, dtype=np.float32)).all()

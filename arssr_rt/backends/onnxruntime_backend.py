@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import BackendError, ModelError
-from ..export import contract
+from .. import bundle_format as contract
 from ..extras import require
 from .base import BackendOptions, register_backend
 

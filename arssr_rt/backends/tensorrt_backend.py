@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from ..errors import BackendError, MissingExtraError
-from ..export import contract
+from .. import bundle_format as contract
 from ..extras import require
 from .base import BackendOptions, register_backend
 

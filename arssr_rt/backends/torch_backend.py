@@ -13,6 +13,7 @@ import numpy as np
 from ..bundle import WEIGHTS
 from ..errors import BackendError, ModelError
 from ..extras import require
+from ..safe_load import load_checkpoint
 from .base import BackendOptions, register_backend
 
 if TYPE_CHECKING:
@@ -21,11 +22,7 @@ if TYPE_CHECKING:
 
 def load_weights(path) -> dict[str, Any]:
     """Read a weights.pt ({"spec", "state_dict"}) safely (tensors and plain types only)."""
-    torch = require("torch")
-    try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"cannot read {path}: {str(exc).strip().splitlines()[0]}") from exc
+    payload = load_checkpoint(path, advice="a bundle's weights.pt holds tensors only: re-export the bundle")
     if not isinstance(payload, dict) or "spec" not in payload or "state_dict" not in payload:
         raise ModelError(f"{path} is not a bundle weights file (expected keys 'spec' and 'state_dict')")
     return payload

@@ -38,7 +38,7 @@ from ..atomic import atomic_write_folder
 from ..bundle import ModelBundle, resolve_model
 from ..engines.builder import DEFAULT_TILE, encoder_edge
 from ..errors import InputError, ModelError, OutputError
-from ..export import contract
+from .. import bundle_format as contract
 from ..geometry import COORD_MODES
 from ..outputs import check_output
 

@@ -33,7 +33,7 @@ def _summary(path: Path, seconds: float) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_command(
-        checkpoint: Annotated[Path, typer.Argument(help="weights.pt or a training-run checkpoint with 'spec' and 'state_dict'.")],
+        checkpoint: Annotated[Path, typer.Argument(help="A bundle's weights.pt or a training run's checkpoint.pt / best.pt.")],
         out: Annotated[Path, typer.Option("-o", "--out", help="Bundle directory to write (must be absent or empty).")],
         name: Annotated[Optional[str], typer.Option("--name", help="Bundle name (default: the checkpoint's folder name).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle in OUT.")] = False,

@@ -77,6 +77,8 @@ def register(app: typer.Typer) -> None:
         precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (autocast; about 2x faster on CPUs with AVX-512 bf16)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         quiet: bool = typer.Option(False, "--quiet"),
+        trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling of the --resume/--init checkpoint "
+                                              "when torch.load(weights_only=True) refuses it (runs code from it: trusted files only)."),
     ) -> None:
         from ..extras import require
 
@@ -101,4 +103,4 @@ def register(app: typer.Typer) -> None:
             cfg.device = device
         if precision is not None:
             cfg.precision = precision
-        train(cfg, out, resume=resume, progress=not quiet)
+        train(cfg, out, resume=resume, progress=not quiet, trust=trust_checkpoint)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bundle import sha256_file
 from ..errors import BackendError, InputError, ModelError
-from ..export import contract
+from .. import bundle_format as contract
 from .cache import CachedEngine, EngineCache, EngineKey, Profile
 
 if TYPE_CHECKING:

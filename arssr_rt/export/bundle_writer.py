@@ -18,8 +18,8 @@ from ..atomic import atomic_write_folder
 from ..bundle import MODEL_JSON, WEIGHTS, write_model_json
 from ..errors import ModelError, OutputError
 from ..extras import require
+from .. import bundle_format as contract
 from ..outputs import InputSet
-from . import contract
 from .onnx_export import export_all
 from .validate import validate_exports, validation_inputs
 

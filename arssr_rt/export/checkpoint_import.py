@@ -8,7 +8,6 @@ from the file) is refused unless the caller says it trusts the file.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ import numpy as np
 from ..bundle import sha256_file
 from ..errors import InputError, ModelError
 from ..extras import require
+from ..safe_load import load_checkpoint
 from .bundle_writer import write_bundle
 
 if TYPE_CHECKING:
@@ -29,32 +29,20 @@ SHOWN_KEYS = 3  # how many offending keys a one-line error lists
 
 
 def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
-    """``torch.load`` a checkpoint on the CPU, safely unless ``trust`` allows full unpickling."""
-    torch = require("torch")
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not trust:
-            raise ModelError(
-                f"{path} cannot be read with torch.load(weights_only=True) ({reason[:160]}); "
-                "if you trust where it came from, rerun with --trust-checkpoint (full unpickling runs code from the file)"
-            ) from None
-    print(f"arssr-rt: warning: {path} needs full unpickling; loading it because --trust-checkpoint was given", file=sys.stderr)
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelError(f"{path} is not a readable torch checkpoint: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    """The checkpoint's payload through the one safe loader (see ``safe_load``)."""
+    return load_checkpoint(path, trust)
+
+
+STATE_KEYS = ("state_dict", "model")  # bundle weights.pt / training-run checkpoint.pt and best.pt
 
 
 def extract_state_dict(payload: Any, path: Path) -> dict[str, Any]:
-    """The model state dict from a plain state dict or a {"state_dict": ...} checkpoint."""
+    """The model state dict from a plain state dict or a {"state_dict"|"model": ...} checkpoint."""
     torch = require("torch")
-    if isinstance(payload, Mapping) and isinstance(payload.get("state_dict"), Mapping):
-        payload = payload["state_dict"]
+    for key in STATE_KEYS:
+        if isinstance(payload, Mapping) and isinstance(payload.get(key), Mapping):
+            payload = payload[key]
+            break
     if not isinstance(payload, Mapping) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise ModelError(f"{path} holds no model state dict (expected tensors keyed encoder.*/decoder.*)")
     keys = list(payload)
@@ -128,19 +116,20 @@ def import_published(
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str | None = None, force: bool = False, trust: bool = False) -> Path:
-    """weights.pt-style or training-run checkpoint ({"spec", "state_dict", ...}) -> bundle."""
+    """A bundle's weights.pt ({"spec", "state_dict"}) or a training run's checkpoint.pt /
+    best.pt ({"spec", "model", "step", ...}) -> bundle."""
     from ..network import build_model
 
     checkpoint = Path(checkpoint)
     payload = read_checkpoint(checkpoint, trust)
-    if not isinstance(payload, Mapping) or "spec" not in payload or "state_dict" not in payload:
+    if not isinstance(payload, Mapping) or "spec" not in payload or not any(k in payload for k in STATE_KEYS):
         raise ModelError(
-            f"{checkpoint} has no 'spec' and 'state_dict'; for the published ArSSR files use "
+            f"{checkpoint} has no 'spec' and 'state_dict' (or 'model'); for the published ArSSR files use "
             "`arssr-rt import-checkpoint FILE --encoder rdn|rescnn|srresnet`"
         )
     try:
         model = build_model(dict(payload["spec"]))
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, ModelError) as exc:
         raise ModelError(f"{checkpoint} has an unusable spec: {exc}") from None
     model = load_strict(model, extract_state_dict(payload, checkpoint), checkpoint)
     axis_order = str(payload.get("axis_order", "xyz"))

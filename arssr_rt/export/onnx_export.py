@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from ..errors import ModelError
 from ..extras import require
-from . import contract
+from .. import bundle_format as contract
 
 if TYPE_CHECKING:
     import torch

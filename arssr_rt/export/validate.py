@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..extras import require
-from . import contract
+from .. import bundle_format as contract
 
 if TYPE_CHECKING:
     from ..network import ArSSR

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import windowed_sinc
+from ..bundle_format import validate_spec
 from ..geometry import COORD_MODES, PHASE_EPS
 from .decoders import Decoder, ModulatedDecoder
 from .encoders import ENCODERS, SubpixelEncoder
@@ -39,7 +40,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        return cls(**{k: d[k] for k in ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder", "feature_scale", "base") if k in d})
+        """A spec from model.json / a checkpoint; unknown keys or bad values are a ModelError."""
+        return cls(**validate_spec(dict(d)))
 
 
 class ArSSR(nn.Module):

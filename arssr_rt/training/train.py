@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
 from .. import windowed_sinc
 from ..geometry import decoder_axis_coords, input_index_of_output, normalized_centres
+from ..safe_load import load_checkpoint
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
 from ..network import ArSSR, ModelSpec, build_model
 
@@ -142,6 +143,14 @@ def load_init(model: ArSSR, state: dict[str, Any]) -> None:
         raise InputError(f"--init checkpoint does not fit the spec: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
+def _init_state(payload: Any, path: Path) -> dict[str, Any]:
+    """The model weights of an --init checkpoint: a run's {"model": ...} or a bundle's weights.pt."""
+    for key in ("model", "state_dict"):
+        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
+            return payload[key]
+    raise InputError(f"--init {path} holds no model weights (expected a training checkpoint or a bundle's weights.pt)")
+
+
 def _cpu(obj: Any) -> Any:
     """A state dict with every tensor on the CPU, so checkpoints load on any machine."""
     if isinstance(obj, torch.Tensor):
@@ -161,8 +170,10 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) into ``run_dir``; returns the path of the last checkpoint."""
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True, trust: bool = False) -> Path:
+    """Train (or resume) into ``run_dir``; returns the path of the last checkpoint.
+
+    ``trust`` allows full unpickling of the --resume / --init checkpoint (see safe_load)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
@@ -172,7 +183,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        ckpt = _train_loop(cfg, run_dir, resume, progress, device, ddp)
+        ckpt = _train_loop(cfg, run_dir, resume, progress, device, ddp, trust)
         if ddp:
             dist.barrier()  # every rank is done before any closes its connections
         return ckpt
@@ -183,7 +194,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
             dist.destroy_process_group()
 
 
-def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, device: torch.device, ddp: bool) -> Path:
+def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, device: torch.device, ddp: bool, trust: bool = False) -> Path:
     """The optimisation loop proper; ``train`` owns the process group around it."""
     rank = dist.get_rank() if ddp else 0
     if cfg.threads:
@@ -203,7 +214,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
     step, best = 0, -1e9
     ckpt = run_dir / "checkpoint.pt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)  # checkpoints are device-free
+        state = load_checkpoint(ckpt, trust)  # tensors and plain types only; device-free
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state.get("best", -1e9))
@@ -211,7 +222,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
         torch.set_rng_state(state["torch_rng"])
     else:
         if cfg.init:
-            load_init(model, torch.load(cfg.init, map_location="cpu", weights_only=False)["model"])
+            load_init(model, _init_state(load_checkpoint(cfg.init, trust), Path(cfg.init)))
             if cfg.start_as_base:
                 model.start_as_base()
         if _is_main():
