@@ -17,7 +17,8 @@ from arssr_rt.backends.base import BackendOptions, open_backend  # noqa: E402
 from arssr_rt.bundle import load_bundle, sha256_file  # noqa: E402
 from arssr_rt.errors import BackendError  # noqa: E402
 from arssr_rt.memory import is_file_backed, plan_memory  # noqa: E402
-from arssr_rt.pipeline import Upsampler, encoder_bytes_per_voxel  # noqa: E402
+from arssr_rt.memory import encoder_bytes_per_voxel  # noqa: E402
+from arssr_rt.pipeline import Upsampler  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def test_small_budget_tiles_and_maps_the_output_without_changing_it(bundle, lr, 
 def test_file_backed_restore_and_transpose_match_in_memory(tmp_path, monkeypatch):
     from arssr_rt.intensity import Normalizer
     from arssr_rt.memory import output_buffer
-    from arssr_rt.pipeline import restore_in_place, transposed
+    from arssr_rt.memory import restore_in_place, transposed
 
     monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
     values = np.random.default_rng(0).uniform(size=(7, 9, 11)).astype(np.float32)

@@ -90,7 +90,7 @@ def test_decode_box_path_equals_the_cpu_sampler_path(subvoxel_bundle, real_lr):
         want = up.infer(real_lr, out_shape)
     with Upsampler(bundle, backend="onnxruntime", tile=6) as up:
         up.backend.close()
-        up.backend = TorchCudaBackend(bundle, BackendOptions(), torch_device="cpu", chunk=1000)
+        up.backend = TorchCudaBackend(bundle, BackendOptions(chunk=1000), torch_device="cpu")
         got = up.infer(real_lr, out_shape)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
 

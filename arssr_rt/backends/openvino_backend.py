@@ -21,13 +21,14 @@ import numpy as np
 from ..errors import BackendError, ModelError
 from ..export import contract
 from ..extras import require
-from .base import BackendOptions, register_backend
+from .base import BackendOptions, BackendRunner, register_backend
 
 if TYPE_CHECKING:
     from ..bundle import ModelBundle
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# decoder rows per inference call: activations of a few thousand points stay in L2 cache
+# decoder rows per inference call (the declared max_decode_points): activations of a few
+# thousand points stay in L2 cache
 DECODE_BATCH = 4096
 
 
@@ -48,10 +49,11 @@ def _check_names(compiled: Any, path: Any, inputs: list[str], outputs: list[str]
         raise ModelError(f"{path} breaks the ONNX contract: inputs {got_in} outputs {got_out}, expected {inputs} -> {outputs}")
 
 
-class OpenVinoBackend:
-    """Compiled encoder and decoder of one bundle; see base.Backend for the array contract."""
+class OpenVinoBackend(BackendRunner):
+    """Compiled encoder and decoder of one bundle; see base.BackendRunner for the array contract."""
 
     name = "openvino"
+    max_decode_points = DECODE_BATCH
 
     def __init__(self, bundle: "ModelBundle", options: BackendOptions):
         ov = require("openvino")
@@ -73,38 +75,18 @@ class OpenVinoBackend:
         self._encoder = encoder.create_infer_request()
         self._decoder = decoder.create_infer_request()
 
-    def encode(self, lr: np.ndarray) -> np.ndarray:
-        """(D, H, W) float32 in [0, 1] -> (F, D, H, W) float32."""
-        if lr.ndim != 3:
-            raise BackendError(f"encode expects a (D, H, W) tile, got shape {lr.shape}")
-        x = np.ascontiguousarray(lr, dtype=np.float32)[None, None]
-        out = self._encoder.infer({contract.ENCODER_INPUT: x}, share_inputs=True)
+    def _encode_impl(self, lr: np.ndarray) -> np.ndarray:
+        out = self._encoder.infer({contract.ENCODER_INPUT: lr[None, None]}, share_inputs=True)
         return np.asarray(out[0][0], dtype=np.float32)
 
-    def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """(N, F) sampled features + (N, 3) coords -> (N,) float32 intensities."""
-        if features.ndim != 2 or features.shape[1] != self.feature_dim or coords.shape != (features.shape[0], 3):
-            raise BackendError(f"decode expects (N, {self.feature_dim}) features and (N, 3) coords, got {features.shape} and {coords.shape}")
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        coords = np.ascontiguousarray(coords, dtype=np.float32)
-        out = np.empty(features.shape[0], dtype=np.float32)
-        for s in range(0, features.shape[0], DECODE_BATCH):
-            e = min(s + DECODE_BATCH, features.shape[0])
-            res = self._decoder.infer(
-                {contract.DECODER_FEATURES: features[s:e], contract.DECODER_COORDS: coords[s:e]}, share_inputs=True, share_outputs=True
-            )
-            out[s:e] = res[0][:, 0]
-        return out
+    def _decode_impl(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        feeds = {contract.DECODER_FEATURES: np.ascontiguousarray(features, dtype=np.float32),
+                 contract.DECODER_COORDS: np.ascontiguousarray(coords, dtype=np.float32)}
+        return self._decoder.infer(feeds, share_inputs=True, share_outputs=True)[0][:, 0]  # a view: decode copies it
 
     def close(self) -> None:
         self._encoder = None
         self._decoder = None
-
-    def __enter__(self) -> "OpenVinoBackend":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @register_backend("openvino", priority=15)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..bundle import ModelBundle, resolve_model
 from ..errors import InputError, ModelError, OutputError
-from ..geometry import COORD_MODES
+from ..sampling import COORD_MODES
 
 ENCODER_MODEL = "arssr_encoder"
 DECODER_MODEL = "arssr_decoder"

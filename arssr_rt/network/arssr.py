@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import COORD_MODES, PHASE_EPS
+from ..sampling import COORD_MODES, cell_phase
 from .decoders import Decoder, ModulatedDecoder
 from .encoders import ENCODERS, SubpixelEncoder
 
@@ -81,7 +81,7 @@ class ArSSR(nn.Module):
             return coords
         n = torch.tensor([float(v) * self.spec.feature_scale for v in lr_shape[-3:]], dtype=torch.float64)
         p = (coords.double() + 1) / 2 * n - 0.5
-        return (2 * (p - torch.floor(p + PHASE_EPS)) - 1).to(coords.dtype)
+        return cell_phase(p).to(coords.dtype)
 
     def forward(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor | None = None) -> torch.Tensor:
         """lr (B,1,D,H,W), coords (B,K,3) in [-1,1] -> intensity (B,K,1).

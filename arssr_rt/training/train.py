@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from ..degrade import cubic_resample, degrade
 from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
-from ..geometry import decoder_axis_coords, normalized_centres
+from ..geometry import normalized_centres
+from ..sampling import decoder_axis_coords
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
 from ..network import ArSSR, ModelSpec, build_model
 
