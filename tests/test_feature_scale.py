@@ -79,6 +79,16 @@ def test_tiled_subvoxel_inference_equals_whole_volume_reference(subvoxel_model, 
     assert float(np.abs(reference).max()) > 0.05  # a real signal was compared, not zeros
 
 
+def test_benchmark_reference_feeds_a_finer_feature_grid_the_runtime_phase(subvoxel_model, real_lr):
+    """The benchmark's authors'-style reference (phase coords, feature_scale 2) equals the
+    training reference and the runtime; it used the LR grid's phase before."""
+    from arssr_rt.bench.reference import reference_upsample
+
+    out_shape = (41, 33, 30)
+    want = predict_volume(subvoxel_model, real_lr, out_shape)
+    np.testing.assert_allclose(reference_upsample(subvoxel_model, real_lr, out_shape, chunk=5000), want, rtol=0, atol=2e-5)
+
+
 def test_decode_box_path_equals_the_cpu_sampler_path(subvoxel_bundle, real_lr):
     """GPU backends sample + decode whole tiles (decode_box); torch-cuda's logic runs on CPU here."""
     from arssr_rt.backends.torch_cuda_backend import TorchCudaBackend

@@ -14,6 +14,7 @@ as torch or faster and 1.5-2x faster than onnxruntime, so ``auto`` prefers it wh
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +31,23 @@ PRECISIONS = ("fp32", "bf16", "int8")
 # decoder rows per inference call (the declared max_decode_points): activations of a few
 # thousand points stay in L2 cache
 DECODE_BATCH = 4096
+
+
+def compile_cache_dir() -> Path | None:
+    """OpenVINO's compiled-model cache (``CACHE_DIR``) in the arssr-rt user cache, or None.
+
+    OpenVINO keys its entries on the graph, device and config itself, so a later process skips
+    most of the compile (an end-to-end ``arssr-rt upsample`` pays it once). An unwritable cache
+    only costs that time, never a run.
+    """
+    from ..quantize import cache_dir
+
+    try:
+        path = cache_dir().parent / "openvino"
+        path.mkdir(exist_ok=True)
+    except (BackendError, OSError):
+        return None
+    return path
 
 
 def _compile(core: Any, path: Any, options: BackendOptions, hint: str) -> Any:
@@ -66,6 +84,9 @@ class OpenVinoBackend(BackendRunner):
 
             encoder_path = static_int8_encoder(bundle)
         core = ov.Core()
+        cache = compile_cache_dir()
+        if cache is not None:
+            core.set_property({"CACHE_DIR": str(cache)})
         self.feature_dim = bundle.feature_dim
         self.precision = options.precision
         encoder = _compile(core, encoder_path, options, hint)

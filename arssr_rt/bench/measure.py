@@ -1,4 +1,4 @@
-"""One measurement in a fresh process: ``python -m benchmarks.measure JOB.json``.
+"""One measurement in a fresh process: ``python -m arssr_rt.bench.measure JOB.json``.
 
 A fresh process per measurement makes peak RSS (VmHWM) belong to that mode alone and keeps
 one mode's allocator state and thread pools from helping or hurting the next. The job reads
