@@ -20,7 +20,6 @@ from .errors import ModelError
 
 SCHEMA_VERSION = 1
 MODEL_JSON = "model.json"
-ENCODER_ONNX = "encoder.onnx"
 DECODER_ONNX = "decoder.onnx"
 WEIGHTS = "weights.pt"
 DEFAULT_MODEL_NAME = "default"

@@ -16,13 +16,12 @@ torch = pytest.importorskip("torch")
 from arssr_rt.backends.base import BackendOptions, open_backend  # noqa: E402
 from arssr_rt.bundle import load_bundle, sha256_file  # noqa: E402
 from arssr_rt.errors import BackendError  # noqa: E402
-from arssr_rt.memory import is_file_backed, plan_memory  # noqa: E402
-from arssr_rt.memory import encoder_bytes_per_voxel  # noqa: E402
+from arssr_rt.memory import is_file_backed  # noqa: E402
 from arssr_rt.pipeline import Upsampler  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402
 # random weights: TEST ONLY (speed paths and bookkeeping do not need a trained model)
 SPEC = {"encoder": "rescnn", "feature_dim": 8, "encoder_args": {"width": 8, "blocks": 2, "convs": 2}, "decoder_width": 16, "decoder_depth": 2}
 OUT_SHAPE = (60, 54, 50)
@@ -126,31 +125,6 @@ def test_small_budget_tiles_and_maps_the_output_without_changing_it(bundle, lr, 
     assert is_file_backed(out)
     assert list(tmp_path.iterdir()) == []  # the backing file is unlinked at once
     np.testing.assert_allclose(out, exact, atol=1e-5)
-
-
-def test_file_backed_restore_and_transpose_match_in_memory(tmp_path, monkeypatch):
-    from arssr_rt.intensity import Normalizer
-    from arssr_rt.memory import output_buffer
-    from arssr_rt.memory import restore_in_place, transposed
-
-    monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
-    values = np.random.default_rng(0).uniform(size=(7, 9, 11)).astype(np.float32)
-    mapped = output_buffer(values.shape, in_memory=False)
-    mapped[:] = values
-    norm = Normalizer().fit(np.array([10.0, 250.0], dtype=np.float32))
-    out = restore_in_place(norm, transposed(mapped))
-    assert is_file_backed(out) and out.flags.c_contiguous
-    np.testing.assert_allclose(out, norm.restore(values).transpose(2, 1, 0), rtol=1e-6)
-
-
-def test_budget_sets_tile_size():
-    spec = {"encoder": "rdn", "feature_dim": 128, "encoder_args": {}}
-    kw = dict(encoder_bytes_per_voxel=encoder_bytes_per_voxel(spec), receptive_radius=28, feature_dim=128, chunk=1 << 17, model_bytes=25 << 20)
-    small = plan_memory((200, 200, 200), (600, 600, 600), max_memory=2 << 30, **kw)
-    large = plan_memory((200, 200, 200), (600, 600, 600), max_memory=16 << 30, **kw)
-    whole = plan_memory((40, 40, 40), (80, 80, 80), max_memory=2 << 30, **kw)
-    assert small.tile < large.tile < 200 and whole.tile == 40
-    assert not small.output_in_memory and large.output_in_memory  # 864 MB output vs 1/8 of the budget
 
 
 def test_benchmark_reference_is_the_whole_volume_pipeline(model, bundle, lr, exact):
