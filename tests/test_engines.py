@@ -290,6 +290,12 @@ def test_shapes_outside_the_profile_are_refused(bundle, cache):
 # ---------------------------------------------------------------- encoder and device decode
 
 
+def test_declared_precisions_are_the_builders():
+    assert TensorRTBackend.precisions == builder.PRECISIONS
+    with pytest.raises(BackendError, match="tensorrt backend supports precision fp32, fp16, not 'int8'"):
+        TensorRTBackend.check_precision("int8")
+
+
 def test_encode_matches_and_declares_the_profile_it_refuses_beyond(bundle, cache):
     trt = make_fake_tensorrt(TRT10)
     builder.ensure_engines(trt, bundle, builder.BuildSettings(tile=4), GPU, cache, exact=True)  # max edge 8

@@ -74,6 +74,13 @@ class BackendRunner:
     coords_mode: str = "global"
     max_decode_points: int | None = None  # most rows one _decode_impl call takes; None: any
     max_encode_tile: tuple[int, int, int] | None = None  # largest encoder input; None: any
+    precisions: tuple[str, ...] = ("fp32",)  # what BackendOptions.precision may be
+
+    @classmethod
+    def check_precision(cls, precision: str) -> None:
+        """BackendError unless ``precision`` is one this backend declares (before loading anything)."""
+        if precision not in cls.precisions:
+            raise BackendError(f"{cls.name} backend supports precision {', '.join(cls.precisions)}, not {precision!r}")
 
     @property
     def stats(self) -> dict[str, CallStats]:

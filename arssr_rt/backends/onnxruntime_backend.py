@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BackendError, ModelError
+from ..errors import ModelError
 from ..export import contract
 from ..extras import require
 from .base import BackendOptions, BackendRunner, register_backend
@@ -63,11 +63,11 @@ class OnnxRuntimeBackend(BackendRunner):
 
     name = "onnxruntime"
     max_decode_points = DECODE_BATCH
+    precisions = PRECISIONS
 
     def __init__(self, bundle: "ModelBundle", options: BackendOptions):
         ort = require("onnxruntime")
-        if options.precision not in PRECISIONS:
-            raise BackendError(f"onnxruntime backend supports precision {', '.join(PRECISIONS)}, not {options.precision!r}")
+        self.check_precision(options.precision)
         encoder_path, decoder_path, self._io_dtype = _model_paths(bundle, options.precision)
         self.feature_dim = bundle.feature_dim
         self._encoder = _create_session(ort, encoder_path, options, [contract.ENCODER_INPUT], [contract.ENCODER_OUTPUT])

@@ -72,11 +72,11 @@ class OpenVinoBackend(BackendRunner):
 
     name = "openvino"
     max_decode_points = DECODE_BATCH
+    precisions = PRECISIONS
 
     def __init__(self, bundle: "ModelBundle", options: BackendOptions):
         ov = require("openvino")
-        if options.precision not in PRECISIONS:
-            raise BackendError(f"openvino backend supports precision {', '.join(PRECISIONS)}, not {options.precision!r}")
+        self.check_precision(options.precision)
         encoder_path, decoder_path = bundle.file(contract.ENCODER_FP32), bundle.file(contract.DECODER_FP32)
         hint = "f32" if options.precision == "fp32" else "bf16"
         if options.precision == "int8":

@@ -43,6 +43,7 @@ class TensorRTBackend(BackendRunner):
     """Encoder + decoder engines on one GPU; see the module doc for decode_box."""
 
     name = "tensorrt"
+    precisions = ("fp32", "fp16")  # engines/builder.PRECISIONS
 
     def __init__(
         self,
@@ -59,8 +60,7 @@ class TensorRTBackend(BackendRunner):
         from ..engines.cache import EngineCache
         from ..engines.runner import TrtEngine
 
-        if options.precision not in builder.PRECISIONS:
-            raise BackendError(f"tensorrt backend supports precision fp32 or fp16, not {options.precision!r}")
+        self.check_precision(options.precision)
         from ..sampling import check_coords_mode
 
         check_coords_mode(bundle.coords_mode)  # an unknown mode is the bundle's fault: ModelError, before the GPU

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..bundle import WEIGHTS
-from ..errors import BackendError, ModelError
+from ..errors import ModelError
 from ..extras import require
 from .base import BackendOptions, BackendRunner, register_backend
 
@@ -51,8 +51,7 @@ class TorchBackend(BackendRunner):
 
     def __init__(self, bundle: "ModelBundle", options: BackendOptions):
         self._torch = torch = require("torch")
-        if options.precision != "fp32":
-            raise BackendError(f"torch backend runs fp32 on the CPU only, not {options.precision!r}")
+        self.check_precision(options.precision)  # fp32 on the CPU only
         model = load_bundle_model(bundle)
         if options.threads:
             torch.set_num_threads(int(options.threads))  # process-wide: torch has no per-model setting

@@ -36,12 +36,12 @@ class TorchCudaBackend(BackendRunner):
     """Reference model on one CUDA device; see the module doc for decode_box."""
 
     name = "torch-cuda"
+    precisions = ("fp32", "fp16")
     decodes_boxes_on_device = True  # type: ignore[assignment]
 
     def __init__(self, bundle: "ModelBundle", options: BackendOptions, *, torch_device: str | None = None):
         torch = self._torch = require("torch")
-        if options.precision not in ("fp32", "fp16"):
-            raise BackendError(f"torch-cuda backend supports precision fp32 or fp16, not {options.precision!r}")
+        self.check_precision(options.precision)
         from ..sampling import check_coords_mode
 
         check_coords_mode(bundle.coords_mode)  # an unknown mode is the bundle's fault: ModelError, before the GPU
