@@ -37,7 +37,6 @@ DEFAULT_MAX_MEMORY = 2 * 1024**3  # peak bytes the whole run may use (see memory
 DEFAULT_MAX_OUTPUT_VOXELS = 1024**3  # refuse outputs larger than this (4 GiB as float32)
 
 ProgressFn = Callable[[int], None]
-Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 
 
 class Upsampler:

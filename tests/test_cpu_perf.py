@@ -144,6 +144,7 @@ def test_benchmark_measures_each_mode_in_its_own_process(bundle, lr, tmp_path):
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["backend"] == "onnxruntime fp32" and res["run_s"] > 0
+    assert res["timings"]["encode"]["calls"] >= 1 and res["timings"]["decode"]["items"] == int(np.prod(OUT_SHAPE))
     assert 20e6 < res["peak_rss"] < 2e9
     assert np.load(tmp_path / "out.npy").shape == OUT_SHAPE
 
