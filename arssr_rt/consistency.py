@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from math import erf as _erf
+
 import numpy as np
-from scipy.special import erf
+
+erf = np.vectorize(_erf, otypes=[np.float64])  # no scipy in the core install
 
 PROFILES = ("box", "gaussian")
 

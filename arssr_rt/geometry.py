@@ -4,6 +4,7 @@ Convention (field of view preserved exactly, as TorchIO does): an axis of ``h`` 
 resampled to ``H`` output voxels keeps its outer edges; output voxel ``j``'s centre sits at
 continuous input index ``(j + 0.5) * h / H - 0.5``; the new spacing is ``old * h / H``.
 The network sees voxel centres of an axis of ``n`` voxels as ``c = -1 + (2j + 1) / n``.
+What samples where (corners, weights, decoder coordinates) is derived in sampling.py.
 """
 
 from __future__ import annotations
@@ -119,24 +120,3 @@ def input_index_of_output(j: np.ndarray | int, h: int, H: int) -> np.ndarray:
     return (np.asarray(j, dtype=np.float64) + 0.5) * h / H - 0.5
 
 
-# Decoder coordinate modes. "global": the published ArSSR input, the output voxel centre in
-# [-1, 1] over the whole grid. "phase": where the point sits inside its trilinear cell,
-# 2 * (p - floor(p + PHASE_EPS)) - 1 per axis with p its continuous input index; it tells the
-# decoder the sub-voxel phase that trilinearly blended features alone cannot (see README).
-COORD_MODES = ("global", "phase")
-PHASE_EPS = 1e-4
-
-
-def cell_phase(j: np.ndarray, h: int, H: int) -> np.ndarray:
-    """Phase coordinate of output voxels ``j`` of an axis h -> H, in [-1, 1) (float32)."""
-    p = input_index_of_output(j, h, H)
-    return (2.0 * (p - np.floor(p + PHASE_EPS)) - 1.0).astype(np.float32)
-
-
-def decoder_axis_coords(h: int, H: int, start: int, stop: int, mode: str) -> np.ndarray:
-    """Decoder coordinates of output voxels [start, stop) along one axis, for ``mode``."""
-    if mode == "global":
-        return normalized_centres(H)[start:stop]
-    if mode == "phase":
-        return cell_phase(np.arange(start, stop), h, H)
-    raise ValueError(f"unknown coordinate mode {mode!r}; known: {', '.join(COORD_MODES)}")

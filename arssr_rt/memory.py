@@ -15,12 +15,16 @@ import mmap
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import OutputError
 from .tiling import auto_tile
+
+if TYPE_CHECKING:
+    from .bundle import ModelBundle
+    from .intensity import Normalizer
 
 # interpreter + numpy + nibabel + onnxruntime/OpenVINO libraries, measured 100-160 MB, with margin
 RUNTIME_BASE_BYTES = 320 * 1024**2
@@ -174,3 +178,57 @@ def min_max(arr: np.ndarray) -> tuple[float, float]:
         lo, hi = min(lo, float(arr[s].min())), max(hi, float(arr[s].max()))
     release_pages(arr)
     return lo, hi
+
+
+def encoder_bytes_per_voxel(spec: dict[str, Any]) -> float:
+    """Peak bytes per encoder voxel (float32, features returned included), from the spec.
+
+    Used only to choose a tile size. Fitted to the hungriest CPU runtime measured (OpenVINO:
+    RDN 12.3 kB, ResCNN 2.3 kB, the default model 0.6 kB per voxel; onnxruntime needs about
+    half): dense blocks (RDN) keep every block output, their concatenation and each dense
+    layer's growing input alive.
+    """
+    args = spec.get("encoder_args", {})
+    width = int(args.get("width", 64))
+    feat = int(spec.get("feature_dim", 128))
+    if spec.get("encoder") == "rdn":
+        blocks, layers, growth = int(args.get("blocks", 8)), int(args.get("layers", 3)), int(args.get("growth", 64))
+        dense_inputs = sum(width + growth * i for i in range(layers + 1))
+        channels = 2 * width * blocks + dense_inputs + 2 * feat + 2 * width
+    else:
+        channels = 4 * width + feat
+    r = int(spec.get("feature_scale", 1))
+    if r > 1:  # the expansion conv's output and the pixel-shuffled copy of it
+        channels += 2 * feat * r**3
+    return 4.0 * channels * 1.5  # 1.5: runtime workspace and copies
+
+
+def model_bytes(bundle: "ModelBundle") -> int:
+    """Size of the fp32 graphs a CPU runtime holds (weights, plus its own repacked copy)."""
+    from . import bundle_format as contract
+
+    total = 0
+    for name in (contract.ENCODER_FP32, contract.DECODER_FP32):
+        if bundle.has(name) and bundle.file(name).is_file():
+            total += bundle.file(name).stat().st_size
+    return total
+
+
+def restore_in_place(norm: "Normalizer", out: np.ndarray) -> np.ndarray:
+    """``norm.restore`` slab by slab into ``out`` itself: no second full-size array."""
+    for s in slabs(out.shape):
+        out[s] = norm.restore(out[s])
+        release_pages(out)
+    return out
+
+
+def transposed(out: np.ndarray) -> np.ndarray:
+    """(i, j, k) -> (k, j, i) as a C-contiguous array; file-backed in, file-backed out."""
+    if not is_file_backed(out):
+        return np.ascontiguousarray(out.transpose(2, 1, 0))
+    dst = output_buffer(out.shape[::-1], in_memory=False)
+    for s in slabs(dst.shape):
+        dst[s] = out[:, :, s].transpose(2, 1, 0)
+        release_pages(dst)
+        release_pages(out)
+    return dst

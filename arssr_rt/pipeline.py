@@ -1,31 +1,34 @@
-"""The full-volume pipeline, top to bottom in one screen:
+"""The full-volume pipeline, top to bottom: ``Upsampler.run`` reads as the flow.
 
-load + validate -> normalise -> encode (tiles with exact halo) -> sample + decode (chunks)
--> restore intensities -> write atomically.
+normalise -> (zyx bundles: transpose) -> encode tiles with an exact halo -> sample + decode
+chunks -> keep flat background flat -> (transpose back) -> restore intensities.
+``upsample_file`` adds read + validate before and the atomic write after.
 
-Peak memory is bounded by the tile and chunk sizes, not by the volume: only one tile's
-features and one chunk's decoder input exist at a time (plus the output array).
+The pipeline is the only tiler and chunker: backends run networks on what it hands them
+(``backends/base.py``), within the limits they declare. Peak memory is bounded by the tile
+and chunk sizes, not by the volume (see memory.py).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .background import flatten_flat_background
-from .backends.base import Backend, BackendOptions, open_backend
+from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
 from .errors import BackendError, InputError, ModelError, OutputError
 from .geometry import OutputGrid, Triplet, parse_triplet, plan_output_grid
 from .intensity import Normalizer
-from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages, slabs
+from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_buffer, plan_memory, release_pages,
+                     restore_in_place, transposed)
 from .sampling import box_coords, sample_box
-from .tiling import Tile, output_chunks, plan_tiles
+from .tiling import Tile, cap_tile, output_chunks, plan_tiles
 from .volume import Volume
 
 # output points sampled per step: 8 MB of decoder input at F=128 stays in cache between the
@@ -37,80 +40,33 @@ DEFAULT_MAX_OUTPUT_VOXELS = 1024**3  # refuse outputs larger than this (4 GiB as
 ProgressFn = Callable[[int], None]
 
 
-def encoder_bytes_per_voxel(spec: dict[str, Any]) -> float:
-    """Peak bytes per encoder voxel (float32, features returned included), from the spec.
-
-    Used only to choose a tile size. Fitted to the hungriest CPU runtime measured (OpenVINO:
-    RDN 12.3 kB, ResCNN 2.3 kB, the default model 0.6 kB per voxel; onnxruntime needs about
-    half): dense blocks (RDN) keep every block output, their concatenation and each dense
-    layer's growing input alive.
-    """
-    args = spec.get("encoder_args", {})
-    width = int(args.get("width", 64))
-    feat = int(spec.get("feature_dim", 128))
-    if spec.get("encoder") == "rdn":
-        blocks, layers, growth = int(args.get("blocks", 8)), int(args.get("layers", 3)), int(args.get("growth", 64))
-        dense_inputs = sum(width + growth * i for i in range(layers + 1))
-        channels = 2 * width * blocks + dense_inputs + 2 * feat + 2 * width
-    else:
-        channels = 4 * width + feat
-    r = int(spec.get("feature_scale", 1))
-    if r > 1:  # the expansion conv's output and the pixel-shuffled copy of it
-        channels += 2 * feat * r**3
-    return 4.0 * channels * 1.5  # 1.5: runtime workspace and copies
-
-
-def _model_bytes(bundle: ModelBundle) -> int:
-    """Size of the fp32 graphs a CPU runtime holds (weights, plus its own repacked copy)."""
-    from . import bundle_format as contract
-
-    total = 0
-    for name in (contract.ENCODER_FP32, contract.DECODER_FP32):
-        if bundle.has(name) and bundle.file(name).is_file():
-            total += bundle.file(name).stat().st_size
-    return total
-
-
-def restore_in_place(norm: Normalizer, out: np.ndarray) -> np.ndarray:
-    """``norm.restore`` slab by slab into ``out`` itself: no second full-size array."""
-    for s in slabs(out.shape):
-        out[s] = norm.restore(out[s])
-        release_pages(out)
-    return out
-
-
-def transposed(out: np.ndarray) -> np.ndarray:
-    """(i, j, k) -> (k, j, i) as a C-contiguous array; file-backed in, file-backed out."""
-    if not is_file_backed(out):
-        return np.ascontiguousarray(out.transpose(2, 1, 0))
-    dst = output_buffer(out.shape[::-1], in_memory=False)
-    for s in slabs(dst.shape):
-        dst[s] = out[:, :, s].transpose(2, 1, 0)
-        release_pages(dst)
-        release_pages(out)
-    return dst
-
-
 class Upsampler:
-    """A loaded model + backend, reusable across volumes (batch jobs load it once)."""
+    """A loaded model + backend, reusable across volumes (batch jobs load it once).
+
+    ``backend``: a registered name (``auto`` picks the best that opens), an open backend, or a
+    factory ``(bundle, options) -> backend``. ``chunk`` overrides ``options.chunk``.
+    """
 
     def __init__(
         self,
         model: str | Path | ModelBundle | None = None,
-        backend: str = "auto",
+        backend: BackendSpec = "auto",
         options: BackendOptions | None = None,
         tile: int | None = None,
-        chunk: int = DEFAULT_CHUNK,
+        chunk: int | None = None,
         normalization: str = "minmax",
         max_memory: int = DEFAULT_MAX_MEMORY,
     ):
-        self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
-        self.backend: Backend = open_backend(backend, self.bundle, options or BackendOptions())
+        options = options or BackendOptions()
+        if chunk is not None:
+            options = replace(options, chunk=chunk)
         if tile is not None and tile < 1:
             raise InputError(f"--tile must be >= 1, got {tile}")
-        if chunk < 1:
-            raise InputError(f"--chunk must be >= 1, got {chunk}")
-        self.tile, self.chunk, self.max_memory = tile, chunk, max_memory
+        if options.chunk is not None and options.chunk < 1:
+            raise InputError(f"--chunk must be >= 1, got {options.chunk}")
+        self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
+        self.backend: Backend = open_backend(backend, self.bundle, options)
+        self.tile, self.chunk, self.max_memory = tile, options.chunk or DEFAULT_CHUNK, max_memory
         self.normalization = normalization
 
     def __enter__(self) -> "Upsampler":
@@ -122,23 +78,10 @@ class Upsampler:
     def close(self) -> None:
         self.backend.close()
 
-    def memory_plan(self, shape: Sequence[int], out_shape: Sequence[int] | None = None) -> MemoryPlan:
-        """Tile size and output placement that keep the run inside ``max_memory``."""
-        plan = plan_memory(
-            shape, out_shape if out_shape is not None else shape, max_memory=self.max_memory,
-            encoder_bytes_per_voxel=encoder_bytes_per_voxel(self.bundle.spec), receptive_radius=self.bundle.receptive_radius,
-            feature_dim=self.bundle.feature_dim, chunk=self.chunk, model_bytes=_model_bytes(self.bundle),
-            feature_scale=self.bundle.feature_scale,
-        )
-        return plan if self.tile is None else MemoryPlan(self.tile, plan.output_in_memory, plan.encoder_budget)
-
-    def tile_for(self, shape: Sequence[int], out_shape: Sequence[int] | None = None) -> int:
-        return self.memory_plan(shape, out_shape).tile
-
     def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
         """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
         norm = Normalizer(mode=self.normalization).fit(volume.data)  # type: ignore[arg-type]
-        lr = norm.normalize(volume.data)
+        lr = norm.normalize(volume.data)  # [0, 1], as in training
         out_shape = grid.shape
         zyx = self.bundle.axis_order == "zyx"
         if zyx:  # published weights saw SimpleITK (z, y, x) arrays
@@ -152,53 +95,64 @@ class Upsampler:
         return restore_in_place(norm, out)
 
     def infer(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
-        """Normalised LR (D,H,W) -> normalised output of ``out_shape``, tile by tile."""
+        """Normalised LR (D,H,W) -> normalised output of ``out_shape``: encode each tile, then
+        sample + decode the output voxels it owns (on the device when the backend can)."""
         plan = self.memory_plan(lr.shape, out_shape)
         out = output_buffer(out_shape, in_memory=plan.output_in_memory)
-        tiles = plan_tiles(lr.shape, out_shape, plan.tile, self.bundle.receptive_radius)
+        radius = self.bundle.receptive_radius
+        tile = cap_tile(plan.tile, lr.shape, radius, self.backend.max_encode_tile)
         base = self.bundle.spec.get("base", "none")
         if base not in windowed_sinc.BASES:
             raise ModelError(f"model.json: spec.base must be one of {', '.join(windowed_sinc.BASES)}, got {base!r}")
-        for tile in tiles:
-            self._run_tile(lr, out, tile, progress)
-            if base != "none":  # residual bundles: decoder output + windowed-sinc base
-                windowed_sinc.add_base(out, lr, tile.output)
+        for t in plan_tiles(lr.shape, out_shape, tile, radius):
+            features, offset = self._encode(lr, t)
+            on_device = self.backend.decodes_boxes_on_device
+            block = features if on_device else np.ascontiguousarray(np.moveaxis(features, 0, -1))
+            boxes = [tuple(zip(*t.output))] if on_device else output_chunks(t.output, self.chunk)
+            for start, stop in boxes:
+                values = self._decode(block, offset, lr.shape, out.shape, start, stop, on_device)
+                out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = values
+                if progress:
+                    progress(values.size)
+            del features, block
+            if base != "none":  # residual bundles: decoder output + windowed-sinc base of the tile's outputs
+                windowed_sinc.add_base(out, lr, t.output)
             release_pages(out)
         return out
 
-    def _run_tile(self, lr: np.ndarray, out: np.ndarray, tile: Tile, progress: ProgressFn | None) -> None:
-        enc = tuple(slice(a, b) for a, b in tile.encode)
-        tile_in = lr[enc]
-        features = self.backend.encode(np.ascontiguousarray(tile_in))
-        # a feature map r times finer covers the same field of view: sample it as an input grid
-        # r times finer (align_corners=False makes both the same geometry)
+    def _encode(self, lr: np.ndarray, tile: Tile) -> tuple[np.ndarray, tuple[int, ...]]:
+        """Features of ``tile``'s core ± 1 (a view of the encoder output) and their grid offset."""
+        tile_in = np.ascontiguousarray(lr[tuple(slice(a, b) for a, b in tile.encode)])
+        features = self.backend.encode(tile_in)
+        # a feature map r times finer covers the same field of view: it is sampled as an input
+        # grid r times finer (align_corners=False makes both the same geometry)
         r = self.bundle.feature_scale
         expected = tuple(r * n for n in tile_in.shape)
         if tuple(features.shape[1:]) != expected:
             raise BackendError(f"encoder returned features of shape {tuple(features.shape[1:])} for a {tile_in.shape} tile; "
                                f"the bundle's feature_scale {r} needs {expected}")
         keep = tuple(slice(r * (k0 - e0), r * (k1 - e0)) for (k0, k1), (e0, _) in zip(tile.keep, tile.encode))
-        offset = tuple(r * k0 for k0, _ in tile.keep)
-        grid_shape = tuple(r * n for n in lr.shape)
-        decode_box = getattr(self.backend, "decode_box", None)
-        if decode_box is not None:
-            # GPU backends sample + decode the whole tile on the device; the kept block is a view
-            # of the encoder output, so its device copy is reused rather than uploaded again
-            start, stop = tuple(a for a, _ in tile.output), tuple(b for _, b in tile.output)
-            out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = decode_box(features[(slice(None),) + keep], offset, grid_shape, out.shape, start, stop)
-            if progress:
-                progress(int(np.prod([b - a for a, b in zip(start, stop)])))
-            return
-        # keep core ± 1 as a channel-last block for the separable sampler
-        block = np.ascontiguousarray(np.moveaxis(features[(slice(None),) + keep], 0, -1))
-        del features
-        for start, stop in output_chunks(tile.output, self.chunk):
-            sampled = sample_box(block, offset, grid_shape, out.shape, start, stop)
-            n = sampled.shape[:3]
-            values = self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), box_coords(out.shape, start, stop, grid_shape, self.bundle.coords_mode))
-            out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = values.reshape(n)
-            if progress:
-                progress(int(np.prod(n)))
+        return features[(slice(None),) + keep], tuple(r * k0 for k0, _ in tile.keep)
+
+    def _decode(self, block: np.ndarray, offset: Sequence[int], lr_shape: Sequence[int], out_shape: Sequence[int],
+                start: Sequence[int], stop: Sequence[int], on_device: bool) -> np.ndarray:
+        """Intensities of output box [start, stop): on the device, or sampled here and decoded."""
+        grid_shape = tuple(self.bundle.feature_scale * n for n in lr_shape)
+        if on_device:
+            return self.backend.decode_box(block, offset, grid_shape, out_shape, start, stop)
+        sampled = sample_box(block, offset, grid_shape, out_shape, start, stop)
+        coords = box_coords(out_shape, start, stop, grid_shape, self.bundle.coords_mode)
+        return self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), coords).reshape(sampled.shape[:3])
+
+    def memory_plan(self, shape: Sequence[int], out_shape: Sequence[int] | None = None) -> MemoryPlan:
+        """Tile size and output placement that keep the run inside ``max_memory``."""
+        plan = plan_memory(
+            shape, out_shape if out_shape is not None else shape, max_memory=self.max_memory,
+            encoder_bytes_per_voxel=encoder_bytes_per_voxel(self.bundle.spec), receptive_radius=self.bundle.receptive_radius,
+            feature_dim=self.bundle.feature_dim, chunk=self.chunk, model_bytes=model_bytes(self.bundle),
+            feature_scale=self.bundle.feature_scale,
+        )
+        return plan if self.tile is None else MemoryPlan(self.tile, plan.output_in_memory, plan.encoder_budget)
 
 
 @dataclass
@@ -213,6 +167,7 @@ class UpsampleResult:
     seconds: float
     backend: str
     model: str
+    timings: dict[str, dict[str, float]] | None = None  # the backend's per-call counts and seconds
 
 
 def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: Any = None, max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> OutputGrid:
@@ -247,9 +202,9 @@ def upsample(
     voxel_size: Any = None,
     shape: Any = None,
     model: str | Path | ModelBundle | None = None,
-    backend: str = "auto",
+    backend: BackendSpec = "auto",
     tile: int | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     normalization: str = "minmax",
     max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -281,10 +236,10 @@ def upsample_file(
     voxel_size: Any = None,
     shape: Any = None,
     model: str | Path | ModelBundle | None = None,
-    backend: str = "auto",
+    backend: BackendSpec = "auto",
     options: BackendOptions | None = None,
     tile: int | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     normalization: str = "minmax",
     dtype: str | None = None,
     force: bool = False,
@@ -317,7 +272,7 @@ def upsample_file(
     owner = upsampler is None
     up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory)
     if on_backend:
-        on_backend(getattr(up.backend, "name", backend))
+        on_backend(up.backend.name)
     try:
         result = up.run(volume, grid, progress(grid) if progress else None)
         target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path])
@@ -331,6 +286,7 @@ def upsample_file(
         in_spacing=tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0)),  # type: ignore[arg-type]
         out_spacing=grid.spacing,
         seconds=time.perf_counter() - t0,
-        backend=getattr(up.backend, "name", "?"),
+        backend=up.backend.name,
         model=up.bundle.name,
+        timings=up.backend.timings(),
     )

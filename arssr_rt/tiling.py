@@ -16,6 +16,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .errors import BackendError
+from .sampling import lower_corner
+
 Range = tuple[int, int]
 
 
@@ -30,11 +33,6 @@ class Tile:
     @property
     def output_voxels(self) -> int:
         return int(np.prod([b - a for a, b in self.output]))
-
-
-def lower_corner(j: np.ndarray | int, h: int, H: int) -> np.ndarray:
-    """floor of output voxel j's continuous input index (may be -1 at the first voxel)."""
-    return np.floor((np.asarray(j, dtype=np.float64) + 0.5) * h / H - 0.5).astype(np.int64)
 
 
 def _owned_outputs(c0: int, c1: int, h: int, H: int) -> Range:
@@ -69,6 +67,26 @@ def plan_tiles(in_shape: Sequence[int], out_shape: Sequence[int], tile: int | Se
     for combo in itertools.product(*per_axis):
         tiles.append(Tile(tuple(e[0] for e in combo), tuple(e[1] for e in combo), tuple(e[2] for e in combo)))  # type: ignore[arg-type]
     return tiles
+
+
+def cap_tile(tile: int, in_shape: Sequence[int], receptive_radius: int, max_input: Sequence[int] | None) -> list[int]:
+    """Per-axis cores no bigger than ``tile`` whose encoder input fits ``max_input``.
+
+    ``max_input`` is a backend's largest encoder input (an engine profile; None: any size).
+    An axis that fits whole keeps ``tile``; a longer one gets cores of ``max - 2 * halo``.
+    """
+    if max_input is None:
+        return [int(tile)] * 3
+    halo = receptive_radius + 1
+    cores = []
+    for h, m in zip(in_shape, max_input):
+        if h <= m:
+            cores.append(int(tile))
+            continue
+        if m - 2 * halo < 1:
+            raise BackendError(f"the encoder's largest input {tuple(max_input)} leaves no core inside a halo of {halo} voxels; rebuild the engines with a larger --tile")
+        cores.append(min(int(tile), m - 2 * halo))
+    return cores
 
 
 def output_chunks(output: Sequence[Range], chunk: int) -> Iterator[tuple[tuple[int, int, int], tuple[int, int, int]]]:

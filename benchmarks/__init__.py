@@ -1,1 +1,1 @@
-"""CPU benchmarks of arssr-rt against the straightforward torch pipeline (``python -m benchmarks``)."""
+"""Benchmark results and notes; the code is the arssr_rt.bench package (``python -m benchmarks``)."""

@@ -1,7 +1,7 @@
-"""``python -m benchmarks``: run every CPU case and print the table (see benchmarks/README.md)."""
+"""``python -m benchmarks`` (from a source checkout): the benchmark now lives in arssr_rt.bench."""
 
 import sys
 
-from .cpu import main
+from arssr_rt.bench.cpu import main
 
 sys.exit(main())

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from arssr_rt.engines.sampler import BoxSpec, reference_sample_rows
+from arssr_rt.sampling import BoxSpec
+
+from kernel_mirror import reference_sample_rows
 
 # ---------------------------------------------------------------- host-memory fake GPU
 

@@ -121,7 +121,7 @@ def test_cli_refuses_an_escaping_bundle_in_one_line(copy_default, tmp_path: Path
 def test_spec_sets_match_the_torch_registry() -> None:
     models = pytest.importorskip("arssr_rt.network", exc_type=ImportError)
     from arssr_rt import windowed_sinc
-    from arssr_rt.geometry import COORD_MODES
+    from arssr_rt.sampling import COORD_MODES
 
     assert sorted(models.ENCODERS) == sorted(bundle_format.ENCODERS)
     assert tuple(COORD_MODES) == bundle_format.COORDS

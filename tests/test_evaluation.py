@@ -25,7 +25,7 @@ from arssr_rt.evaluation.runner import EvalRow, MethodScores, lr_volume, parse_s
 from arssr_rt.nifti_io import load_volume  # noqa: E402
 from arssr_rt.pipeline import plan_grid  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[1] / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402
 # random weights: TEST ONLY (the evaluate wiring does not need a trained model)
 TINY_SPEC = {"encoder": "rescnn", "feature_dim": 8, "encoder_args": {"width": 8, "blocks": 1, "convs": 2},
              "decoder_width": 16, "decoder_depth": 2}

@@ -79,6 +79,16 @@ def test_tiled_subvoxel_inference_equals_whole_volume_reference(subvoxel_model, 
     assert float(np.abs(reference).max()) > 0.05  # a real signal was compared, not zeros
 
 
+def test_benchmark_reference_feeds_a_finer_feature_grid_the_runtime_phase(subvoxel_model, real_lr):
+    """The benchmark's authors'-style reference (phase coords, feature_scale 2) equals the
+    training reference and the runtime; it used the LR grid's phase before."""
+    from arssr_rt.bench.reference import reference_upsample
+
+    out_shape = (41, 33, 30)
+    want = predict_volume(subvoxel_model, real_lr, out_shape)
+    np.testing.assert_allclose(reference_upsample(subvoxel_model, real_lr, out_shape, chunk=5000), want, rtol=0, atol=2e-5)
+
+
 def test_decode_box_path_equals_the_cpu_sampler_path(subvoxel_bundle, real_lr):
     """GPU backends sample + decode whole tiles (decode_box); torch-cuda's logic runs on CPU here."""
     from arssr_rt.backends.torch_cuda_backend import TorchCudaBackend
@@ -90,7 +100,7 @@ def test_decode_box_path_equals_the_cpu_sampler_path(subvoxel_bundle, real_lr):
         want = up.infer(real_lr, out_shape)
     with Upsampler(bundle, backend="onnxruntime", tile=6) as up:
         up.backend.close()
-        up.backend = TorchCudaBackend(bundle, BackendOptions(), torch_device="cpu", chunk=1000)
+        up.backend = TorchCudaBackend(bundle, BackendOptions(chunk=1000), torch_device="cpu")
         got = up.infer(real_lr, out_shape)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
 

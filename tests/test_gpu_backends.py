@@ -111,7 +111,7 @@ def torch_on_cpu(tiny_bundle):
     from arssr_rt.backends.torch_cuda_backend import TorchCudaBackend
 
     bundle = load_bundle(tiny_bundle)
-    backend = TorchCudaBackend(bundle, BackendOptions(), torch_device="cpu", chunk=500)
+    backend = TorchCudaBackend(bundle, BackendOptions(chunk=500), torch_device="cpu")
     yield bundle, backend
     backend.close()
 
@@ -147,7 +147,7 @@ def test_torch_cuda_logic_decode_box_feeds_a_phase_bundle_the_cpu_pipelines_coor
     """decode_box of a "phase" bundle: the decoder gets box_coords(..., "phase") exactly, as the CPU path."""
     from arssr_rt.backends.torch_cuda_backend import TorchCudaBackend
 
-    backend = TorchCudaBackend(load_bundle(phase_bundle), BackendOptions(), torch_device="cpu", chunk=700)
+    backend = TorchCudaBackend(load_bundle(phase_bundle), BackendOptions(chunk=700), torch_device="cpu")
     assert backend.coords_mode == "phase"
     lr = np.ascontiguousarray(fixture_volume[0][20:32, 25:35, 30:41] / 255.0)
     features = backend.encode(lr)

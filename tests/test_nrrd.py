@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +14,7 @@ nrrd = pytest.importorskip("nrrd")
 from arssr_rt.errors import InputError  # noqa: E402
 from arssr_rt.io_nrrd import read_nrrd  # noqa: E402
 
-FIXTURE = Path(str(resources.files("arssr_rt") / "data" / "colin27_t1_crop64_1mm.nii.gz"))
+from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402
 CLINICAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pyradiomics_brain1_image.nrrd"
 LPS = np.diag([-1.0, -1.0, 1.0])
 

@@ -18,7 +18,7 @@ from arssr_rt.tiling import plan_tiles  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 from arssr_rt.training.train import predict_volume  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[1] / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402
 # random weights: TEST ONLY (geometry and tiling do not need a trained model)
 SPEC = {"encoder": "rescnn", "feature_dim": 8, "encoder_args": {"width": 8, "blocks": 2, "convs": 2}, "decoder_width": 16, "decoder_depth": 2}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +16,7 @@ from arssr_rt.errors import InputError  # noqa: E402
 from arssr_rt.geometry import parse_triplet, plan_output_grid  # noqa: E402
 from arssr_rt.qc import COLUMNS, DIFFERENCE, VIEWS, draw_montage, montage_layout, montage_panels, nearest_upsample, write_qc_montage  # noqa: E402
 
-FIXTURE = Path(str(resources.files("arssr_rt") / "data" / "colin27_t1_crop64_1mm.nii.gz"))
+from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,8 @@ sys.meta_path.insert(0, _NoTorch())
 def _report():
     loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
     with open(os.environ["ARSSR_TORCH_REPORT"], "w") as f:
-        json.dump({"loaded": loaded, "attempts": sorted(set(_attempts))}, f)
+        ours = sorted(m for m in sys.modules if m == "arssr_rt" or m.startswith("arssr_rt."))
+        json.dump({"loaded": loaded, "attempts": sorted(set(_attempts)), "arssr_rt": ours}, f)
 '''
 
 
@@ -61,7 +62,11 @@ def run_without_torch(args: list[str], tmp_path: Path, *, module: bool = True) -
     cmd = [sys.executable, "-m", "arssr_rt", *args] if module else [sys.executable, "-c", args[0]]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert report.is_file(), f"the torch blocker did not load: {proc.stderr[-1500:]}"
-    return proc, json.loads(report.read_text())
+    data = json.loads(report.read_text())
+    ours = data.pop("arssr_rt")
+    torch_side = [m for m in ours if m.split(".")[1:2] in (["network"], ["training"], ["bench"]) or (m.startswith("arssr_rt.export.") and m != "arssr_rt.export.contract")]
+    assert not torch_side, f"the runtime imported torch-side modules: {torch_side}"
+    return proc, data
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +91,17 @@ def test_blocker_really_blocks_torch(tmp_path: Path) -> None:
     assert report == {"loaded": [], "attempts": ["torch"]}
 
 
+def test_the_check_names_a_torch_side_module_that_the_runtime_imported(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match=r"torch-side modules: \['arssr_rt.bench'\]"):
+        run_without_torch(["import arssr_rt.bench"], tmp_path, module=False)
+
+
 def test_importing_the_runtime_does_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import arssr_rt, arssr_rt.cli, arssr_rt.bundle, arssr_rt.backends.onnxruntime_backend, arssr_rt.bundle_format\n"
+        "import arssr_rt.pipeline, arssr_rt.sampling, arssr_rt.tiling, arssr_rt.memory, arssr_rt.backends.openvino_backend\n"
+        "import arssr_rt.backends.tensorrt_backend, arssr_rt.backends.torch_backend, arssr_rt.backends.torch_cuda_backend\n"
+        "import arssr_rt.windowed_sinc, arssr_rt.consistency, arssr_rt.outputs, arssr_rt.writers\n"
         "from arssr_rt.backends.base import available_backends; print(available_backends())"
     )
     proc, report = run_without_torch([code], tmp_path, module=False)

@@ -18,7 +18,7 @@ from arssr_rt.network import PUBLISHED_SPECS, build_model, count_parameters  # n
 from arssr_rt.training.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402
 
 # (encoder params, receptive radius) from the published layout (ARSSR.md)
 PUBLISHED = {"rdn": (5_918_784, 28), "rescnn": (2_214_912, 20), "srresnet": (4_317_376, 39)}

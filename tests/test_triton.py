@@ -100,13 +100,8 @@ def _parameters(repo: Path) -> dict[str, str]:
 
 def _load_served_model(repo: Path, monkeypatch, parameters: dict[str, str] | None = None):
     """(TritonPythonModel initialised as Triton would, the fake pb_utils) for the repo's model.py."""
-    from arssr_rt.backends import base as backends_base
-
     pb_utils = fake_pb_utils(repo)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils)
-    # the served model registers a "triton-bls" backend; keep it out of the other tests (load the
-    # real backends first: once their modules are imported they never register again)
-    monkeypatch.setattr(backends_base, "_REGISTRY", dict(backends_base._load_registry()))
     spec = importlib.util.spec_from_file_location("arssr_triton_model", repo / "arssr" / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -115,6 +110,17 @@ def _load_served_model(repo: Path, monkeypatch, parameters: dict[str, str] | Non
     model.initialize({"model_repository": str(repo / "arssr"), "model_version": "1",
                       "model_config": json.dumps({"parameters": {k: {"string_value": v} for k, v in parameters.items()}})})
     return model, pb_utils
+
+
+def test_served_model_passes_its_backend_instead_of_registering_one(repo, monkeypatch):
+    """The BLS backend is handed to the Upsampler; the global backend registry stays as it was."""
+    from arssr_rt.backends.base import available_backends
+
+    before = available_backends()
+    model, _ = _load_served_model(repo, monkeypatch)
+    assert model.upsampler.backend.name == "triton-bls"
+    assert available_backends() == before and "triton-bls" not in before
+    model.finalize()
 
 
 def test_repository_layout(repo):

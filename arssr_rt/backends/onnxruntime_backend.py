@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import BackendError, ModelError
 from .. import bundle_format as contract
 from ..extras import require
-from .base import BackendOptions, register_backend
+from .base import BackendOptions, BackendRunner, register_backend
 
 if TYPE_CHECKING:
     from ..bundle import ModelBundle
@@ -23,8 +23,9 @@ PRECISION_FILES = {
     "fp16": (contract.ENCODER_FP16, contract.DECODER_FP16, np.float16),
 }
 PRECISIONS = (*PRECISION_FILES, "int8")
-# decoder rows per session call: a few thousand points keep the MLP's activations in cache
-# (measured 2-3x more points/s than 65,536-point calls on an AVX-512 CPU)
+# decoder rows per session call (the declared max_decode_points): a few thousand points keep
+# the MLP's activations in cache (measured 2-3x more points/s than 65,536-point calls on an
+# AVX-512 CPU)
 DECODE_BATCH = 2048
 
 
@@ -57,15 +58,16 @@ def _create_session(ort, path, options: BackendOptions, expected_inputs: list[st
     return session
 
 
-class OnnxRuntimeBackend:
-    """Encoder and decoder sessions of one bundle; see base.Backend for the array contract."""
+class OnnxRuntimeBackend(BackendRunner):
+    """Encoder and decoder sessions of one bundle; see base.BackendRunner for the array contract."""
 
     name = "onnxruntime"
+    max_decode_points = DECODE_BATCH
+    precisions = PRECISIONS
 
     def __init__(self, bundle: "ModelBundle", options: BackendOptions):
         ort = require("onnxruntime")
-        if options.precision not in PRECISIONS:
-            raise BackendError(f"onnxruntime backend supports precision {', '.join(PRECISIONS)}, not {options.precision!r}")
+        self.check_precision(options.precision)
         encoder_path, decoder_path, self._io_dtype = _model_paths(bundle, options.precision)
         self.feature_dim = bundle.feature_dim
         self._encoder = _create_session(ort, encoder_path, options, [contract.ENCODER_INPUT], [contract.ENCODER_OUTPUT])
@@ -73,38 +75,20 @@ class OnnxRuntimeBackend:
             ort, decoder_path, options, [contract.DECODER_FEATURES, contract.DECODER_COORDS], [contract.DECODER_OUTPUT]
         )
 
-    def encode(self, lr: np.ndarray) -> np.ndarray:
-        """(D, H, W) float32 in [0, 1] -> (F, D, H, W) float32."""
-        if lr.ndim != 3:
-            raise BackendError(f"encode expects a (D, H, W) tile, got shape {lr.shape}")
-        x = np.ascontiguousarray(lr, dtype=self._io_dtype)[None, None]
+    def _encode_impl(self, lr: np.ndarray) -> np.ndarray:
+        x = lr.astype(self._io_dtype, copy=False)[None, None]
         (features,) = self._encoder.run([contract.ENCODER_OUTPUT], {contract.ENCODER_INPUT: x})
         return np.asarray(features[0], dtype=np.float32)
 
-    def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """(N, F) sampled features + (N, 3) coords -> (N,) float32 intensities."""
-        if features.ndim != 2 or features.shape[1] != self.feature_dim or coords.shape != (features.shape[0], 3):
-            raise BackendError(f"decode expects (N, {self.feature_dim}) features and (N, 3) coords, got {features.shape} and {coords.shape}")
-        features = np.ascontiguousarray(features, dtype=self._io_dtype)
-        coords = np.ascontiguousarray(coords, dtype=self._io_dtype)
-        out = np.empty(features.shape[0], dtype=np.float32)
-        for s in range(0, features.shape[0], DECODE_BATCH):
-            e = min(s + DECODE_BATCH, features.shape[0])
-            (values,) = self._decoder.run(
-                [contract.DECODER_OUTPUT], {contract.DECODER_FEATURES: features[s:e], contract.DECODER_COORDS: coords[s:e]}
-            )
-            out[s:e] = values[:, 0]
-        return out
+    def _decode_impl(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        feeds = {contract.DECODER_FEATURES: np.ascontiguousarray(features, dtype=self._io_dtype),
+                 contract.DECODER_COORDS: np.ascontiguousarray(coords, dtype=self._io_dtype)}
+        (values,) = self._decoder.run([contract.DECODER_OUTPUT], feeds)
+        return values[:, 0]
 
     def close(self) -> None:
         self._encoder = None
         self._decoder = None
-
-    def __enter__(self) -> "OnnxRuntimeBackend":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @register_backend("onnxruntime", priority=10)

@@ -4,34 +4,28 @@ Opening it probes the GPU first (no TensorRT object exists before that), then lo
 engines from the engine cache, building them once when missing (see arssr_rt/engines).
 fp32 and fp16 (``BackendOptions.precision``); ``device`` picks the GPU.
 
-Besides the Backend protocol (numpy in, numpy out) it offers the optional fast path
-
-    decode_box(features, in_offset, in_shape, out_shape, out_start, out_stop) -> np.ndarray
-
-features: (F, d, h, w) float32 block whose voxel 0 is global input voxel ``in_offset`` of a
-volume of ``in_shape``; returns the float32 intensities of output voxels
-[out_start, out_stop) of the output grid ``out_shape``, shape ``out_stop - out_start``. The
-block must cover every input voxel those outputs need (ValueError otherwise). The points
-never leave the GPU: the CUDA sampler writes the decoder's inputs (coords in the bundle's
-``spec.coords`` mode, as the CPU pipeline) into device memory and
-the decoder engine reads them there, chunk i+1 being sampled while chunk i decodes. When
-``features`` is (a view of) the array the last ``encode`` returned, its device copy is
-reused and nothing is uploaded; that array is returned read-only so it cannot silently
-diverge from the copy.
+Only device work lives here. The engines' profiles are declared as ``max_encode_tile`` and
+``max_decode_points``, so the pipeline tiles and chunks below them. ``decode_box`` (declared
+by ``decodes_boxes_on_device``) keeps the points on the GPU: the CUDA sampler writes the
+decoder's inputs (coords in the bundle's ``spec.coords`` mode) into device memory and the
+decoder engine reads them there, chunk i+1 (``BackendOptions.chunk`` points) being sampled
+while chunk i decodes. When the block is (a view of) the array the last ``encode`` returned,
+its device copy is reused and nothing is uploaded; that array is returned read-only so it
+cannot silently diverge from the copy. Without a loadable CUDA sampler (e.g. no NVRTC) the
+backend declares no box decoding and the pipeline samples on the host.
 """
 
 from __future__ import annotations
 
 import logging
-from itertools import product
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackendError, MissingExtraError
 from .. import bundle_format as contract
 from ..extras import require
-from .base import BackendOptions, register_backend
+from .base import BackendOptions, BackendRunner, register_backend
 
 if TYPE_CHECKING:
     from ..bundle import ModelBundle
@@ -39,40 +33,17 @@ if TYPE_CHECKING:
     from ..engines.device import DeviceApi
     from ..engines.device_decode import DeviceBoxDecoder, DeviceFeatures, Sampler
     from ..engines.gpu_probe import GpuInfo
+    from ..sampling import BoxSpec
 
-DEFAULT_CHUNK = 262144
+DEFAULT_CHUNK = 262144  # device points per sampler/decoder step when --chunk is not given
 log = logging.getLogger(__name__)
 
 
-def encode_in_tiles(encode_tile: Callable[[np.ndarray], np.ndarray], lr: np.ndarray, max_edge: Sequence[int], halo: int) -> np.ndarray:
-    """Exact encoder output of a volume bigger than the engine's profile.
-
-    Cores of ``max_edge - 2 * halo`` voxels are encoded with ``halo`` = receptive radius
-    voxels of context each side (clipped at the volume, where the zero padding is the
-    same as the whole volume's), and only the cores are kept.
-    """
-    core = [int(m) - 2 * halo for m in max_edge]
-    if min(core) < 1:
-        raise BackendError(f"the encoder engine's largest tile {tuple(max_edge)} leaves no core inside a halo of {halo}; rebuild with a larger --tile")
-    out: np.ndarray | None = None
-    for start in product(*(range(0, n, c) for n, c in zip(lr.shape, core))):
-        stop = [min(s + c, n) for s, c, n in zip(start, core, lr.shape)]
-        lo = [max(0, s - halo) for s in start]
-        hi = [min(n, e + halo) for e, n in zip(stop, lr.shape)]
-        feats = encode_tile(lr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
-        r = feats.shape[1] // (hi[0] - lo[0])  # feature grid r times finer (bundle feature_scale)
-        if out is None:
-            out = np.empty((feats.shape[0], *(r * n for n in lr.shape)), dtype=np.float32)
-        keep = tuple(slice(r * (s - l), r * (e - l)) for s, e, l in zip(start, stop, lo))
-        out[(slice(None), *(slice(r * s, r * e) for s, e in zip(start, stop)))] = feats[(slice(None), *keep)]
-    assert out is not None
-    return out
-
-
-class TensorRTBackend:
+class TensorRTBackend(BackendRunner):
     """Encoder + decoder engines on one GPU; see the module doc for decode_box."""
 
     name = "tensorrt"
+    precisions = ("fp32", "fp16")  # engines/builder.PRECISIONS
 
     def __init__(
         self,
@@ -84,17 +55,15 @@ class TensorRTBackend:
         gpu: "GpuInfo | None" = None,
         cache: "EngineCache | None" = None,
         sampler: "Sampler | None" = None,
-        chunk: int = DEFAULT_CHUNK,
     ):
         from ..engines import builder, gpu_probe
         from ..engines.cache import EngineCache
         from ..engines.runner import TrtEngine
 
-        if options.precision not in builder.PRECISIONS:
-            raise BackendError(f"tensorrt backend supports precision fp32 or fp16, not {options.precision!r}")
-        from ..engines.sampler import coord_mode_code
+        self.check_precision(options.precision)
+        from ..sampling import check_coords_mode
 
-        coord_mode_code(bundle.coords_mode)  # an unknown mode is the bundle's fault: ModelError, before the GPU
+        check_coords_mode(bundle.coords_mode)  # an unknown mode is the bundle's fault: ModelError, before the GPU
         # the GPU probe comes before TensorRT exists in this process: a TensorRT runtime
         # without a usable GPU crashes on deserialisation instead of raising
         self.gpu = gpu or gpu_probe.require_gpu(options.device)
@@ -104,7 +73,6 @@ class TensorRTBackend:
 
             device = CudaRuntime(options.device)
         self.device = device
-        self.receptive_radius = bundle.receptive_radius
         self.feature_dim = bundle.feature_dim
         self.coords_mode = bundle.coords_mode  # what the decoder's coords input holds
         settings = builder.BuildSettings(precision=options.precision)
@@ -113,41 +81,33 @@ class TensorRTBackend:
         self.decoder = TrtEngine(self.trt, blobs["decoder"], device, "decoder")
         self.stream = device.create_stream()
         self._sampler = sampler
-        self._chunk = chunk
+        self._chunk = options.chunk or DEFAULT_CHUNK
         self._box: "DeviceBoxDecoder | None" = None
         self._last_features: np.ndarray | None = None  # what encode returned last, if its device copy is intact
         self._sampler_error: str | None = None  # why the CUDA sampler cannot run, once known
 
-    # ------------------------------------------------------------ Backend protocol
+    # ------------------------------------------------------------ declared limits
 
-    def _encode_tile(self, lr: np.ndarray) -> np.ndarray:
+    @property
+    def max_encode_tile(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return tuple(int(n) for n in self.encoder.max_shape(contract.ENCODER_INPUT)[2:])  # type: ignore[return-value]
+
+    @property
+    def max_decode_points(self) -> int:  # type: ignore[override]
+        return int(self.decoder.max_shape(contract.DECODER_FEATURES)[0])
+
+    # ------------------------------------------------------------ runner
+
+    def _encode_impl(self, lr: np.ndarray) -> np.ndarray:
         out = self.encoder.infer({contract.ENCODER_INPUT: lr[None, None]}, self.stream)[contract.ENCODER_OUTPUT][0]
-        return np.asarray(out, dtype=np.float32)
-
-    def encode(self, lr: np.ndarray) -> np.ndarray:
-        """(D, H, W) float32 in [0, 1] -> (F, D, H, W) float32 (read-only, see decode_box)."""
-        if lr.ndim != 3:
-            raise BackendError(f"encode expects a (D, H, W) tile, got shape {lr.shape}")
-        max_edge = self.encoder.max_shape(contract.ENCODER_INPUT)[2:]
-        if all(n <= m for n, m in zip(lr.shape, max_edge)):
-            features = self._encode_tile(lr)
-            features.flags.writeable = False
-            self._last_features = features
-        else:  # bigger than the engine's profile: exact halo tiling, no single device copy
-            features = encode_in_tiles(self._encode_tile, lr, max_edge, self.receptive_radius)
-            self._last_features = None
+        features = np.asarray(out, dtype=np.float32)
+        features.flags.writeable = False  # decode_box may reuse the device copy of this exact array
+        self._last_features = features
         return features
 
-    def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """(N, F) sampled features + (N, 3) coords -> (N,) float32, in engine-sized pieces."""
-        if features.ndim != 2 or features.shape[1] != self.feature_dim or coords.shape != (features.shape[0], 3):
-            raise BackendError(f"decode expects (N, {self.feature_dim}) features and (N, 3) coords, got {features.shape} and {coords.shape}")
-        step = int(self.decoder.max_shape(contract.DECODER_FEATURES)[0])
-        out = np.empty(features.shape[0], dtype=np.float32)
-        for a in range(0, features.shape[0], step):
-            res = self.decoder.infer({contract.DECODER_FEATURES: features[a:a + step], contract.DECODER_COORDS: coords[a:a + step]}, self.stream)
-            out[a:a + step] = res[contract.DECODER_OUTPUT][:, 0]
-        return out
+    def _decode_impl(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        res = self.decoder.infer({contract.DECODER_FEATURES: features, contract.DECODER_COORDS: coords}, self.stream)
+        return res[contract.DECODER_OUTPUT][:, 0]
 
     # ------------------------------------------------------------ device fast path
 
@@ -179,49 +139,22 @@ class TensorRTBackend:
         ptr = self.encoder.buffer_ptr(contract.ENCODER_OUTPUT) + offset * dtype.itemsize  # (1,F,D,H,W) == (F,D,H,W) layout
         return DeviceFeatures(ptr, dtype, tuple(features.shape), tuple(strides))  # type: ignore[arg-type]
 
-    def run_tile_on_device(self, features: "DeviceFeatures", in_offset: Sequence[int], in_shape: Sequence[int],
-                           out_shape: Sequence[int], out_start: Sequence[int], out_stop: Sequence[int]) -> np.ndarray:
-        """decode_box for a feature block already in device memory."""
-        from ..engines.sampler import BoxSpec
-
-        spec = BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop, self.coords_mode)
-        return self._box_decoder().decode(features, spec)
-
-    def _decode_box_on_host(self, features: np.ndarray, in_offset: Sequence[int], in_shape: Sequence[int],
-                            out_shape: Sequence[int], out_start: Sequence[int], out_stop: Sequence[int]) -> np.ndarray:
-        """decode_box with the numpy sampler: used when the CUDA sampler cannot be loaded."""
-        from ..sampling import box_coords, sample_box
-        from ..tiling import output_chunks
-
-        block = np.ascontiguousarray(np.moveaxis(np.asarray(features, dtype=np.float32), 0, -1))
-        out = np.empty([b - a for a, b in zip(out_start, out_stop)], dtype=np.float32)
-        for start, stop in output_chunks(tuple(zip(out_start, out_stop)), self._chunk):
-            sampled = sample_box(block, in_offset, in_shape, out_shape, start, stop)
-            coords = box_coords(out_shape, start, stop, in_shape, self.coords_mode)
-            values = self.decode(sampled.reshape(-1, sampled.shape[-1]), coords)
-            out[tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, out_start))] = values.reshape(sampled.shape[:3])
-        return out
-
-    def decode_box(self, features: np.ndarray, in_offset: Sequence[int], in_shape: Sequence[int],
-                   out_shape: Sequence[int], out_start: Sequence[int], out_stop: Sequence[int]) -> np.ndarray:
-        """Sample + decode output box [out_start, out_stop) on the GPU; see the module doc."""
-        if features.ndim != 4 or features.shape[0] != self.feature_dim:
-            raise BackendError(f"decode_box expects a ({self.feature_dim}, d, h, w) feature block, got {features.shape}")
+    @property
+    def decodes_boxes_on_device(self) -> bool:
+        """True once the CUDA sampler loads; False (logged once) when it cannot."""
         if self._sampler_error is None:
             try:
                 self._box_decoder()
             except (BackendError, MissingExtraError) as exc:  # e.g. NVRTC not installed: the engines still work
                 self._sampler_error = str(exc)
                 log.warning("CUDA sampler unavailable (%s); sampling on the CPU instead", exc)
-        if self._sampler_error is not None:
-            from ..engines.sampler import BoxSpec
+        return self._sampler_error is None
 
-            BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop, self.coords_mode)  # same checks
-            return self._decode_box_on_host(features, in_offset, in_shape, out_shape, out_start, out_stop)
+    def _decode_box_impl(self, features: np.ndarray, spec: "BoxSpec") -> np.ndarray:
         on_device = self._device_copy(features)
         if on_device is None:
             on_device = self._box_decoder().upload_features(features)
-        return self.run_tile_on_device(on_device, in_offset, in_shape, out_shape, out_start, out_stop)
+        return self._box_decoder().decode(on_device, spec)
 
     def close(self) -> None:
         if self._box is not None:
@@ -237,12 +170,6 @@ class TensorRTBackend:
             self.device.destroy_stream(self.stream)
             self.stream = None
         self._last_features = None
-
-    def __enter__(self) -> "TensorRTBackend":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @register_backend("tensorrt", priority=30)

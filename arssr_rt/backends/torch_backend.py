@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..bundle import WEIGHTS
-from ..errors import BackendError, ModelError
+from ..errors import ModelError
 from ..extras import require
 from ..safe_load import load_checkpoint
-from .base import BackendOptions, register_backend
+from .base import BackendOptions, BackendRunner, register_backend
 
 if TYPE_CHECKING:
     from ..bundle import ModelBundle
@@ -41,48 +41,33 @@ def load_bundle_model(bundle: "ModelBundle"):
     return model
 
 
-class TorchBackend:
-    """fp32 torch on the CPU under inference_mode; see base.Backend for the array contract."""
+class TorchBackend(BackendRunner):
+    """fp32 torch on the CPU under inference_mode; see base.BackendRunner for the array contract."""
 
     name = "torch"
 
     def __init__(self, bundle: "ModelBundle", options: BackendOptions):
         self._torch = torch = require("torch")
-        if options.precision != "fp32":
-            raise BackendError(f"torch backend runs fp32 on the CPU only, not {options.precision!r}")
+        self.check_precision(options.precision)  # fp32 on the CPU only
         model = load_bundle_model(bundle)
         if options.threads:
             torch.set_num_threads(int(options.threads))  # process-wide: torch has no per-model setting
         self.model = model.eval()
         self.feature_dim = bundle.feature_dim
 
-    def encode(self, lr: np.ndarray) -> np.ndarray:
-        """(D, H, W) float32 in [0, 1] -> (F, D, H, W) float32."""
-        if lr.ndim != 3:
-            raise BackendError(f"encode expects a (D, H, W) tile, got shape {lr.shape}")
-        torch = self._torch
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None]
-            return self.model.encoder(x)[0].numpy().copy()
+    def _encode_impl(self, lr: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model.encoder(self._torch.from_numpy(lr)[None, None])[0].numpy().copy()
 
-    def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """(N, F) sampled features + (N, 3) coords -> (N,) float32 intensities."""
-        if features.ndim != 2 or features.shape[1] != self.feature_dim or coords.shape != (features.shape[0], 3):
-            raise BackendError(f"decode expects (N, {self.feature_dim}) features and (N, 3) coords, got {features.shape} and {coords.shape}")
+    def _decode_impl(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
             c = torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32))
-            return self.model.decoder(torch.cat([f, c], dim=-1))[:, 0].numpy().copy()
+            return self.model.decoder(torch.cat([f, c], dim=-1))[:, 0].numpy()
 
     def close(self) -> None:
         self.model = None
-
-    def __enter__(self) -> "TorchBackend":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @register_backend("torch", priority=5)

@@ -5,14 +5,9 @@ engines are compared with. fp32 means fp32: TF32 is switched off for the convolu
 while this backend runs them (cuDNN enables it by default). fp16 runs the networks under
 ``torch.autocast(float16)``; sampling and outputs stay float32.
 
-Besides the Backend protocol it offers the optional fast path
-
-    decode_box(features, in_offset, in_shape, out_shape, out_start, out_stop) -> np.ndarray
-
-with the same contract as the tensorrt backend's (see tensorrt_backend.py): the feature block
-(F, d, h, w) starting at global input voxel ``in_offset`` is sampled at output voxels
-[out_start, out_stop) of the grid ``out_shape`` and decoded on the GPU; the result (float32,
-shape ``out_stop - out_start``) is copied to the host once. Sampling is the CPU path's
+It declares ``decodes_boxes_on_device`` (see base.BackendRunner.decode_box): a feature block
+is sampled at an output box and decoded on the GPU, ``BackendOptions.chunk`` points at a
+time, and the result is copied to the host once. Sampling is the CPU path's
 separable formula (arssr_rt.sampling.axis_weights) run as torch ops in the same order, so
 it matches the numpy sampler; the decoder's coords follow the bundle's ``spec.coords`` mode
 ("global" or "phase"), computed in float64 and rounded to float32 exactly as the CPU
@@ -22,32 +17,34 @@ pipeline does. A view of the last ``encode`` result reuses its GPU copy.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from ..errors import BackendError
 from ..extras import require
-from .base import BackendOptions, register_backend
+from .base import BackendOptions, BackendRunner, register_backend
 
 if TYPE_CHECKING:
     from ..bundle import ModelBundle
+    from ..sampling import BoxSpec
 
-DEFAULT_CHUNK = 262144
+DEFAULT_CHUNK = 262144  # device points per decoder call when --chunk is not given
 
 
-class TorchCudaBackend:
+class TorchCudaBackend(BackendRunner):
     """Reference model on one CUDA device; see the module doc for decode_box."""
 
     name = "torch-cuda"
+    precisions = ("fp32", "fp16")
+    decodes_boxes_on_device = True  # type: ignore[assignment]
 
-    def __init__(self, bundle: "ModelBundle", options: BackendOptions, *, torch_device: str | None = None, chunk: int = DEFAULT_CHUNK):
+    def __init__(self, bundle: "ModelBundle", options: BackendOptions, *, torch_device: str | None = None):
         torch = self._torch = require("torch")
-        if options.precision not in ("fp32", "fp16"):
-            raise BackendError(f"torch-cuda backend supports precision fp32 or fp16, not {options.precision!r}")
-        from ..engines.sampler import coord_mode_code
+        self.check_precision(options.precision)
+        from ..sampling import check_coords_mode
 
-        coord_mode_code(bundle.coords_mode)  # an unknown mode is the bundle's fault: ModelError, before the GPU
+        check_coords_mode(bundle.coords_mode)  # an unknown mode is the bundle's fault: ModelError, before the GPU
         if torch_device is None:  # tests pass "cpu" to exercise the logic without a GPU
             if not torch.cuda.is_available():
                 raise BackendError("torch-cuda needs a CUDA GPU visible to torch (torch.cuda.is_available() is False)")
@@ -62,7 +59,7 @@ class TorchCudaBackend:
         self.fp16 = options.precision == "fp16"
         self.feature_dim = bundle.feature_dim
         self.coords_mode = bundle.coords_mode  # what the decoder's coords input holds
-        self.chunk = int(chunk)
+        self.chunk = int(options.chunk or DEFAULT_CHUNK)
         self._last_host: np.ndarray | None = None
         self._last_device: Any = None
 
@@ -83,12 +80,9 @@ class TorchCudaBackend:
     def _tensor(self, array: np.ndarray) -> Any:
         return self._torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device, non_blocking=False)
 
-    # ------------------------------------------------------------ Backend protocol
+    # ------------------------------------------------------------ runner
 
-    def encode(self, lr: np.ndarray) -> np.ndarray:
-        """(D, H, W) float32 in [0, 1] -> (F, D, H, W) float32 (read-only, see decode_box)."""
-        if lr.ndim != 3:
-            raise BackendError(f"encode expects a (D, H, W) tile, got shape {lr.shape}")
+    def _encode_impl(self, lr: np.ndarray) -> np.ndarray:
         with self._run():
             features = self.model.encoder(self._tensor(lr)[None, None])[0].float()
         host = features.cpu().numpy()
@@ -96,13 +90,9 @@ class TorchCudaBackend:
         self._last_host, self._last_device = host, features
         return host
 
-    def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """(N, F) sampled features + (N, 3) coords -> (N,) float32 intensities."""
-        if features.ndim != 2 or features.shape[1] != self.feature_dim or coords.shape != (features.shape[0], 3):
-            raise BackendError(f"decode expects (N, {self.feature_dim}) features and (N, 3) coords, got {features.shape} and {coords.shape}")
-        torch = self._torch
+    def _decode_impl(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
         with self._run():
-            x = torch.cat([self._tensor(features), self._tensor(coords)], dim=-1)
+            x = self._torch.cat([self._tensor(features), self._tensor(coords)], dim=-1)
             return self.model.decoder(x)[:, 0].float().cpu().numpy()
 
     # ------------------------------------------------------------ device fast path
@@ -131,15 +121,9 @@ class TorchCudaBackend:
         hi = hi * self._torch.from_numpy(w.w_upper).to(self.device).view(shape)
         return lo + hi
 
-    def decode_box(self, features: np.ndarray, in_offset: Sequence[int], in_shape: Sequence[int],
-                   out_shape: Sequence[int], out_start: Sequence[int], out_stop: Sequence[int]) -> np.ndarray:
-        """Sample + decode output box [out_start, out_stop) on the GPU; see the module doc."""
-        from ..engines.sampler import BoxSpec
-        from ..geometry import decoder_axis_coords
+    def _decode_box_impl(self, features: np.ndarray, spec: "BoxSpec") -> np.ndarray:
+        from ..sampling import decoder_axis_coords
 
-        if features.ndim != 4 or features.shape[0] != self.feature_dim:
-            raise BackendError(f"decode_box expects a ({self.feature_dim}, d, h, w) feature block, got {features.shape}")
-        spec = BoxSpec.make(features.shape[1:], in_offset, in_shape, out_shape, out_start, out_stop, self.coords_mode)
         torch = self._torch
         n0, n1, n2 = spec.extents
         slab = max(1, self.chunk // max(1, n1 * n2))  # output planes of axis 0 per step
@@ -170,12 +154,6 @@ class TorchCudaBackend:
         self._last_host = self._last_device = None
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
-
-    def __enter__(self) -> "TorchCudaBackend":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def nvidia_driver_absent() -> bool:

@@ -96,11 +96,11 @@ def remove_stale_temporaries(output: Path) -> None:
 def make_upsampler(options: BatchOptions):
     """The Upsampler a worker keeps for the whole batch."""
     from ..backends.base import BackendOptions
-    from ..pipeline import DEFAULT_CHUNK, Upsampler
+    from ..pipeline import Upsampler
 
     return Upsampler(
         options.model, options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
-        tile=options.tile, chunk=options.chunk or DEFAULT_CHUNK, normalization=options.normalization,
+        tile=options.tile, chunk=options.chunk, normalization=options.normalization,
     )
 
 

@@ -39,8 +39,8 @@ from ..bundle import ModelBundle, resolve_model
 from ..engines.builder import DEFAULT_TILE, encoder_edge
 from ..errors import InputError, ModelError, OutputError
 from .. import bundle_format as contract
-from ..geometry import COORD_MODES
 from ..outputs import check_output
+from ..sampling import COORD_MODES
 
 ENCODER_MODEL = "arssr_encoder"
 DECODER_MODEL = "arssr_decoder"

@@ -34,7 +34,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 try:
-    from arssr_rt.backends.base import BackendOptions, register_backend
+    from arssr_rt.backends.base import BackendOptions, BackendRunner
     from arssr_rt.bundle import ModelBundle
     from arssr_rt.errors import ArssrError
     from arssr_rt.geometry import plan_output_grid
@@ -51,14 +51,15 @@ ENCODER_MODEL = "arssr_encoder"
 DECODER_MODEL = "arssr_decoder"
 
 
-class TritonBLSBackend:
-    """The arssr-rt Backend protocol answered by BLS calls to the two network models."""
+class TritonBLSBackend(BackendRunner):
+    """The arssr-rt backend runner answered by BLS calls to the two network models."""
 
     name = "triton-bls"
 
-    def __init__(self, io_dtype: np.dtype, max_points: int):
+    def __init__(self, io_dtype: np.dtype, feature_dim: int, max_points: int):
         self.io_dtype = io_dtype
-        self.max_points = max_points  # the decoder's TensorRT profile ends here
+        self.feature_dim = feature_dim
+        self.max_decode_points = max_points  # the decoder's TensorRT profile ends here
 
     @staticmethod
     def _call(model: str, inputs: list, output: str) -> np.ndarray:
@@ -68,32 +69,23 @@ class TritonBLSBackend:
             raise pb_utils.TritonModelException(f"{model}: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
 
-    def encode(self, lr: np.ndarray) -> np.ndarray:
+    def _encode_impl(self, lr: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(lr, dtype=self.io_dtype)[None, None]
         features = self._call(ENCODER_MODEL, [pb_utils.Tensor("lr", x)], "features")
         return np.asarray(features[0], dtype=np.float32)
 
-    def decode(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        parts = []
-        for start in range(0, len(coords), self.max_points):
-            stop = start + self.max_points
-            inputs = [
-                pb_utils.Tensor("features", np.ascontiguousarray(features[start:stop], dtype=self.io_dtype)),
-                pb_utils.Tensor("coords", np.ascontiguousarray(coords[start:stop], dtype=self.io_dtype)),
-            ]
-            parts.append(np.asarray(self._call(DECODER_MODEL, inputs, "intensity"), dtype=np.float32).reshape(-1))
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
-
-    def close(self) -> None:
-        pass
+    def _decode_impl(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        inputs = [
+            pb_utils.Tensor("features", np.ascontiguousarray(features, dtype=self.io_dtype)),
+            pb_utils.Tensor("coords", np.ascontiguousarray(coords, dtype=self.io_dtype)),
+        ]
+        return np.asarray(self._call(DECODER_MODEL, inputs, "intensity"), dtype=np.float32).reshape(-1)
 
 
 def check_coords_mode(configured: str, bundle: ModelBundle) -> None:
     """Refuse to serve unless the config, the bundle and the installed arssr-rt agree on the mode."""
-    try:
-        from arssr_rt.geometry import COORD_MODES
-    except ImportError:  # arssr-rt from before coordinate modes: it can only feed "global"
-        COORD_MODES = ("global",)
+    from arssr_rt.sampling import COORD_MODES
+
     declared = str(bundle.meta.get("spec", {}).get("coords", "global"))
     if configured != declared:
         raise pb_utils.TritonModelException(f"config.pbtxt says coords {configured!r} but bundle/model.json says {declared!r}; re-export the repository")
@@ -126,11 +118,10 @@ class TritonPythonModel:
         io_dtype = np.dtype(np.float16 if parameters.get("precision") == "fp16" else np.float32)
         chunk = int(parameters.get("chunk", 1 << 17))
         tile = int(parameters["tile"]) if "tile" in parameters else None  # repositories from before profiles: none
-        register_backend("triton-bls", priority=-1000)(lambda bundle, options: TritonBLSBackend(io_dtype, chunk))
         bundle = ModelBundle(path=model_dir / "bundle", meta=meta)
         check_coords_mode(parameters.get("coords", "global"), bundle)
         self.upsampler = Upsampler(
-            bundle, backend="triton-bls", options=BackendOptions(), tile=tile,
+            bundle, backend=TritonBLSBackend(io_dtype, bundle.feature_dim, chunk), options=BackendOptions(), tile=tile,
             chunk=chunk, normalization=parameters.get("normalization", "minmax"),
         )
 

@@ -1,18 +1,16 @@
 """``arssr-rt bench``: the CPU benchmark (reference torch pipeline vs exact and fast modes).
 
-The benchmark lives in the source tree (``benchmarks/``, also ``python -m benchmarks``), not in
-the wheel: it needs torch for the reference and builds its own model bundles.
+The benchmark is the ``arssr_rt.bench`` package (also ``python -m arssr_rt.bench``): it needs torch
+for the reference and builds its own model bundles in the user cache.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..errors import InputError
 from ..extras import require
 
 HELP = """\
@@ -20,23 +18,12 @@ Time the straightforward torch pipeline (a), arssr-rt exact mode (b) and fast mo
 same weights and inputs, each in its own process; print times, speed-ups, points/s, peak RSS
 and PSNR against (a), then the fast mode's quality on the held-out volume.
 
-Needs a source checkout (benchmarks/) and torch. Examples:
+Needs torch (the reference). Examples:
 
 \b
   arssr-rt bench
   arssr-rt bench --cases rdn-48-x2,rdn-32-x4 --threads 2 --json bench.json
 """
-
-
-def _benchmarks_module():
-    repo = Path(__file__).resolve().parents[2]
-    if not (repo / "benchmarks" / "cpu.py").is_file():
-        raise InputError("arssr-rt bench needs a source checkout (benchmarks/ next to arssr_rt/); it is not in the wheel")
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    import benchmarks.cpu as cpu
-
-    return cpu
 
 
 def register(app: typer.Typer) -> None:
@@ -51,11 +38,13 @@ def register(app: typer.Typer) -> None:
         default_model: Optional[Path] = typer.Option(None, "--default-model", help="Bundle for the default-model cases."),
         no_quality: bool = typer.Option(False, "--no-quality", help="Skip the fast-mode quality check."),
         clock: str = typer.Option("wall", "--clock", help="wall | cpu (process CPU time: steadier on a busy machine, with --threads 1)."),
+        e2e: str = typer.Option("rdn-48-x2", "--e2e", help="Cases also timed end to end (arssr-rt upsample vs the authors'-style script, fresh processes), or none."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
     ) -> None:
         require("torch")
-        cpu = _benchmarks_module()
-        argv = ["--cases", cases, "--fast-precision", fast_precision, "--max-memory", str(max_memory), "--clock", clock]
+        from ..bench import cpu
+
+        argv = ["--cases", cases, "--fast-precision", fast_precision, "--max-memory", str(max_memory), "--clock", clock, "--e2e", e2e]
         if backend:
             argv += ["--backend", backend]
         if fast_backend:

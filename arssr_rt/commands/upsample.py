@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for CPU backends (default: all cores)."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 (exact) or a faster mode the backend supports (fp16, bf16, int8)."),
         tile: Optional[int] = typer.Option(None, "--tile", help="Encoder tile core size in voxels (default: from --max-memory)."),
-        chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", help="Decoder points per call."),
+        chunk: Optional[int] = typer.Option(None, "--chunk", help=f"Output points sampled + decoded per step (default {DEFAULT_CHUNK:,} on the CPU path, 262,144 on a GPU); each network call takes at most the backend's declared maximum (onnxruntime 2,048, openvino 4,096 rows, TensorRT its engine profile)."),
         max_memory: float = typer.Option(DEFAULT_MAX_MEMORY / 1024**3, "--max-memory", help="GiB of peak memory for the whole run: sets the tile size and keeps a large output in a temporary file."),
         normalization: str = typer.Option("minmax", "--normalization", help="minmax | percentile (0.5-99.5, clipped)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input), e.g. float32."),

@@ -6,5 +6,5 @@ Modules (import them directly; this package imports neither tensorrt nor cuda):
 - builder: ONNX -> engine for TensorRT 10.x and 11.x, with a timing cache
 - runner: run an engine with tensors bound by name
 - device / device_decode: checked cuda.bindings calls; the two-stream sample -> decode loop
-- sampler (+ sampler.cu): the CUDA kernel, its NVRTC compile and its exact numpy mirror
+- sampler (+ sampler.cu): the CUDA kernel and its NVRTC compile (its numpy mirror is in tests/)
 """

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 ROLES = ("encoder", "decoder")
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_TILE = 96  # encoder core edge in LR voxels
-DEFAULT_MAX_POINTS = 262144  # decoder points per call (the pipeline's default chunk)
+DEFAULT_MAX_POINTS = 262144  # decoder engine profile max rows: the GPU backends' default device chunk
 DEFAULT_WORKSPACE = 4 << 30
 
 

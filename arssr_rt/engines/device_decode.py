@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy import byte_bounds  # type: ignore[attr-defined,no-redef]
 
 from .device import DeviceApi, DeviceBuffer
-from .sampler import BoxSpec
+from ..sampling import BoxSpec
 
 ALIGN_POINTS = 256  # chunk starts stay 256-byte aligned in the box's result array
 

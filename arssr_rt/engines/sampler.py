@@ -1,30 +1,25 @@
-"""The CUDA trilinear sampler (sampler.cu): compile, launch, and its exact numpy mirror.
+"""The CUDA trilinear sampler (sampler.cu): compile and launch.
 
 ``compile_ptx(arch)`` / ``compile_cubin(arch)`` run NVRTC through ``cuda.bindings.nvrtc`` and
 need no GPU, so CI compile-checks the kernel. ``SamplerKernel`` loads it on a device and
 launches it through the driver API of ``cuda.bindings`` (or a CuPy RawModule when only CuPy
-is installed). ``reference_sample_rows`` is the kernel's per-point math in numpy, line for
-line, used by the tests to pin the kernel to ``arssr_rt.sampling`` and torch ``grid_sample``.
+is installed). The kernel's per-point math is mirrored line for line in numpy by the tests
+(tests/kernel_mirror.py), which pin it to ``arssr_rt.sampling`` and torch ``grid_sample``.
 
-Geometry of one call (``BoxSpec``): a feature block (F, b0, b1, b2) whose voxel 0 is global
-input voxel ``in_offset`` of a volume ``in_shape``; the output grid ``out_shape``; the box
-[out_start, out_stop) of it; the decoder coordinate mode (the bundle's ``spec.coords``:
-"global" or "phase", see arssr_rt/geometry.py); a chunk = C-order points
-[first, first + count) of the box.
+Geometry of one call: a ``sampling.BoxSpec``; a chunk = C-order points [first, first + count)
+of its box.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
 from importlib import resources
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BackendError, MissingExtraError, ModelError
+from ..errors import BackendError, MissingExtraError
 from ..extras import require
-from ..geometry import COORD_MODES, PHASE_EPS
+from ..sampling import COORD_MODES, BoxSpec, check_coords_mode
 
 KERNEL_FILE = "sampler.cu"
 BLOCK_THREADS = 256
@@ -48,132 +43,7 @@ def kernel_name(in_dtype: Any, out_dtype: Any) -> str:
 
 def coord_mode_code(mode: str) -> int:
     """The kernel's ``coord_mode`` for a bundle's ``spec.coords``; ModelError for an unknown mode."""
-    try:
-        return COORD_MODE_CODES[mode]
-    except KeyError:
-        raise ModelError(f"unknown decoder coordinate mode {mode!r} (model.json spec.coords); known: {', '.join(COORD_MODES)}") from None
-
-
-# ---------------------------------------------------------------- geometry of one call
-
-
-def _triplet(v: Sequence[int], what: str) -> tuple[int, int, int]:
-    t = tuple(int(x) for x in v)
-    if len(t) != 3:
-        raise ValueError(f"{what} needs 3 values, got {list(v)}")
-    return t  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class BoxSpec:
-    """Where a feature block sits and which output box to sample from it (see module doc)."""
-
-    block_shape: tuple[int, int, int]
-    in_offset: tuple[int, int, int]
-    in_shape: tuple[int, int, int]
-    out_shape: tuple[int, int, int]
-    out_start: tuple[int, int, int]
-    out_stop: tuple[int, int, int]
-    coords_mode: str = "global"  # what the decoder's coords input holds (bundle.coords_mode)
-
-    @classmethod
-    def make(cls, block_shape, in_offset, in_shape, out_shape, out_start, out_stop, coords_mode: str = "global") -> "BoxSpec":
-        spec = cls(*(_triplet(v, n) for v, n in zip(
-            (block_shape, in_offset, in_shape, out_shape, out_start, out_stop),
-            ("block_shape", "in_offset", "in_shape", "out_shape", "out_start", "out_stop"))), coords_mode=coords_mode)
-        spec.validate()
-        return spec
-
-    @property
-    def extents(self) -> tuple[int, int, int]:
-        return tuple(b - a for a, b in zip(self.out_start, self.out_stop))  # type: ignore[return-value]
-
-    @property
-    def points(self) -> int:
-        n = self.extents
-        return n[0] * n[1] * n[2]
-
-    def validate(self) -> None:
-        """ValueError unless the block covers every weighted corner of the box; ModelError for an unknown coords mode."""
-        coord_mode_code(self.coords_mode)
-        for a in range(3):
-            h, H, b = self.in_shape[a], self.out_shape[a], self.block_shape[a]
-            s, e, o = self.out_start[a], self.out_stop[a], self.in_offset[a]
-            if min(h, H, b) < 1 or not 0 <= s < e <= H or not 0 <= o <= o + b <= h:
-                raise ValueError(f"bad box on axis {a}: block {o}+{b} of {h} input voxels, output [{s}, {e}) of {H}")
-            lo, hi = needed_input_range(h, H, s, e)
-            if lo < o or hi >= o + b:
-                raise ValueError(f"feature block [{o}, {o + b}) on axis {a} does not cover input voxels [{lo}, {hi}] needed by output [{s}, {e})")
-
-
-def needed_input_range(h: int, H: int, start: int, stop: int) -> tuple[int, int]:
-    """First and last input voxel with a non-zero weight for output voxels [start, stop)."""
-    j = np.arange(start, stop, dtype=np.float64)
-    p = (j + 0.5) * h / H - 0.5
-    i0 = np.floor(p)
-    t = p - i0
-    i0 = i0.astype(np.int64)
-    used = np.concatenate([i0[(1.0 - t) != 0], (i0 + 1)[t != 0]])
-    used = used[(used >= 0) & (used < h)]
-    return int(used.min()), int(used.max())
-
-
-# ---------------------------------------------------------------- numpy mirror of the kernel
-
-
-def _axis_corners(g: np.ndarray, h: int, H: int, off: int, blen: int):
-    p = _input_index(g, h, H)
-    fl = np.floor(p)
-    t = p - fl
-    i0 = fl.astype(np.int64)
-    i1 = i0 + 1
-    w_lo = np.where((i0 >= 0) & (i0 < h), 1.0 - t, 0.0).astype(np.float32)
-    w_hi = np.where((i1 >= 0) & (i1 < h), t, 0.0).astype(np.float32)
-    l0, l1 = i0 - off, i1 - off
-    bad = ((w_lo != 0) & ((l0 < 0) | (l0 >= blen))) | ((w_hi != 0) & ((l1 < 0) | (l1 >= blen)))
-    return np.clip(l0, 0, blen - 1), np.clip(l1, 0, blen - 1), w_lo, w_hi, bad
-
-
-def _input_index(g: np.ndarray, h: int, H: int) -> np.ndarray:
-    return (g.astype(np.float64) + 0.5) * h / H - 0.5
-
-
-def _decoder_coords(g: np.ndarray, h: int, H: int, mode: str) -> np.ndarray:
-    """The kernel's decoder_coord in float64, rounded once to float32."""
-    if coord_mode_code(mode) == COORD_MODE_CODES["phase"]:
-        p = _input_index(g, h, H)
-        return (2.0 * (p - np.floor(p + PHASE_EPS)) - 1.0).astype(np.float32)
-    return (-1.0 + (2.0 * g.astype(np.float64) + 1.0) / H).astype(np.float32)
-
-
-def _blend(w_lo: np.ndarray, a: np.ndarray, w_hi: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * w_lo) + (b * w_hi)  # float32 products then sum: the kernel's _rn ops
-
-
-def reference_sample_rows(features: np.ndarray, spec: BoxSpec, first: int = 0, count: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """The kernel in numpy: (rows (count, F) float32, coords (count, 3) float32, bad flag).
-
-    ``features`` is the (F, b0, b1, b2) block. Same per-point steps as sampler.cu, so a float32
-    kernel run equals this bit for bit.
-    """
-    count = spec.points - first if count is None else count
-    n0, n1, n2 = spec.extents
-    q = np.arange(first, first + count, dtype=np.int64)
-    g = [spec.out_start[0] + q // (n1 * n2), spec.out_start[1] + (q // n2) % n1, spec.out_start[2] + q % n2]
-    c = [_axis_corners(g[a], spec.in_shape[a], spec.out_shape[a], spec.in_offset[a], spec.block_shape[a]) for a in range(3)]
-    f = np.moveaxis(np.asarray(features, dtype=np.float32), 0, -1)  # (b0, b1, b2, F): gathers give (count, F)
-    (lo0, hi0, wl0, wh0, _), (lo1, hi1, wl1, wh1, _), (lo2, hi2, wl2, wh2, _) = c
-    col = lambda w: w[:, None]  # noqa: E731
-    t = {}
-    for name1, i1 in (("0", lo1), ("1", hi1)):
-        for name2, i2 in (("0", lo2), ("1", hi2)):
-            t[name1 + name2] = _blend(col(wl0), f[lo0, i1, i2], col(wh0), f[hi0, i1, i2])
-    u0 = _blend(col(wl1), t["00"], col(wh1), t["10"])
-    u1 = _blend(col(wl1), t["01"], col(wh1), t["11"])
-    rows = _blend(col(wl2), u0, col(wh2), u1).astype(np.float32)
-    coords = np.stack([_decoder_coords(g[a], spec.in_shape[a], spec.out_shape[a], spec.coords_mode) for a in range(3)], axis=1)
-    bad = bool(np.any(c[0][4] | c[1][4] | c[2][4]))
-    return rows, coords, bad
+    return COORD_MODE_CODES[check_coords_mode(mode)]
 
 
 # ---------------------------------------------------------------- NVRTC
@@ -311,10 +181,3 @@ class SamplerKernel:
         if self._driver is not None and self._module is not None:
             self._driver.cuModuleUnload(self._module)
             self._module = None
-
-
-@lru_cache(maxsize=None)
-def ptx_entry_points(arch: str = "sm_80") -> tuple[str, ...]:
-    """Names of the kernels in the compiled PTX (a cheap self-check for CI)."""
-    ptx = compile_ptx(arch).decode(errors="replace")
-    return tuple(line.split()[-1].rstrip("(") for line in ptx.splitlines() if line.lstrip().startswith(".visible .entry"))

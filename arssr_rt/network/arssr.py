@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import windowed_sinc
 from ..bundle_format import validate_spec
-from ..geometry import COORD_MODES, PHASE_EPS
+from ..sampling import COORD_MODES, cell_phase
 from .decoders import Decoder, ModulatedDecoder
 from .encoders import ENCODERS, SubpixelEncoder
 
@@ -88,7 +88,7 @@ class ArSSR(nn.Module):
             return coords
         n = torch.tensor([float(v) * self.spec.feature_scale for v in lr_shape[-3:]], dtype=torch.float64)
         p = (coords.double() + 1) / 2 * n - 0.5
-        return (2 * (p - torch.floor(p + PHASE_EPS)) - 1).to(coords.dtype)
+        return cell_phase(p).to(coords.dtype)
 
     def base_at(self, lr: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """The residual base at ``coords`` (B,K,1): windowed-sinc interpolation of ``lr``.

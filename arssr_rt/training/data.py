@@ -19,7 +19,8 @@ import numpy as np
 from .. import windowed_sinc
 from ..degrade import cubic_resample, degrade, gaussian_blur_down
 from ..errors import InputError
-from ..geometry import decoder_axis_coords, input_index_of_output, normalized_centres
+from ..geometry import input_index_of_output, normalized_centres
+from ..sampling import decoder_axis_coords
 from .acquisition import acquire, gamma_and_bias
 
 
@@ -222,7 +223,7 @@ class PatchSampler:
         picks = [r.choice(ix, size=c.points) for ix in idx]
         axes = [normalized_centres(H) for H in hr_size]
         coords = np.stack([axes[a][picks[a]] for a in range(3)], axis=1).astype(np.float32)
-        dec = np.stack([decoder_axis_coords(p * c.feature_scale, H, 0, H, c.coords)[picks[a]] for a, H in enumerate(hr_size)], axis=1)
+        dec = np.stack([decoder_axis_coords(p, H, 0, H, c.coords, c.feature_scale)[picks[a]] for a, H in enumerate(hr_size)], axis=1)
         target = hr[picks[0], picks[1], picks[2]]
         if c.base == "none":
             base = np.zeros(c.points, dtype=np.float32)

@@ -26,8 +26,9 @@ from ..degrade import cubic_resample, degrade
 from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
 from .. import windowed_sinc
-from ..geometry import decoder_axis_coords, input_index_of_output, normalized_centres
+from ..geometry import input_index_of_output, normalized_centres
 from ..safe_load import load_checkpoint
+from ..sampling import decoder_axis_coords
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
 from ..network import ArSSR, ModelSpec, build_model
 

@@ -1,10 +1,10 @@
-"""One measurement in a fresh process: ``python -m benchmarks.measure JOB.json``.
+"""One measurement in a fresh process: ``python -m arssr_rt.bench.measure JOB.json``.
 
 A fresh process per measurement makes peak RSS (VmHWM) belong to that mode alone and keeps
 one mode's allocator state and thread pools from helping or hurting the next. The job reads
 a normalised LR ``.npy``, runs one mode once, saves the output ``.npy`` and prints one JSON
 line: load seconds (model, sessions), run seconds (wall and process CPU time), peak RSS
-bytes, backend name. CPU time is the steadier clock on a shared machine (one thread).
+bytes, backend name and the backend's per-call timings (encode / decode / decode_box). CPU time is the steadier clock on a shared machine (one thread).
 
 Modes: ``reference`` (torch, see reference.py) and ``arssr`` (the Upsampler with a backend and
 precision). The arssr mode never imports torch, so its RSS is the runtime's own.
@@ -30,6 +30,9 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+TIMINGS: dict[str, dict[str, float]] = {}
 
 
 def run_reference(job: dict, lr: np.ndarray) -> tuple[float, float, float, np.ndarray, str]:
@@ -64,6 +67,7 @@ def run_arssr(job: dict, lr: np.ndarray) -> tuple[float, float, float, np.ndarra
     out = up.infer(lr, job["out_shape"])
     seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
     name = f"{up.backend.name} {options.precision}"
+    TIMINGS.update(up.backend.timings())  # per-call counts and seconds: where the run went
     up.close()
     return t1 - t0, seconds, cpu, out, name
 
@@ -75,7 +79,7 @@ def main(argv: list[str]) -> int:
     load_s, run_s, cpu_s, out, backend = runner(job, lr)
     rss = peak_rss_bytes()
     np.save(job["out"], out)
-    print(json.dumps({"load_s": load_s, "run_s": run_s, "cpu_s": cpu_s, "peak_rss": rss, "backend": backend}))
+    print(json.dumps({"load_s": load_s, "run_s": run_s, "cpu_s": cpu_s, "peak_rss": rss, "backend": backend, "timings": TIMINGS}))
     return 0
 
 

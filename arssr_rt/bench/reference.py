@@ -12,8 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from arssr_rt.geometry import decoder_axis_coords, normalized_centres
+from arssr_rt.geometry import normalized_centres
 from arssr_rt.network import ArSSR
+from arssr_rt.sampling import decoder_axis_coords
 
 DECODER_CHUNK = 1 << 18  # points per decoder call ("large chunks")
 
@@ -24,23 +25,24 @@ def all_coords(out_shape: Sequence[int]) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, 3)
 
 
-def decoder_coords(lr_shape: Sequence[int], out_shape: Sequence[int], mode: str) -> torch.Tensor:
+def decoder_coords(lr_shape: Sequence[int], out_shape: Sequence[int], mode: str, feature_scale: int = 1) -> torch.Tensor:
     """(1, N, 3) what the decoder sees for every output voxel: the model's coordinate mode (spec.coords)."""
-    axes = [torch.from_numpy(decoder_axis_coords(h, n, 0, n, mode)) for h, n in zip(lr_shape, out_shape)]
+    axes = [torch.from_numpy(decoder_axis_coords(h, n, 0, n, mode, feature_scale)) for h, n in zip(lr_shape, out_shape)]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, 3)
 
 
 @torch.inference_mode()
 def reference_upsample(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk: int = DECODER_CHUNK) -> np.ndarray:
-    """Normalised LR (D, H, W) -> normalised output of ``out_shape`` (float32)."""
+    """Normalised LR (D, H, W) -> normalised output of ``out_shape`` (float32), on the model's device."""
     model.eval()
-    features = model.encoder(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None])
-    coords = all_coords(out_shape)
+    device = next(model.parameters()).device
+    features = model.encoder(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None].to(device))
+    coords = all_coords(out_shape).to(device)
     sampled = model.query(features, coords)  # (1, N, F): every point at once
     del features
-    coords = decoder_coords(lr.shape, out_shape, model.spec.coords)  # "global": the same as above
-    out = torch.empty(coords.shape[1])
+    coords = decoder_coords(lr.shape, out_shape, model.spec.coords, model.spec.feature_scale).to(device)  # "global": as above
+    out = torch.empty(coords.shape[1], device=device)
     for start in range(0, coords.shape[1], chunk):
         stop = min(coords.shape[1], start + chunk)
         out[start:stop] = model.decode(sampled[:, start:stop], coords[:, start:stop])[0, :, 0]
-    return out.reshape(tuple(out_shape)).numpy()
+    return out.reshape(tuple(out_shape)).cpu().numpy()

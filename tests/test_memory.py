@@ -1,0 +1,56 @@
+"""memory.py: the run's memory budget (tile size, output placement) and the slab-wise helpers
+that keep a file-backed output file-backed (restore, transpose, page release)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from arssr_rt.intensity import Normalizer
+from arssr_rt.memory import (encoder_bytes_per_voxel, is_file_backed, output_buffer, plan_memory, restore_in_place,
+                             transposed)
+
+RDN = {"encoder": "rdn", "feature_dim": 128, "encoder_args": {}}
+RESCNN = {"encoder": "rescnn", "feature_dim": 128, "encoder_args": {}}
+
+
+def test_file_backed_restore_and_transpose_match_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
+    values = np.random.default_rng(0).uniform(size=(7, 9, 11)).astype(np.float32)
+    mapped = output_buffer(values.shape, in_memory=False)
+    mapped[:] = values
+    norm = Normalizer().fit(np.array([10.0, 250.0], dtype=np.float32))
+    out = restore_in_place(norm, transposed(mapped))
+    assert is_file_backed(out) and out.flags.c_contiguous
+    np.testing.assert_allclose(out, norm.restore(values).transpose(2, 1, 0), rtol=1e-6)
+
+
+def test_budget_sets_tile_size():
+    spec = {"encoder": "rdn", "feature_dim": 128, "encoder_args": {}}
+    kw = dict(encoder_bytes_per_voxel=encoder_bytes_per_voxel(spec), receptive_radius=28, feature_dim=128, chunk=1 << 17, model_bytes=25 << 20)
+    small = plan_memory((200, 200, 200), (600, 600, 600), max_memory=2 << 30, **kw)
+    large = plan_memory((200, 200, 200), (600, 600, 600), max_memory=16 << 30, **kw)
+    whole = plan_memory((40, 40, 40), (80, 80, 80), max_memory=2 << 30, **kw)
+    assert small.tile < large.tile < 200 and whole.tile == 40
+    assert not small.output_in_memory and large.output_in_memory  # 864 MB output vs 1/8 of the budget
+
+
+def test_encoder_cost_follows_the_architecture_and_the_feature_grid():
+    assert encoder_bytes_per_voxel(RDN) > 3 * encoder_bytes_per_voxel(RESCNN)  # dense blocks keep every output
+    finer = encoder_bytes_per_voxel({**RESCNN, "feature_scale": 2})
+    assert finer > encoder_bytes_per_voxel(RESCNN) + 2 * 4 * 128 * 8  # the expansion and its shuffled copy
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 3 << 30])
+def test_the_planned_tile_fits_the_encoder_budget(budget):
+    kw = dict(encoder_bytes_per_voxel=encoder_bytes_per_voxel(RDN), receptive_radius=28, feature_dim=128, chunk=1 << 14, model_bytes=25 << 20)
+    plan = plan_memory((300, 300, 300), (600, 600, 600), max_memory=budget, **kw)
+    per_voxel = kw["encoder_bytes_per_voxel"] + 4 * 128
+    assert (plan.tile + 2 * 29) ** 3 * per_voxel <= plan.encoder_budget or plan.tile == 8  # 8: the smallest core
+
+
+def test_an_in_memory_output_stays_in_memory():
+    values = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    out = transposed(values.copy())
+    assert not is_file_backed(out) and out.shape == (4, 3, 2)
+    np.testing.assert_array_equal(out, values.transpose(2, 1, 0))
