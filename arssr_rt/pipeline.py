@@ -20,7 +20,7 @@ from .background import flatten_flat_background
 from .backends.base import Backend, BackendOptions, open_backend
 from .bundle import ModelBundle, resolve_model
 from .errors import BackendError, InputError, OutputError
-from .geometry import OutputGrid, Triplet, describe_scale, parse_triplet, plan_output_grid
+from .geometry import OutputGrid, Triplet, describe_scale
 from .intensity import Normalizer
 from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages, slabs
 from .sampling import box_coords, sample_box
@@ -211,13 +211,9 @@ class UpsampleResult:
 
 def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: Any = None, max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> OutputGrid:
     """Parse the size options and refuse an output over the size limit (before any compute)."""
-    grid = plan_output_grid(
-        volume.shape,
-        volume.affine,
-        scale=parse_triplet(scale, "--scale") if scale is not None else None,
-        voxel_size=parse_triplet(voxel_size, "--voxel-size") if voxel_size is not None else None,
-        shape=[int(v) for v in parse_triplet(shape, "--shape")] if shape is not None and not isinstance(shape, (list, tuple)) else shape,
-    )
+    from .options import output_grid
+
+    grid = output_grid(volume.shape, volume.affine, scale, voxel_size, shape)
     if grid.voxels > max_output_voxels:
         raise OutputError(
             f"output {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} = {grid.voxels:,} voxels is over the limit of "

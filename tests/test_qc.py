@@ -14,7 +14,8 @@ pytest.importorskip("scipy")
 
 from arssr_rt.degrade import cubic_resample  # noqa: E402
 from arssr_rt.errors import InputError  # noqa: E402
-from arssr_rt.geometry import parse_triplet, plan_output_grid  # noqa: E402
+from arssr_rt.geometry import plan_output_grid  # noqa: E402
+from arssr_rt.options import parse_triplet  # noqa: E402
 from arssr_rt.qc import COLUMNS, VIEWS, montage_panels, nearest_upsample, write_qc_montage  # noqa: E402
 
 FIXTURE = Path(str(resources.files("arssr_rt") / "data" / "colin27_t1_crop64_1mm.nii.gz"))

@@ -85,7 +85,10 @@ def register(app: typer.Typer) -> None:
         from ..batch.discovery import parse_shard
         from ..batch.runner import BatchOptions, run_batch
         from ..errors import InputError
+        from ..options import check_tile, parse_size_options
 
+        parse_size_options(scale, voxel_size, shape)  # one bad option fails the batch once, not every file
+        check_tile(tile)
         if output_format not in ("nifti", "dicom"):
             raise InputError(f"--output-format must be nifti or dicom, got {output_format!r}")
         if jobs < 1:

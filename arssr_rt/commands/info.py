@@ -34,19 +34,15 @@ def describe_volume(path: Path, scale: str | None, voxel_size: str | None, shape
     """Facts of the input and the planned output grid, as plain JSON-ready values."""
     import nibabel as nib
 
-    from ..geometry import parse_triplet, plan_output_grid, spacing_of
+    from ..geometry import spacing_of
     from ..intensity import choose_output_dtype
+    from ..options import output_grid
 
     volume = _read(path)
     data = volume.data
     if scale is None and voxel_size is None and shape is None:
         scale = "2"  # show the common case when no size option is given
-    grid = plan_output_grid(
-        volume.shape, volume.affine,
-        scale=parse_triplet(scale, "--scale") if scale is not None else None,
-        voxel_size=parse_triplet(voxel_size, "--voxel-size") if voxel_size is not None else None,
-        shape=[int(round(v)) for v in parse_triplet(shape, "--shape")] if shape is not None else None,
-    )
+    grid = output_grid(volume.shape, volume.affine, scale, voxel_size, shape)
     out_dtype = choose_output_dtype(volume.source_dtype, dtype)
     p1, p99 = np.percentile(data, [0.5, 99.5])
     return {

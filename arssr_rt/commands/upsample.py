@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("fp32", "--precision", help="fp32 (exact) or a faster mode the backend supports (fp16, bf16, int8)."),
         tile: Optional[int] = typer.Option(None, "--tile", help="Encoder tile core size in voxels (default: from --max-memory)."),
         chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", help="Decoder points per call."),
-        max_memory: float = typer.Option(DEFAULT_MAX_MEMORY / 1024**3, "--max-memory", help="GiB of peak memory for the whole run: sets the tile size and keeps a large output in a temporary file."),
+        max_memory: str = typer.Option(f"{DEFAULT_MAX_MEMORY / 1024**3:g}", "--max-memory", help="GiB of peak memory for the whole run: sets the tile size and keeps a large output in a temporary file."),
         normalization: str = typer.Option("minmax", "--normalization", help="minmax | percentile (0.5-99.5, clipped)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input), e.g. float32."),
         max_output_voxels: int = typer.Option(DEFAULT_MAX_OUTPUT_VOXELS, "--max-output-voxels", help="Refuse outputs with more voxels than this."),
@@ -55,8 +55,12 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        from ..options import check_tile, parse_max_memory, parse_size_options
         from ..pipeline import upsample_file
 
+        parse_size_options(scale, voxel_size, shape)  # bad option text fails before the volume is read
+        check_tile(tile)
+        max_memory_bytes = parse_max_memory(max_memory)
         console = Console(stderr=True)
         options = BackendOptions(device=device, threads=threads, precision=precision)
         # the cheap checks inside upsample_file run before the model loads: load it lazily
@@ -72,7 +76,7 @@ def register(app: typer.Typer) -> None:
                 input, output, scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend,
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force,
                 max_output_voxels=max_output_voxels, progress=progress,
-                max_memory=int(max_memory * 1024**3),
+                max_memory=max_memory_bytes,
                 on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),
             )
         if not quiet:

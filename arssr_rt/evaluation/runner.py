@@ -18,7 +18,8 @@ import numpy as np
 
 from ..degrade import DEGRADATIONS, cubic_resample, degrade
 from ..errors import InputError
-from ..geometry import Triplet, output_affine, parse_triplet
+from ..geometry import Triplet, output_affine
+from ..options import parse_triplet
 from ..volume import Volume
 from .metrics import default_data_range, head_mask, psnr, ssim_map
 
