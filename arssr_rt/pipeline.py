@@ -22,6 +22,7 @@ from .bundle import ModelBundle, resolve_model
 from .errors import BackendError, InputError, OutputError
 from .geometry import OutputGrid, Triplet, describe_scale
 from .intensity import Normalizer
+from .labels import check_intensity_image
 from .memory import MemoryPlan, is_file_backed, output_buffer, plan_memory, release_pages, slabs
 from .sampling import box_coords, sample_box
 from .tiling import Tile, output_chunks, plan_tiles
@@ -102,6 +103,7 @@ class Upsampler:
         chunk: int = DEFAULT_CHUNK,
         normalization: str = "minmax",
         max_memory: int = DEFAULT_MAX_MEMORY,
+        as_intensity: bool = False,
     ):
         self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
         self.backend: Backend = open_backend(backend, self.bundle, options or BackendOptions())
@@ -111,6 +113,7 @@ class Upsampler:
             raise InputError(f"--chunk must be >= 1, got {chunk}")
         self.tile, self.chunk, self.max_memory = tile, chunk, max_memory
         self.normalization = normalization
+        self.as_intensity = as_intensity  # True: take a label-map-like image as intensities anyway
 
     def __enter__(self) -> "Upsampler":
         return self
@@ -136,7 +139,13 @@ class Upsampler:
 
     def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
         """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
-        norm = Normalizer(mode=self.normalization).fit(volume.data)  # type: ignore[arg-type]
+        where = volume.source_path or "input"
+        if not self.as_intensity:
+            check_intensity_image(where, volume.data, volume.header)
+        try:
+            norm = Normalizer(mode=self.normalization).fit(volume.data)  # type: ignore[arg-type]
+        except InputError as exc:  # constant image, outlier voxels: name the file
+            raise InputError(f"{where}: {exc}") from None
         lr = norm.normalize(volume.data)
         out_shape = grid.shape
         zyx = self.bundle.axis_order == "zyx"
@@ -245,6 +254,7 @@ def upsample(
     chunk: int = DEFAULT_CHUNK,
     normalization: str = "minmax",
     max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
+    as_intensity: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Super-resolve an array with its affine; returns (float32 data, output affine).
 
@@ -262,7 +272,7 @@ def upsample(
     check_affine("array", np.asarray(affine, dtype=np.float64))
     volume = Volume(data=arr, affine=np.asarray(affine, dtype=np.float64))
     grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
-    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization) as up:
+    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization, as_intensity=as_intensity) as up:
         return up.run(volume, grid), grid.affine
 
 
@@ -286,6 +296,7 @@ def upsample_file(
     max_memory: int = DEFAULT_MAX_MEMORY,
     on_backend: Callable[[str], None] | None = None,
     progress: Callable[[OutputGrid], ProgressFn] | None = None,
+    as_intensity: bool = False,
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
@@ -305,7 +316,8 @@ def upsample_file(
     check_output_path(target, force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     owner = upsampler is None
-    up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory)
+    up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
+                                as_intensity=as_intensity)
     if on_backend:
         on_backend(getattr(up.backend, "name", backend))
     try:

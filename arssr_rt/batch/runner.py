@@ -43,6 +43,7 @@ class BatchOptions:
     qc: bool = False
     force: bool = False
     max_output_voxels: int | None = None
+    as_intensity: bool = False  # take label-map-like inputs as intensities
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
@@ -120,6 +121,7 @@ def make_upsampler(options: BatchOptions):
     return Upsampler(
         options.model, options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
         tile=options.tile, chunk=options.chunk or DEFAULT_CHUNK, normalization=options.normalization,
+        as_intensity=options.as_intensity,
     )
 
 

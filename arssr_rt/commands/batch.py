@@ -75,6 +75,7 @@ def register(app: typer.Typer) -> None:
         fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
         qc: bool = typer.Option(False, "--qc", help="Write a QC montage PNG next to each output."),
         output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
+        as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve inputs that look like label maps as intensities anyway."),
         ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 (implies --ray)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
@@ -100,6 +101,7 @@ def register(app: typer.Typer) -> None:
         options = BatchOptions(
             scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend, device=device, threads=threads,
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
+            as_intensity=as_intensity,
         )
         console = Console(stderr=True, highlight=False)
         progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input), e.g. float32."),
         max_output_voxels: int = typer.Option(DEFAULT_MAX_OUTPUT_VOXELS, "--max-output-voxels", help="Refuse outputs with more voxels than this."),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
+        as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve an image that looks like a label map (intent label, or piecewise-constant whole numbers) as intensities anyway."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         from rich.console import Console
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
                 input, output, scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend,
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force,
                 max_output_voxels=max_output_voxels, progress=progress,
-                max_memory=max_memory_bytes,
+                max_memory=max_memory_bytes, as_intensity=as_intensity,
                 on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),
             )
         if not quiet:
