@@ -1,7 +1,10 @@
 """The ``arssr-rt`` command line: one Typer app, one module per command under commands/.
 
 Errors a user can cause are ArssrError subclasses; they are printed as one line on stderr and
-turned into a non-zero exit code here, at the edge, and nowhere else.
+turned into a non-zero exit code here, at the edge, and nowhere else. Usage errors (unknown
+option, missing argument, bad value) come from typer's click, which typer >= 0.29 vendors
+(there is no ``click`` package in a core install): their classes are reached through typer's
+own API only, so the same code works with a vendored or an installed click.
 """
 
 from __future__ import annotations
@@ -56,7 +59,51 @@ def _register_commands() -> None:
         module.register(app)
 
 
+def _version() -> str:
+    """The installed distribution's version; the package's own when run from a source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("arssr-rt")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"arssr-rt {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+) -> None:
+    pass  # only --version lives here; the app's help is HELP
+
+
 _register_commands()
+
+# typer.BadParameter is click's, vendored or not: its ClickException base is what usage errors share
+CLICK_EXCEPTION: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage_error(exc: Exception) -> int:
+    """Print a click usage error as one ``arssr-rt: error:`` line and return its exit code.
+
+    ``arssr-rt`` alone (no_args_is_help) is a usage error whose message is the help text:
+    that one is shown as it is.
+    """
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
+    message = " ".join(str(exc.format_message()).split()).rstrip(".")  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None and getattr(ctx, "command_path", None) else ""
+    print(f"arssr-rt: error: {message}{where}", file=sys.stderr)
+    return int(getattr(exc, "exit_code", 2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,14 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"arssr-rt: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-    except Exception as exc:  # click usage errors come as click.exceptions.*
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show(file=sys.stderr)
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
+    except CLICK_EXCEPTION as exc:
+        return _usage_error(exc)
+    except typer.Abort:
+        return 1
+    except Exception as exc:
         if os.environ.get("ARSSR_RT_DEBUG"):
             raise
         print(f"arssr-rt: internal error: {type(exc).__name__}: {exc}; please report it "

@@ -20,6 +20,15 @@ from .errors import InputError
 Triplet = tuple[float, float, float]
 Shape3 = tuple[int, int, int]
 
+# Per-axis scale (output / input voxels) a request may ask for. Above 32 no model was trained
+# for it and even a 32^3 input becomes 1024^3 voxels (the default --max-output-voxels); below
+# 1/16 more than 4,000 input voxels fall into each output voxel with no anti-aliasing, which is
+# not super-resolution (use a resampling tool). Each output axis needs 2 voxels, as each input
+# axis does: -s 1e-9 would otherwise write a 1x1x1 image.
+MAX_SCALE = 32.0
+MIN_SCALE = 1.0 / 16.0
+MIN_OUTPUT_AXIS = 2
+
 
 @dataclass(frozen=True)
 class OutputGrid:
@@ -31,29 +40,7 @@ class OutputGrid:
 
     @property
     def voxels(self) -> int:
-        return int(np.prod(self.shape))
-
-
-def parse_triplet(text: str | float | Sequence[float], what: str) -> Triplet:
-    """Parse ``"2.5"`` or ``"2,2,3"`` (or numbers) into three positive finite floats."""
-    if isinstance(text, str):
-        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            raise InputError(f"{what} must be a number or three comma-separated numbers, got {text!r}") from None
-    elif isinstance(text, (int, float)):
-        values = [float(text)]
-    else:
-        values = [float(v) for v in text]
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise InputError(f"{what} needs 1 or 3 values, got {len(values)}")
-    for v in values:
-        if not math.isfinite(v) or v <= 0:
-            raise InputError(f"{what} values must be finite and > 0, got {values}")
-    return (values[0], values[1], values[2])
+        return math.prod(int(n) for n in self.shape)  # Python ints: no int64 overflow
 
 
 def spacing_of(affine: np.ndarray) -> Triplet:
@@ -92,20 +79,38 @@ def plan_output_grid(
     voxel_size: Triplet | None = None,
     shape: Sequence[int] | None = None,
 ) -> OutputGrid:
-    """Resolve exactly one of scale / voxel_size / shape into an OutputGrid."""
+    """Resolve exactly one of scale / voxel_size / shape into an OutputGrid.
+
+    The per-axis scale is checked against [MIN_SCALE, MAX_SCALE] in Python floats before any
+    shape is rounded (a voxel size of 1e-12 mm is a clear error, not an overflow), and every
+    output axis must have MIN_OUTPUT_AXIS voxels.
+    """
     given = [x is not None for x in (scale, voxel_size, shape)]
     if sum(given) != 1:
         raise InputError("give exactly one of --scale, --voxel-size or --shape")
     in_shape = tuple(int(n) for n in in_shape[:3])
     if scale is not None:
-        out_shape = shape_for_scale(in_shape, scale)
+        what, ratios = "--scale", [float(s) for s in scale]
     elif voxel_size is not None:
-        out_shape = shape_for_voxel_size(in_shape, spacing_of(in_affine), voxel_size)
+        what, ratios = "--voxel-size", [sp / float(v) for sp, v in zip(spacing_of(in_affine), voxel_size)]
     else:
         assert shape is not None
         if len(shape) != 3 or any(int(n) != n or n < 1 for n in shape):
             raise InputError(f"--shape needs three positive integers, got {list(shape)}")
-        out_shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
+        what, ratios = "--shape", [int(n) / h for n, h in zip(shape, in_shape)]
+    for axis, r in enumerate(ratios):
+        if not (math.isfinite(r) and MIN_SCALE <= r <= MAX_SCALE):
+            raise InputError(f"{what} asks for a scale of {r:.3g} on axis {axis} (output/input voxels); "
+                             f"the supported range is 1/{1 / MIN_SCALE:g} to {MAX_SCALE:g} per axis")
+    if scale is not None:
+        out_shape = shape_for_scale(in_shape, scale)
+    elif voxel_size is not None:
+        out_shape = shape_for_voxel_size(in_shape, spacing_of(in_affine), voxel_size)
+    else:
+        out_shape = tuple(int(n) for n in shape)  # type: ignore[union-attr,assignment]
+    if min(out_shape) < MIN_OUTPUT_AXIS:
+        raise InputError(f"{what} gives an output of shape {tuple(out_shape)} from {in_shape}; every output axis "
+                         f"needs at least {MIN_OUTPUT_AXIS} voxels")
     affine = output_affine(in_affine, in_shape, out_shape)
     return OutputGrid(shape=out_shape, affine=affine, spacing=spacing_of(affine))  # type: ignore[arg-type]
 

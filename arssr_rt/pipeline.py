@@ -23,8 +23,9 @@ from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
 from .errors import BackendError, InputError, ModelError, OutputError
-from .geometry import OutputGrid, Triplet, parse_triplet, plan_output_grid
+from .geometry import OutputGrid, Triplet
 from .intensity import Normalizer
+from .labels import check_intensity_image
 from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_buffer, plan_memory, release_pages,
                      restore_in_place, transposed)
 from .sampling import box_coords, sample_box
@@ -56,6 +57,7 @@ class Upsampler:
         chunk: int | None = None,
         normalization: str = "minmax",
         max_memory: int = DEFAULT_MAX_MEMORY,
+        as_intensity: bool = False,
     ):
         options = options or BackendOptions()
         if chunk is not None:
@@ -68,6 +70,7 @@ class Upsampler:
         self.backend: Backend = open_backend(backend, self.bundle, options)
         self.tile, self.chunk, self.max_memory = tile, options.chunk or DEFAULT_CHUNK, max_memory
         self.normalization = normalization
+        self.as_intensity = as_intensity  # True: take a label-map-like image as intensities anyway
 
     def __enter__(self) -> "Upsampler":
         return self
@@ -80,8 +83,14 @@ class Upsampler:
 
     def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
         """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
-        norm = Normalizer(mode=self.normalization).fit(volume.data)  # type: ignore[arg-type]
-        lr = norm.normalize(volume.data)  # [0, 1], as in training
+        where = volume.source_path or "input"
+        if not self.as_intensity:
+            check_intensity_image(where, volume.data, volume.header)
+        try:
+            norm = Normalizer(mode=self.normalization).fit(volume.data)  # type: ignore[arg-type]
+        except InputError as exc:  # constant image, outlier voxels: name the file
+            raise InputError(f"{where}: {exc}") from None
+        lr = norm.normalize(volume.data)
         out_shape = grid.shape
         zyx = self.bundle.axis_order == "zyx"
         if zyx:  # published weights saw SimpleITK (z, y, x) arrays
@@ -172,13 +181,9 @@ class UpsampleResult:
 
 def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: Any = None, max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> OutputGrid:
     """Parse the size options and refuse an output over the size limit (before any compute)."""
-    grid = plan_output_grid(
-        volume.shape,
-        volume.affine,
-        scale=parse_triplet(scale, "--scale") if scale is not None else None,
-        voxel_size=parse_triplet(voxel_size, "--voxel-size") if voxel_size is not None else None,
-        shape=[int(v) for v in parse_triplet(shape, "--shape")] if shape is not None and not isinstance(shape, (list, tuple)) else shape,
-    )
+    from .options import output_grid
+
+    grid = output_grid(volume.shape, volume.affine, scale, voxel_size, shape)
     if grid.voxels > max_output_voxels:
         raise OutputError(
             f"output {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} = {grid.voxels:,} voxels is over the limit of "
@@ -207,6 +212,7 @@ def upsample(
     chunk: int | None = None,
     normalization: str = "minmax",
     max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
+    as_intensity: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Super-resolve an array with its affine; returns (float32 data, output affine).
 
@@ -224,7 +230,7 @@ def upsample(
     check_affine("array", np.asarray(affine, dtype=np.float64))
     volume = Volume(data=arr, affine=np.asarray(affine, dtype=np.float64))
     grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
-    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization) as up:
+    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization, as_intensity=as_intensity) as up:
         return up.run(volume, grid), grid.affine
 
 
@@ -249,6 +255,7 @@ def upsample_file(
     max_memory: int = DEFAULT_MAX_MEMORY,
     on_backend: Callable[[str], None] | None = None,
     progress: Callable[[OutputGrid], ProgressFn] | None = None,
+    as_intensity: bool = False,
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
@@ -270,7 +277,8 @@ def upsample_file(
     check_volume_output(target, fmt, inputs=[in_path], force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     owner = upsampler is None
-    up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory)
+    up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
+                                as_intensity=as_intensity)
     if on_backend:
         on_backend(up.backend.name)
     try:

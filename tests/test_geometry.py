@@ -16,7 +16,6 @@ from arssr_rt.geometry import (
     input_index_of_output,
     normalized_centres,
     output_affine,
-    parse_triplet,
     plan_output_grid,
     spacing_of,
 )
@@ -193,27 +192,3 @@ def test_network_coordinates_land_on_the_geometric_input_index(h, H):
     j = np.arange(H)
     np.testing.assert_allclose(((c + 1) * h - 1) / 2, input_index_of_output(j, h, H), atol=1e-4)
     np.testing.assert_allclose(input_index_of_output(j, h, H), (j + 0.5) * h / H - 0.5, rtol=0, atol=1e-12)
-
-
-# ----- argument parsing ---------------------------------------------------------------------
-
-
-def test_parse_triplet_values():
-    assert parse_triplet("2.5", "--scale") == (2.5, 2.5, 2.5)
-    assert parse_triplet("1,1,3", "--scale") == (1.0, 1.0, 3.0)
-    assert parse_triplet(2, "--scale") == (2.0, 2.0, 2.0)
-    assert parse_triplet([0.5, 0.7, 1], "--voxel-size") == (0.5, 0.7, 1.0)
-
-
-@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "a,b", "1,2", "1,2,3,4", "2,0,2", "", "x"])
-def test_parse_triplet_refuses(text):
-    with pytest.raises(InputError) as info:
-        parse_triplet(text, "--scale")
-    assert "--scale" in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize("value", [0.0, -2.0, math.nan, math.inf])
-def test_parse_triplet_refuses_numbers(value):
-    with pytest.raises(InputError):
-        parse_triplet(value, "--scale")

@@ -13,7 +13,8 @@ pytest.importorskip("scipy")
 
 from arssr_rt.degrade import cubic_resample  # noqa: E402
 from arssr_rt.errors import InputError  # noqa: E402
-from arssr_rt.geometry import parse_triplet, plan_output_grid  # noqa: E402
+from arssr_rt.geometry import plan_output_grid  # noqa: E402
+from arssr_rt.options import parse_triplet  # noqa: E402
 from arssr_rt.qc import COLUMNS, DIFFERENCE, VIEWS, draw_montage, montage_layout, montage_panels, nearest_upsample, write_qc_montage  # noqa: E402
 
 from conftest import FIXTURE_PATH as FIXTURE  # noqa: E402

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BackendError, ModelError
+from ..errors import ModelError
 from .. import bundle_format as contract
 from ..extras import require
 from .base import BackendOptions, BackendRunner, register_backend

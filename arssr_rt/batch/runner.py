@@ -49,6 +49,7 @@ class BatchOptions:
     force: bool = False
     max_output_voxels: int | None = None
     allow_outside: bool = False  # CSV outputs may resolve outside OUT_DIR (--allow-outside-output-dir)
+    as_intensity: bool = False  # take label-map-like inputs as intensities
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
@@ -101,6 +102,7 @@ def make_upsampler(options: BatchOptions):
     return Upsampler(
         options.model, options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
         tile=options.tile, chunk=options.chunk, normalization=options.normalization,
+        as_intensity=options.as_intensity,
     )
 
 

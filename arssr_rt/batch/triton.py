@@ -37,7 +37,7 @@ from pathlib import Path
 from ..atomic import atomic_write_folder
 from ..bundle import ModelBundle, resolve_model
 from ..engines.builder import DEFAULT_TILE, encoder_edge
-from ..errors import InputError, ModelError, OutputError
+from ..errors import InputError, ModelError
 from .. import bundle_format as contract
 from ..outputs import check_output
 from ..sampling import COORD_MODES

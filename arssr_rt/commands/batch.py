@@ -87,6 +87,7 @@ def register(app: typer.Typer) -> None:
         fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
         qc: bool = typer.Option(False, "--qc", help="Write a QC montage PNG next to each output."),
         output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
+        as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve inputs that look like label maps as intensities anyway."),
         ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 (implies --ray)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (failed inputs) on stderr: no progress, no per-file lines, no summary."),
@@ -98,7 +99,10 @@ def register(app: typer.Typer) -> None:
         from ..batch.discovery import parse_shard
         from ..batch.runner import BatchOptions, run_batch
         from ..errors import InputError
+        from ..options import check_tile, parse_size_options
 
+        parse_size_options(scale, voxel_size, shape)  # one bad option fails the batch once, not every file
+        check_tile(tile)
         if output_format not in ("nifti", "dicom"):
             raise InputError(f"--output-format must be nifti or dicom, got {output_format!r}")
         if jobs < 1:
@@ -111,6 +115,7 @@ def register(app: typer.Typer) -> None:
             scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend, device=device, threads=threads,
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
             allow_outside=allow_outside,
+            as_intensity=as_intensity,
         )
         console = Console(stderr=True, highlight=False)
         progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -34,19 +34,18 @@ def describe_volume(path: Path, scale: str | None, voxel_size: str | None, shape
     """Facts of the input and the planned output grid, as plain JSON-ready values."""
     import nibabel as nib
 
-    from ..geometry import parse_triplet, plan_output_grid, spacing_of
+    from ..geometry import spacing_of
     from ..intensity import choose_output_dtype
+    from ..options import output_grid
 
     volume = _read(path)
     data = volume.data
     if scale is None and voxel_size is None and shape is None:
         scale = "2"  # show the common case when no size option is given
-    grid = plan_output_grid(
-        volume.shape, volume.affine,
-        scale=parse_triplet(scale, "--scale") if scale is not None else None,
-        voxel_size=parse_triplet(voxel_size, "--voxel-size") if voxel_size is not None else None,
-        shape=[int(round(v)) for v in parse_triplet(shape, "--shape")] if shape is not None else None,
-    )
+    grid = output_grid(volume.shape, volume.affine, scale, voxel_size, shape)
+    from ..intensity import minmax_outliers
+    from ..labels import label_map_reason
+
     out_dtype = choose_output_dtype(volume.source_dtype, dtype)
     p1, p99 = np.percentile(data, [0.5, 99.5])
     return {
@@ -60,6 +59,8 @@ def describe_volume(path: Path, scale: str | None, voxel_size: str | None, shape
         "intensity_min": float(data.min()),
         "intensity_max": float(data.max()),
         "intensity_p0.5_p99.5": [float(p1), float(p99)],
+        "label_map": label_map_reason(data, volume.header),  # why upsample would refuse it, or None
+        "minmax_outliers": minmax_outliers(data),  # why --normalization minmax would refuse it, or None
         "output": {
             "shape": list(grid.shape),
             "spacing_mm": [round(float(s), 6) for s in grid.spacing],
@@ -109,6 +110,12 @@ def register(app: typer.Typer) -> None:
             f"dtype        {facts['dtype']}",
             f"intensity    {facts['intensity_min']:g} .. {facts['intensity_max']:g} "
             f"(0.5-99.5%: {facts['intensity_p0.5_p99.5'][0]:g} .. {facts['intensity_p0.5_p99.5'][1]:g})",
+        ]
+        if facts["label_map"]:
+            lines.append(f"labels       looks like a label map ({facts['label_map']}): upsample refuses it without --as-intensity")
+        if facts["minmax_outliers"]:
+            lines.append(f"outliers     {facts['minmax_outliers']}")
+        lines += [
             f"upsample     {req} -> {fmt(out['shape'])} at {fmt(out['spacing_mm'])} mm, {out['voxels']:,} voxels, "
             f"{out['dtype']}, ~{out['size_mib_uncompressed']:g} MiB uncompressed",
         ]

@@ -46,19 +46,24 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("fp32", "--precision", help="fp32 (exact) or a faster mode the backend supports (fp16, bf16, int8)."),
         tile: Optional[int] = typer.Option(None, "--tile", help="Encoder tile core size in voxels (default: from --max-memory)."),
         chunk: Optional[int] = typer.Option(None, "--chunk", help=f"Output points sampled + decoded per step (default {DEFAULT_CHUNK:,} on the CPU path, 262,144 on a GPU); each network call takes at most the backend's declared maximum (onnxruntime 2,048, openvino 4,096 rows, TensorRT its engine profile)."),
-        max_memory: float = typer.Option(DEFAULT_MAX_MEMORY / 1024**3, "--max-memory", help="GiB of peak memory for the whole run: sets the tile size and keeps a large output in a temporary file."),
+        max_memory: str = typer.Option(f"{DEFAULT_MAX_MEMORY / 1024**3:g}", "--max-memory", help="GiB of peak memory for the whole run: sets the tile size and keeps a large output in a temporary file."),
         normalization: str = typer.Option("minmax", "--normalization", help="minmax | percentile (0.5-99.5, clipped)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input), e.g. float32."),
         max_output_voxels: int = typer.Option(DEFAULT_MAX_OUTPUT_VOXELS, "--max-output-voxels", help="Refuse outputs with more voxels than this."),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
         output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | dicom (a new derived series folder)."),
+        as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve an image that looks like a label map (intent label, or piecewise-constant whole numbers) as intensities anyway."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        from ..options import check_tile, parse_max_memory, parse_size_options
         from ..pipeline import upsample_file
 
+        parse_size_options(scale, voxel_size, shape)  # bad option text fails before the volume is read
+        check_tile(tile)
+        max_memory_bytes = parse_max_memory(max_memory)
         console = Console(stderr=True)
         options = BackendOptions(device=device, threads=threads, precision=precision)
         # the cheap checks inside upsample_file run before the model loads: load it lazily
@@ -74,7 +79,7 @@ def register(app: typer.Typer) -> None:
                 input, output, scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend,
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
                 max_output_voxels=max_output_voxels, progress=progress,
-                max_memory=int(max_memory * 1024**3),
+                max_memory=max_memory_bytes, as_intensity=as_intensity,
                 on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),
             )
         if not quiet:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import Triplet, output_affine, parse_triplet
+from ..geometry import Triplet, output_affine
+from ..options import parse_triplet
 from ..volume import Volume
 from .case import MIN_LR_VOXELS, DegradationSpec, MethodScores, as_spec, best_baseline, run_case, score
 from .metrics import default_data_range, head_mask

