@@ -49,6 +49,16 @@ def profile_matrix(h: int, H: int, profile: str = "box", gap: float = 0.0) -> np
     return weights / sums
 
 
+def check_slice_profile(profile: str, gap: float) -> None:
+    """InputError (one line, before any work) for an unknown profile or a gap outside [0, 1)."""
+    from .errors import InputError
+
+    try:
+        profile_matrix(4, 8, profile, gap)
+    except ValueError as exc:
+        raise InputError(f"--keep-acquired: {exc}") from None
+
+
 def _apply(matrix: np.ndarray, data: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(np.tensordot(matrix, data, axes=([1], [axis])), 0, axis)
 

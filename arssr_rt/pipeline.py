@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .background import flatten_flat_background
+from .consistency import check_slice_profile, keep_acquired
 from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
@@ -58,8 +59,12 @@ class Upsampler:
         normalization: str = "minmax",
         max_memory: int = DEFAULT_MAX_MEMORY,
         as_intensity: bool = False,
+        keep_acquired: str | None = None,
+        slice_gap: float = 0.0,
     ):
         options = options or BackendOptions()
+        if keep_acquired is not None:  # an unknown profile or a bad gap fails before the model loads
+            check_slice_profile(keep_acquired, slice_gap)
         if chunk is not None:
             options = replace(options, chunk=chunk)
         if tile is not None and tile < 1:
@@ -71,6 +76,7 @@ class Upsampler:
         self.tile, self.chunk, self.max_memory = tile, options.chunk or DEFAULT_CHUNK, max_memory
         self.normalization = normalization
         self.as_intensity = as_intensity  # True: take a label-map-like image as intensities anyway
+        self.keep_acquired, self.slice_gap = keep_acquired, slice_gap  # slice profile of the data-consistency step
 
     def __enter__(self) -> "Upsampler":
         return self
@@ -101,6 +107,8 @@ class Upsampler:
         del lr
         if zyx:
             out = transposed(out)
+        if self.keep_acquired:  # each acquired voxel = the output averaged over its slice profile
+            keep_acquired(out, norm.normalize(volume.data), self.keep_acquired, self.slice_gap)
         return restore_in_place(norm, out)
 
     def infer(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
@@ -213,6 +221,8 @@ def upsample(
     normalization: str = "minmax",
     max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
     as_intensity: bool = False,
+    keep_acquired: str | None = None,
+    slice_gap: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Super-resolve an array with its affine; returns (float32 data, output affine).
 
@@ -230,7 +240,8 @@ def upsample(
     check_affine("array", np.asarray(affine, dtype=np.float64))
     volume = Volume(data=arr, affine=np.asarray(affine, dtype=np.float64))
     grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
-    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization, as_intensity=as_intensity) as up:
+    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization, as_intensity=as_intensity,
+                   keep_acquired=keep_acquired, slice_gap=slice_gap) as up:
         return up.run(volume, grid), grid.affine
 
 
@@ -256,6 +267,8 @@ def upsample_file(
     on_backend: Callable[[str], None] | None = None,
     progress: Callable[[OutputGrid], ProgressFn] | None = None,
     as_intensity: bool = False,
+    keep_acquired: str | None = None,
+    slice_gap: float = 0.0,
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
@@ -278,7 +291,7 @@ def upsample_file(
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     owner = upsampler is None
     up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
-                                as_intensity=as_intensity)
+                                as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap)
     if on_backend:
         on_backend(up.backend.name)
     try:

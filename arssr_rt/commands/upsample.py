@@ -53,16 +53,22 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
         output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | dicom (a new derived series folder)."),
         as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve an image that looks like a label map (intent label, or piecewise-constant whole numbers) as intensities anyway."),
+        keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Data consistency for thick-slice scans: project the output so that its average over each acquired voxel's slice profile equals that voxel (exact in float output: use --dtype float32)."),
+        slice_profile: str = typer.Option("box", "--slice-profile", help="box | gaussian: the acquired slice profile for --keep-acquired."),
+        slice_gap: float = typer.Option(0.0, "--slice-gap", help="Gap between acquired slices, as a fraction of the slice spacing (0 <= gap < 1), for --keep-acquired."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        from ..consistency import check_slice_profile
         from ..options import check_tile, parse_max_memory, parse_size_options
         from ..pipeline import upsample_file
 
         parse_size_options(scale, voxel_size, shape)  # bad option text fails before the volume is read
         check_tile(tile)
+        if keep_acquired:
+            check_slice_profile(slice_profile, slice_gap)
         max_memory_bytes = parse_max_memory(max_memory)
         console = Console(stderr=True)
         options = BackendOptions(device=device, threads=threads, precision=precision)
@@ -80,6 +86,7 @@ def register(app: typer.Typer) -> None:
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
                 max_output_voxels=max_output_voxels, progress=progress,
                 max_memory=max_memory_bytes, as_intensity=as_intensity,
+                keep_acquired=slice_profile if keep_acquired else None, slice_gap=slice_gap,
                 on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),
             )
         if not quiet:
