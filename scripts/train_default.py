@@ -37,6 +37,13 @@ each stage is reproduced here with the settings it really had:
    never-seen nibabel subject x2 / x4 / 1x1x3 +0.57 / +0.27 / +0.48 -> +0.58 / +0.26 / +0.53.
 10. (session 4) 12,000 steps from stage 9, same recipe, seed 6: held-out x2 / x3 / x4 / 1x1x3
    head +1.27 / +0.94 / +1.01 / +0.71 dB; nibabel +0.62 / +0.29 / +0.58 at x2 / x4 / 1x1x3.
+11. (session 5) MR-like acquisitions (training/acquisition.py, `separable`): degradations cubic
+   .25 / kspace (magnitude) .25 / kspace-noise (Rician) .15 / gaussian .15 / slice .2 (box or
+   Gaussian profile, gaps up to 30 %), thick-slice scales up to x8, anisotropic .35, gamma/bias
+   contrast on 30 % of patches, intensity augmentation kept; 1,500 steps from stage 10, cosine
+   lr 3e-4, 1 thread, in two arms: the direct model, and the residual over windowed-sinc
+   (`base: lanczos3`, started as its base). The A/B numbers are in the README model card.
+12. (session 5) 6,500 more steps of each arm, same recipe, seed 22 (`stage12(...)` below).
 """
 
 import json
@@ -111,7 +118,15 @@ def main(data_dir: Path, out: Path) -> None:
     s10 = out / "stage10"
     cfg = replace(cfg, seed=6, init=str(s9 / "checkpoint.pt"))
     train(cfg, s10, progress=False)
-    print(f"final run: {s10} (package it with scripts/package_default_model.py {s10})")
+    cfg = with_sampler(replace(cfg, steps=1500, lr=3e-4, warmup=100, seed=21, threads=1, checkpoint_every=250, init=str(s10 / "checkpoint.pt")),
+                       degradations={"cubic": 0.25, "kspace": 0.25, "kspace-noise": 0.15, "gaussian": 0.15, "slice": 0.2},
+                       separable=True, thick_max=8.0, anisotropic=0.35, slice_gap=0.3, slice_profiles=["box", "gaussian"],
+                       contrast=0.3, noise=0.0)
+    for arm, spec, start in (("direct", cfg.spec, False), ("lanczos", {**cfg.spec, "base": "lanczos3"}, True)):
+        train(replace(cfg, spec=spec, start_as_base=start), out / f"stage11-{arm}", progress=False)
+        train(replace(cfg, spec=spec, steps=6500, seed=22, init=str(out / f"stage11-{arm}" / "checkpoint.pt")),
+              out / f"stage12-{arm}", progress=False)
+    print(f"final runs: {out}/stage12-direct, {out}/stage12-lanczos (package one with scripts/package_default_model.py)")
 
 
 if __name__ == "__main__":
