@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
 from .bundle_format import MODEL_JSON, SCHEMA_VERSION, WEIGHTS, validate_meta
 from .errors import ModelError
 from .linked_files import resolve_linked
@@ -123,9 +124,7 @@ def write_model_json(path: Path, meta: dict[str, Any]) -> None:
     meta = dict(meta)
     meta["schema_version"] = SCHEMA_VERSION
     meta["files"] = {name: sha256_file(path / name) for name in sorted(meta.get("files", {}))}
-    tmp = path / (MODEL_JSON + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path / MODEL_JSON)
+    atomic_write_text(path / MODEL_JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def embedded_models_dir() -> Path:

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_text
 from ..degrade import cubic_resample, degrade
 from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
@@ -227,7 +227,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
             if cfg.start_as_base:
                 model.start_as_base()
         if _is_main():
-            (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+            atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
     net: torch.nn.Module = model
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
