@@ -37,22 +37,9 @@ HELD_OUT = {  # real subjects never trained on: the first is validated on, the s
 }
 
 
-LINEAGE = (  # what scripts/train_default.py reproduces, stage by stage (steps of 8 patches x 4,096 points)
-    [("1", 4400, "ResCNN-lite + ArSSR decoder, global coords, degradation mix cubic/gaussian/kspace/slice + noise, 1 thread"),
-     ("2", 1400, "cubic degradation only"),
-     ("3", 1200, "phase coordinates"),
-     ("4", 7000, "modulated decoder"),
-     ("5", 2000, "2 mm pyramid level made by Gaussian and by cubic point resampling; 6x weight on the volume with skull"),
-     ("6", 26000, "cosine lr 5e-4, bf16 autocast, 2 threads"),
-     ("7", 1500, "intensity augmentation (gain 0.9-1.1, offset 0-0.05) on half the patches, cosine lr 2e-4"),
-     ("8", 6000, "as stage 7, cosine lr 3e-4"),
-     ("9", 12000, "as stage 8"),
-     ("10", 12000, "as stage 8"),
-     ("11", 1500, "MR-like acquisitions (magnitude k-space, Rician noise, Gaussian PSF, box/Gaussian slice profiles with gaps, "
-                  "thick slices to x8, gamma/bias contrast), cosine lr 3e-4, 1 thread"),
-     ("12", 6500, "as stage 11; packaged as the weight average 0.35 x stage 10 + 0.65 x stage 12 (a model soup: keeps most "
-                  "of stage 10's gain on cubic down-sampling and adds stage 12's on MR-like acquisitions)")]
-)
+# the stage list lives in one place, next to the run it describes (scripts/train_default.py reproduces it)
+LINEAGE_FILE = ROOT / "training-runs" / "default" / "lineage.json"
+LINEAGE = [(st["stage"], int(st["steps"]), st["summary"]) for st in json.loads(LINEAGE_FILE.read_text())["stages"]]
 
 
 def sha256(path: Path) -> str:

