@@ -278,14 +278,18 @@ def upsample_file(
     ``output_format``: auto (from the suffix), nifti, or dicom (a series folder).
     """
     from .intensity import choose_output_dtype
-    from .readers import read_volume
+    from .readers import input_format, read_volume
+    from .series import SeriesGrid, open_series, run_series, series_length
     from .writers import check_volume_output, output_format as format_for, write_volume
 
     t0 = time.perf_counter()
     in_path = Path(in_path)
     fmt = format_for(out_path, output_format)
-    volume = read_volume(in_path)
-    grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
+    series = open_series(in_path) if input_format(in_path) == "nifti" and series_length(in_path) > 1 else None
+    if series is not None and fmt != "nifti":
+        raise OutputError(f"{in_path}: a 4-D series is written as one 4-D NIfTI (.nii/.nii.gz); {fmt} output takes 3-D volumes")
+    volume = series.first if series is not None else read_volume(in_path)
+    grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels // (series.count if series else 1))
     target = Path(out_path) if out_path is not None else default_output_path(in_path, scale, voxel_size, shape, fmt)
     check_volume_output(target, fmt, inputs=[in_path], force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
@@ -295,8 +299,13 @@ def upsample_file(
     if on_backend:
         on_backend(up.backend.name)
     try:
-        result = up.run(volume, grid, progress(grid) if progress else None)
-        target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path])
+        if series is not None:  # volume by volume, one in flight; progress counts every volume
+            step = progress(SeriesGrid(grid, series.count)) if progress else None  # type: ignore[arg-type]
+            target = run_series(series, grid, lambda v: up.run(v, grid, step), target, dtype=dtype, force=force,
+                                inputs=[in_path], max_memory=up.max_memory)
+        else:
+            result = up.run(volume, grid, progress(grid) if progress else None)
+            target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path])
     finally:
         if owner:
             up.close()

@@ -21,6 +21,7 @@ from .volume import Volume
 NIFTI_NAMES = (".nii", ".nii.gz", ".hdr", ".img", ".hdr.gz", ".img.gz")
 NRRD_NAMES = (".nrrd", ".nhdr")
 DICOM_NAMES = (".dcm", ".ima")
+MGH_NAMES = (".mgz", ".mgh")
 
 
 def _reader_module(name: str, what: str) -> ModuleType:
@@ -42,13 +43,18 @@ def _read_nrrd(path: Path, max_voxels: int) -> Volume:
     return _reader_module("io_nrrd", "NRRD").read_nrrd(path, max_voxels=max_voxels)
 
 
+def _read_mgh(path: Path, max_voxels: int) -> Volume:
+    """FreeSurfer .mgz/.mgh via arssr_rt.io_mgh.read_mgh (nibabel's MGHImage, same checks)."""
+    return _reader_module("io_mgh", "MGH/MGZ").read_mgh(path, max_voxels=max_voxels)
+
+
 def _read_dicom_dir(path: Path, max_voxels: int) -> Volume:
     """A DICOM series folder (or one file of it) via arssr_rt.io_dicom.load_dicom_series(path, max_voxels=...)."""
     return _reader_module("io_dicom", "DICOM").load_dicom_series(path, max_voxels=max_voxels)
 
 
 def input_format(path: str | os.PathLike) -> str:
-    """``"nifti"``, ``"nrrd"`` or ``"dicom"`` from the name (folders are DICOM series).
+    """``"nifti"``, ``"nrrd"``, ``"mgh"`` or ``"dicom"`` from the name (folders are DICOM series).
 
     Unknown suffixes go to the NIfTI reader, whose content check then says what is wrong
     (``not NIfTI``) rather than guessing from the name alone.
@@ -61,10 +67,12 @@ def input_format(path: str | os.PathLike) -> str:
         return "nrrd"
     if name.endswith(DICOM_NAMES):
         return "dicom"
+    if name.endswith(MGH_NAMES):
+        return "mgh"
     return "nifti"
 
 
-_READERS = {"nifti": _read_nifti, "nrrd": _read_nrrd, "dicom": _read_dicom_dir}
+_READERS = {"nifti": _read_nifti, "nrrd": _read_nrrd, "dicom": _read_dicom_dir, "mgh": _read_mgh}
 
 
 def read_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:

@@ -19,24 +19,30 @@ from .geometry import OutputGrid
 from .outputs import check_output
 from .volume import Volume
 
-FORMATS = ("auto", "nifti", "dicom")
+FORMATS = ("auto", "nifti", "mgh", "dicom")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+MGH_SUFFIXES = (".mgz", ".mgh")
 # input suffixes stripped from a name to get its stem (longest first)
-INPUT_SUFFIXES = (".nii.gz", ".hdr.gz", ".img.gz", ".nii", ".hdr", ".img", ".nrrd", ".nhdr", ".dcm", ".ima")
+INPUT_SUFFIXES = (".nii.gz", ".hdr.gz", ".img.gz", ".nii", ".hdr", ".img", ".nrrd", ".nhdr", ".dcm", ".ima", ".mgz", ".mgh")
 
 
 def output_format(path: str | os.PathLike | None, requested: str = "auto") -> str:
-    """``"nifti"`` or ``"dicom"`` for ``path`` (refuses a path the format cannot have)."""
+    """``"nifti"``, ``"mgh"`` or ``"dicom"`` for ``path`` (refuses a path the format cannot have)."""
     if requested not in FORMATS:
         raise InputError(f"--output-format must be one of {', '.join(FORMATS)}, got {requested!r}")
     name = Path(path).name.lower() if path is not None else ""
     is_nifti = any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES)
+    is_mgh = any(name.endswith(s) and len(name) > len(s) for s in MGH_SUFFIXES)
+    if requested == "mgh" or (requested == "auto" and is_mgh):
+        if path is not None and not is_mgh:
+            raise OutputError(f"{path}: an MGH output must end in .mgz or .mgh")
+        return "mgh"
     if requested == "dicom":
-        if is_nifti:
+        if is_nifti or is_mgh:
             raise OutputError(f"{path}: a DICOM output is a folder; drop the .nii/.nii.gz suffix")
         return "dicom"
     if path is not None and not is_nifti:
-        raise OutputError(f"{path}: output must end in .nii or .nii.gz (or pass --output-format dicom for a DICOM series folder)")
+        raise OutputError(f"{path}: output must end in .nii, .nii.gz, .mgz or .mgh (or pass --output-format dicom for a DICOM series folder)")
     return "nifti"
 
 
@@ -75,7 +81,7 @@ def input_stem(path: str | os.PathLike) -> str:
 
 def output_name(input_path: str | os.PathLike, label: str, fmt: str = "nifti") -> str:
     """The one output naming scheme: ``<stem>_<label>.nii.gz``, or ``<stem>_<label>`` for DICOM."""
-    return f"{input_stem(input_path)}_{label}" + ("" if fmt == "dicom" else ".nii.gz")
+    return f"{input_stem(input_path)}_{label}" + {"dicom": "", "mgh": ".mgz"}.get(fmt, ".nii.gz")
 
 
 def check_volume_output(path: str | os.PathLike, fmt: str, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> Path:
@@ -102,6 +108,10 @@ def write_volume(
 
         description = f"ArSSR {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]}"
         return write_dicom_series(path, data, grid, source, description, force=force, inputs=inputs)
+    if fmt == "mgh":
+        from .io_mgh import save_mgh
+
+        return save_mgh(path, data, grid, source, dtype=dtype, force=force, inputs=inputs)
     from .nifti_io import save_volume
 
     return save_volume(path, data, grid, source, dtype=dtype, force=force, inputs=inputs)

@@ -62,9 +62,11 @@ def text_as_nii(folder: Path, colin: Colin):
 
 
 def other_image_format(folder: Path, colin: Colin):
-    path = folder / "brain.mgz"
-    nib.MGHImage(small(colin).astype(np.float32), colin[1]).to_filename(path)
-    return path, "not NIfTI"
+    """An MGH file named .nii (MGZ/MGH by their own suffix are supported: tests/test_mgh.py)."""
+    path = folder / "brain.nii"
+    nib.MGHImage(small(colin).astype(np.float32), colin[1]).to_filename(folder / "brain.mgh")
+    (folder / "brain.mgh").rename(path)
+    return path, "is not a NIfTI file"
 
 
 def corrupt_gzip(folder: Path, colin: Colin):
@@ -102,13 +104,6 @@ def two_d(folder: Path, colin: Colin):
     path = folder / "slice.nii.gz"
     nib.Nifti1Image(colin[0][:, :, 32], colin[1]).to_filename(path)
     return path, "2-D"
-
-
-def four_d_three_volumes(folder: Path, colin: Colin):
-    block = small(colin)
-    path = folder / "series.nii.gz"
-    nib.Nifti1Image(np.stack([block, block, block], axis=-1), colin[1]).to_filename(path)
-    return path, "4-D"
 
 
 def five_d(folder: Path, colin: Colin):
@@ -207,7 +202,7 @@ BAD_FILES: dict[str, Callable[[Path, Colin], tuple[Path, str]]] = {
     f.__name__: f
     for f in (
         missing, text_as_nii_gz, text_as_nii, other_image_format, corrupt_gzip, truncated_gzip,
-        truncated_nii, zero_bytes, two_d, four_d_three_volumes, five_d, nan_voxels, inf_voxels, constant,
+        truncated_nii, zero_bytes, two_d, five_d, nan_voxels, inf_voxels, constant,
         axis_of_length_one, empty_axis, absurd_header_size, zero_pixdim, negative_pixdim, nan_pixdim,
         singular_affine, non_finite_affine, complex_voxels, rgb_voxels,
     )

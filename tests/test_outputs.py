@@ -158,7 +158,11 @@ def test_one_naming_scheme_for_every_command():
 def test_format_follows_the_suffix_and_dicom_is_asked_for():
     assert output_format("a.nii.gz") == output_format("a.NII") == output_format(None) == "nifti"
     assert output_format("out_series", "dicom") == "dicom"
-    with pytest.raises(OutputError, match=r"\.nii or \.nii\.gz.*--output-format dicom"):
+    assert output_format("a.mgz") == output_format("a.MGH") == output_format("b.mgz", "mgh") == "mgh"
+    assert output_name("t1.mgz", "x2", "mgh") == "t1_x2.mgz" and output_name("t1.mgz", "x2") == "t1_x2.nii.gz"
+    with pytest.raises(OutputError, match=r"\.mgz or \.mgh"):
+        output_format("a.nii.gz", "mgh")
+    with pytest.raises(OutputError, match=r"\.nii, \.nii\.gz, \.mgz or \.mgh.*--output-format dicom"):
         output_format("a.png")
     with pytest.raises(OutputError, match="is a folder"):
         output_format("a.nii.gz", "dicom")

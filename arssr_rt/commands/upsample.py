@@ -12,7 +12,8 @@ from ..backends.base import BackendOptions
 from ..pipeline import DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT_VOXELS
 
 HELP = """\
-Super-resolve a 3-D volume (NIfTI; NRRD and DICOM folders with the io extra) at any scale.
+Super-resolve a 3-D volume or a 4-D series (NIfTI, FreeSurfer MGZ/MGH; NRRD and DICOM folders
+with the io extra) at any scale; a 4-D series is done volume by volume into one 4-D NIfTI.
 
 Give exactly one of --scale (2.5 or per axis 1,1,3), --voxel-size (mm, 0.5 or 0.7,0.7,1) or
 --shape (N1,N2,N3). The field of view is kept exactly: spacing = old * h / H and the origin
@@ -34,8 +35,8 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("upsample", help=HELP)
     def upsample_cmd(
-        input: Path = typer.Argument(..., help="Input volume (.nii, .nii.gz; .nrrd or a DICOM series folder with arssr-rt[io])."),
-        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nii/.nii.gz, or a DICOM series folder with --output-format dicom (default <stem>_<label>.nii.gz next to the input)."),
+        input: Path = typer.Argument(..., help="Input volume (.nii, .nii.gz, 4-D series, .mgz, .mgh; .nrrd or a DICOM series folder with arssr-rt[io])."),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nii/.nii.gz or .mgz/.mgh, or a DICOM series folder with --output-format dicom (default <stem>_<label>.nii.gz next to the input)."),
         scale: Optional[str] = typer.Option(None, "--scale", "-s", help="Scale factor: S or SX,SY,SZ (array axes)."),
         voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="Target spacing in mm: V or V1,V2,V3."),
         shape: Optional[str] = typer.Option(None, "--shape", help="Output shape N1,N2,N3."),
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input), e.g. float32."),
         max_output_voxels: int = typer.Option(DEFAULT_MAX_OUTPUT_VOXELS, "--max-output-voxels", help="Refuse outputs with more voxels than this."),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
-        output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | dicom (a new derived series folder)."),
+        output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | mgh | dicom (a new derived series folder)."),
         as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve an image that looks like a label map (intent label, or piecewise-constant whole numbers) as intensities anyway."),
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Data consistency for thick-slice scans: project the output so that its average over each acquired voxel's slice profile equals that voxel (exact in float output: use --dtype float32)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="box | gaussian: the acquired slice profile for --keep-acquired."),

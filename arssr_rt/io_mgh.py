@@ -1,0 +1,144 @@
+"""FreeSurfer MGH/MGZ input and output through nibabel's MGHImage.
+
+Reading shares the NIfTI reader's safety path (size checks on header values before any voxel
+is read, the decompression cap and CRC pass for .mgz, the same validation); the affine is the
+header's vox2ras. MGH has no scaling and only uint8/int16/int32/float32 voxels, so an output
+type MGH cannot hold exactly is written as float32 rather than silently wrapped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .atomic import atomic_write
+from .errors import InputError, OutputError
+from .geometry import OutputGrid
+from .intensity import choose_output_dtype, to_output_dtype
+from .memory import all_finite, convert_in_slabs
+from .nifti_io import GZIP_SLACK, _check_readable_file, _describe_read_error, _quiet_nibabel
+from .outputs import check_output
+from .validation import (DEFAULT_MAX_INPUT_VOXELS, check_affine, check_scalar_dtype, check_size, check_spacing,
+                         check_voxels, spatial_shape)
+from .volume import Volume
+
+MGH_SUFFIXES = (".mgz", ".mgh")
+MGH_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.float32))
+
+
+def _check_stream(path: Path, needed: int) -> None:
+    """Before decoding: an .mgh must hold ``needed`` bytes; an .mgz is inflated to its end once
+    (CRC checked, constant memory) and refused as soon as it yields more than ``needed`` plus
+    ``GZIP_SLACK`` (room for the MGH tag footer), so a decompression bomb never inflates."""
+    if not path.name.lower().endswith(".mgz"):
+        have = path.stat().st_size
+        if have < needed:
+            raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the file has {have:,}")
+        return
+    cap, total = needed + GZIP_SLACK, 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while block := handle.read(min(1 << 24, cap + 1 - total)):
+                total += len(block)
+                if total > cap:
+                    raise InputError(f"{path}: inflates to more than the {needed:,} bytes its header accounts for "
+                                     "(a decompression bomb or a wrong header); refused")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: {_describe_read_error(exc)}") from None
+    if total < needed:
+        raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the data has {total:,}")
+
+
+def read_mgh(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:
+    """Read and validate a 3-D ``.mgz``/``.mgh`` (a 4-D file with one frame is squeezed)."""
+    import nibabel as nib
+
+    p = Path(path)
+    _check_readable_file(p)
+    try:
+        with _quiet_nibabel():
+            img = nib.load(p, mmap=False)
+    except Exception as exc:  # nibabel raises many types on garbage; all mean "bad input file"
+        raise InputError(f"{p}: is not a readable MGH/MGZ file ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+    if not isinstance(img, nib.MGHImage):
+        raise InputError(f"{p}: is a {type(img).__name__} file, not MGH/MGZ")
+    full_shape = tuple(int(n) for n in img.header.get_data_shape())
+    on_disk = np.dtype(img.get_data_dtype())
+    check_scalar_dtype(p, on_disk)
+    check_size(p, full_shape, on_disk.itemsize, max_voxels)
+    shape = spatial_shape(p, full_shape)
+    check_spacing(p, np.asarray(img.header["delta"], dtype=np.float64))
+    affine = check_affine(p, img.affine)
+    _check_stream(p, int(img.header.get_data_offset()) + int(np.prod(full_shape)) * on_disk.itemsize)
+    try:
+        with _quiet_nibabel():
+            data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+    except MemoryError:
+        raise InputError(f"{p}: not enough memory to read {np.prod(full_shape):,} voxels") from None
+    except Exception as exc:
+        raise InputError(f"{p}: cannot be read as MGH/MGZ: {exc}") from None
+    data = np.ascontiguousarray(data.reshape(shape))
+    check_voxels(p, data)
+    return Volume(data=data, affine=affine, header=img.header, source_dtype=on_disk.newbyteorder("="),
+                  source_path=p, meta={"format": "mgh", "on_disk_shape": full_shape})
+
+
+def mgh_dtype(source_dtype: np.dtype, requested: str | None) -> np.dtype:
+    """The output type: the usual rule, then float32 where MGH cannot store that type exactly."""
+    dt = choose_output_dtype(source_dtype, requested)
+    if dt in MGH_DTYPES:
+        return dt
+    if dt == np.dtype(np.uint16):
+        return np.dtype(np.int32)  # holds every uint16 value
+    if dt == np.dtype(np.int8):
+        return np.dtype(np.int16)
+    return np.dtype(np.float32)
+
+
+def _scaling_free(source: Volume, dt: np.dtype) -> np.dtype:
+    """An integer NIfTI input with scl_slope/inter != 1/0 needs scaling MGH lacks: float32."""
+    slope = source.meta.get("scl_slope", 1.0)
+    inter = source.meta.get("scl_inter", 0.0)
+    scaled = (slope is not None and np.isfinite(slope) and slope not in (0.0, 1.0)) or (
+        inter is not None and np.isfinite(inter) and inter != 0.0)
+    return np.dtype(np.float32) if dt.kind in "iu" and scaled else dt
+
+
+def save_mgh(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None,
+             force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``data`` on ``grid`` as MGH/MGZ (gzip by the .mgz suffix), atomically.
+
+    The header is the input's MGH header (TR, flip angle, TE, TI kept) or a fresh one; the
+    geometry (Mdc, delta, centre, float32 in MGH) comes from ``grid.affine``.
+    """
+    import nibabel as nib
+    from nibabel.freesurfer.mghformat import MGHHeader
+
+    protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
+    p = check_output(path, inputs=protected, force=force)
+    suffix = next((s for s in MGH_SUFFIXES if p.name.lower().endswith(s)), None)
+    if suffix is None:
+        raise OutputError(f"{p}: an MGH output must end in .mgz or .mgh")
+    data = np.asarray(data)
+    if tuple(data.shape[:3]) != tuple(grid.shape):
+        raise ValueError(f"data shape {data.shape} does not match the output grid {grid.shape}")
+    if not all_finite(data):
+        raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
+    out_dtype = _scaling_free(source, mgh_dtype(source.source_dtype, dtype))
+    stored = convert_in_slabs(data, lambda slab: to_output_dtype(slab, out_dtype), out_dtype)
+    header = source.header.copy() if isinstance(source.header, MGHHeader) else None
+    with _quiet_nibabel():
+        image = nib.MGHImage(stored, grid.affine, header=header)
+        image.header.set_data_dtype(out_dtype)
+
+    def write(tmp: Path) -> None:
+        with _quiet_nibabel():
+            image.to_filename(tmp)
+
+    atomic_write(p, write, suffix=suffix)
+    return p
