@@ -1,8 +1,8 @@
 """Tell a label map (segmentation, mask, parcellation) from an intensity image.
 
 The network interpolates intensities: fed a label map it blends labels 2 and 41 into a 20
-that names some third structure, a silently wrong image. A later label-aware mode (nearest
-neighbour) can take them; until then upsample and batch refuse them, and info says so.
+that names some third structure, a silently wrong image. ``--interp nearest``
+takes them (resample.py); the model and the blending kernels refuse them, and info says so.
 """
 
 from __future__ import annotations
@@ -47,6 +47,15 @@ def equal_neighbour_fraction(data: np.ndarray) -> float:
     return equal / total if total else 1.0
 
 
+def label_intent(header: object) -> str | None:
+    """The label intent's name when a NIfTI header declares one, else None."""
+    try:
+        intent = int(header["intent_code"]) if header is not None else 0  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return LABEL_INTENTS.get(intent)
+
+
 def label_map_reason(data: np.ndarray, header: object = None) -> str | None:
     """Why this image looks like a label map (an intent code or piecewise-constant whole
     numbers), or None for an intensity image."""
@@ -70,5 +79,6 @@ def check_intensity_image(path: Path | str, data: np.ndarray, header: object = N
     if reason is not None:
         raise InputError(
             f"{path}: looks like a label map ({reason}); super-resolving it as intensities would invent "
-            "labels between regions and there is no label mode yet: pass --as-intensity if it really is an intensity image"
+            "labels between regions: pass --interp nearest to resample it as labels (the label set is kept exactly), "
+            "or --as-intensity if it really is an intensity image"
         )

@@ -187,6 +187,43 @@ class UpsampleResult:
     timings: dict[str, dict[str, float]] | None = None  # the backend's per-call counts and seconds
 
 
+def choose_interp(volume: Volume, interp: str | None, as_intensity: bool, on_note: Callable[[str], None] | None) -> str:
+    """--interp, defaulting to the model, or to nearest for a NIfTI whose intent says label
+    (its values are names: blending them is never right); other label maps are refused
+    (labels.check_intensity_image) unless --interp nearest or --as-intensity."""
+    from .labels import label_intent
+    from .resample import parse_interp
+
+    method = parse_interp(interp)
+    if method is None:
+        intent = label_intent(volume.header)
+        if intent is not None and not as_intensity:
+            if on_note:
+                on_note(f"note: {volume.source_path or 'input'}: the header says {intent}: using --interp nearest "
+                        "(pass --interp to choose another)")
+            return "nearest"
+        method = "model"
+    if method != "nearest" and not as_intensity:
+        check_intensity_image(volume.source_path or "input", volume.data, volume.header)
+    return method
+
+
+def warn_downsampling(in_shape: Sequence[int], out_shape: Sequence[int], on_note: Callable[[str], None] | None) -> None:
+    """One warning line when an axis gets fewer voxels than it has: that is not super-resolution
+    and nothing anti-aliases it."""
+    axes = [f"axis {a} ({h} -> {H} voxels)" for a, (h, H) in enumerate(zip(in_shape, out_shape)) if H < h]
+    if axes and on_note:
+        on_note(f"warning: this request down-samples {', '.join(axes)} without anti-aliasing")
+
+
+def clip_range(out: np.ndarray, data: np.ndarray, enabled: bool) -> np.ndarray:
+    """--clip-to-input-range: output within [input min, input max] (a non-negative input gives a
+    non-negative output), in place."""
+    if enabled:
+        np.clip(out, float(np.min(data)), float(np.max(data)), out=out)
+    return out
+
+
 def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: Any = None, max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> OutputGrid:
     """Parse the size options and refuse an output over the size limit (before any compute)."""
     from .options import output_grid
@@ -269,6 +306,9 @@ def upsample_file(
     as_intensity: bool = False,
     keep_acquired: str | None = None,
     slice_gap: float = 0.0,
+    interp: str | None = None,
+    clip_to_input_range: bool = False,
+    on_note: Callable[[str], None] | None = None,
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
@@ -293,6 +333,18 @@ def upsample_file(
     target = Path(out_path) if out_path is not None else default_output_path(in_path, scale, voxel_size, shape, fmt)
     check_volume_output(target, fmt, inputs=[in_path], force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
+    method = choose_interp(volume, interp, as_intensity, on_note)
+    warn_downsampling(volume.shape, grid.shape, on_note)
+    if method != "model" and series is not None:
+        raise InputError(f"{in_path}: --interp {method} takes 3-D volumes; a 4-D series goes through the model (--interp model)")
+    if method != "model":  # classical resampling: no model, no backend
+        from .resample import resample_fov
+
+        result = clip_range(resample_fov(volume.data, grid.shape, method), volume.data, clip_to_input_range)
+        target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path])
+        return UpsampleResult(out_path=target, in_shape=volume.shape, out_shape=grid.shape,
+                              in_spacing=tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0)),  # type: ignore[arg-type]
+                              out_spacing=grid.spacing, seconds=time.perf_counter() - t0, backend="numpy", model=f"interp {method}")
     owner = upsampler is None
     up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
                                 as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap)
@@ -301,10 +353,10 @@ def upsample_file(
     try:
         if series is not None:  # volume by volume, one in flight; progress counts every volume
             step = progress(SeriesGrid(grid, series.count)) if progress else None  # type: ignore[arg-type]
-            target = run_series(series, grid, lambda v: up.run(v, grid, step), target, dtype=dtype, force=force,
-                                inputs=[in_path], max_memory=up.max_memory)
+            target = run_series(series, grid, lambda v: clip_range(up.run(v, grid, step), v.data, clip_to_input_range), target,
+                                dtype=dtype, force=force, inputs=[in_path], max_memory=up.max_memory)
         else:
-            result = up.run(volume, grid, progress(grid) if progress else None)
+            result = clip_range(up.run(volume, grid, progress(grid) if progress else None), volume.data, clip_to_input_range)
             target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path])
     finally:
         if owner:

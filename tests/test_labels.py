@@ -111,13 +111,14 @@ def label_files(colin, tmp_path):
 def test_upsample_refuses_label_maps_in_one_line(label_files, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    for path in label_files:
-        code = main(["upsample", str(path), "-s", "2", "-o", str(out / "r.nii.gz"), "-q", "-b", "onnxruntime"])
+    # a label intent alone now defaults to --interp nearest (tests/test_interp_cli.py); asked for the model, it is refused
+    for path, extra in ((label_files[0], []), (label_files[1], ["--interp", "model"])):
+        code = main(["upsample", str(path), "-s", "2", "-o", str(out / "r.nii.gz"), "-q", "-b", "onnxruntime", *extra])
         err = capsys.readouterr().err
         assert code == InputError.exit_code and "Traceback" not in err, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"arssr-rt: error: {path}: looks like a label map"), err
-        assert "--as-intensity" in lines[0]
+        assert "--as-intensity" in lines[0] and "--interp nearest" in lines[0]
         assert listing(out) == []
 
 

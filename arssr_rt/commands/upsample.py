@@ -57,6 +57,8 @@ def register(app: typer.Typer) -> None:
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Data consistency for thick-slice scans: project the output so that its average over each acquired voxel's slice profile equals that voxel (exact in float output: use --dtype float32)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="box | gaussian: the acquired slice profile for --keep-acquired."),
         slice_gap: float = typer.Option(0.0, "--slice-gap", help="Gap between acquired slices, as a fraction of the slice spacing (0 <= gap < 1), for --keep-acquired."),
+        interp: Optional[str] = typer.Option(None, "--interp", help="model (default) | nearest | linear | cubic: classical resampling on the same grid, no model (nearest: label maps, the default for a NIfTI with intent label)."),
+        clip_to_input_range: bool = typer.Option(False, "--clip-to-input-range", help="Clip the output to [input min, input max] (a non-negative input gives a non-negative output)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         from rich.console import Console
@@ -65,9 +67,11 @@ def register(app: typer.Typer) -> None:
         from ..consistency import check_slice_profile
         from ..options import check_tile, parse_max_memory, parse_size_options
         from ..pipeline import upsample_file
+        from ..resample import parse_interp
 
         parse_size_options(scale, voxel_size, shape)  # bad option text fails before the volume is read
         check_tile(tile)
+        parse_interp(interp)
         if keep_acquired:
             check_slice_profile(slice_profile, slice_gap)
         max_memory_bytes = parse_max_memory(max_memory)
@@ -88,6 +92,8 @@ def register(app: typer.Typer) -> None:
                 max_output_voxels=max_output_voxels, progress=progress,
                 max_memory=max_memory_bytes, as_intensity=as_intensity,
                 keep_acquired=slice_profile if keep_acquired else None, slice_gap=slice_gap,
+                interp=interp, clip_to_input_range=clip_to_input_range,
+                on_note=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
                 on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),
             )
         if not quiet:
