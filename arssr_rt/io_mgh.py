@@ -21,10 +21,10 @@ from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
 from .memory import all_finite, convert_in_slabs
-from .nifti_io import GZIP_SLACK, _check_readable_file, _describe_read_error, _quiet_nibabel
+from .nifti_io import GZIP_SLACK, _check_readable_file, _describe_read_error, _quiet_nibabel, read_checked_voxels
 from .outputs import check_output
 from .validation import (DEFAULT_MAX_INPUT_VOXELS, check_affine, check_scalar_dtype, check_size, check_spacing,
-                         check_voxels, spatial_shape)
+                         spatial_shape)
 from .volume import Volume
 
 MGH_SUFFIXES = (".mgz", ".mgh")
@@ -75,15 +75,7 @@ def read_mgh(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS
     check_spacing(p, np.asarray(img.header["delta"], dtype=np.float64))
     affine = check_affine(p, img.affine)
     _check_stream(p, int(img.header.get_data_offset()) + int(np.prod(full_shape)) * on_disk.itemsize)
-    try:
-        with _quiet_nibabel():
-            data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
-    except MemoryError:
-        raise InputError(f"{p}: not enough memory to read {np.prod(full_shape):,} voxels") from None
-    except Exception as exc:
-        raise InputError(f"{p}: cannot be read as MGH/MGZ: {exc}") from None
-    data = np.ascontiguousarray(data.reshape(shape))
-    check_voxels(p, data)
+    data = read_checked_voxels(p, img, full_shape, shape, lambda exc: f"cannot be read as MGH/MGZ: {exc}")
     return Volume(data=data, affine=affine, header=img.header, source_dtype=on_disk.newbyteorder("="),
                   source_path=p, meta={"format": "mgh", "on_disk_shape": full_shape})
 

@@ -19,7 +19,7 @@ import os
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -73,6 +73,20 @@ def _describe_read_error(exc: BaseException, path: Path | None = None) -> str:
     if path is not None:
         text = text.replace(str(path), "the file")
     return f"cannot be read as NIfTI: {text}"
+
+
+def read_checked_voxels(p: Path, img, full_shape: tuple[int, ...], shape: tuple[int, ...], describe: Callable[[BaseException], str]) -> np.ndarray:
+    """float32 voxels of ``shape`` after the header checks, NaN/Inf refused; one line on failure (NIfTI, MGH)."""
+    try:
+        with _quiet_nibabel():
+            data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+    except MemoryError:
+        raise InputError(f"{p}: not enough memory to read {np.prod(full_shape):,} voxels") from None
+    except Exception as exc:
+        raise InputError(f"{p}: {describe(exc)}") from None
+    data = np.ascontiguousarray(data.reshape(shape))
+    check_voxels(p, data)
+    return data
 
 
 def _check_readable_file(path: Path) -> None:
@@ -209,15 +223,7 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     _check_data_bytes_present(p, img, full_shape, on_disk)
     _verify_gzip_stream(p, img, full_shape, on_disk)
 
-    try:
-        with _quiet_nibabel():
-            data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
-    except MemoryError:
-        raise InputError(f"{p}: not enough memory to read {np.prod(full_shape):,} voxels") from None
-    except Exception as exc:
-        raise InputError(f"{p}: {_describe_read_error(exc)}") from None
-    data = np.ascontiguousarray(data.reshape(shape))
-    check_voxels(p, data)
+    data = read_checked_voxels(p, img, full_shape, shape, _describe_read_error)
 
     # nibabel moves scl_slope/scl_inter from the header into the data proxy on load (the
     # header then says NaN), so the scaling the writer must reuse is taken from the proxy
