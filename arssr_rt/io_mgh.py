@@ -21,7 +21,7 @@ from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
 from .memory import all_finite, convert_in_slabs
-from .nifti_io import GZIP_SLACK, _check_readable_file, _describe_read_error, _quiet_nibabel, read_checked_voxels
+from .nifti_io import GZIP_SLACK, _describe_read_error, _quiet_nibabel, load_image, read_checked_voxels
 from .outputs import check_output
 from .validation import (DEFAULT_MAX_INPUT_VOXELS, check_affine, check_scalar_dtype, check_size, check_spacing,
                          spatial_shape)
@@ -59,12 +59,7 @@ def read_mgh(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS
     import nibabel as nib
 
     p = Path(path)
-    _check_readable_file(p)
-    try:
-        with _quiet_nibabel():
-            img = nib.load(p, mmap=False)
-    except Exception as exc:  # nibabel raises many types on garbage; all mean "bad input file"
-        raise InputError(f"{p}: is not a readable MGH/MGZ file ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+    img = load_image(p, lambda exc: f"is not a readable MGH/MGZ file ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})")
     if not isinstance(img, nib.MGHImage):
         raise InputError(f"{p}: is a {type(img).__name__} file, not MGH/MGZ")
     full_shape = tuple(int(n) for n in img.header.get_data_shape())

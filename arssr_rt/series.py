@@ -19,7 +19,6 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .atomic import atomic_write
 from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
@@ -95,12 +94,7 @@ def open_series(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     from .validation import check_affine, check_scalar_dtype, check_spacing
 
     p = Path(path)
-    nio._check_readable_file(p)
-    try:
-        with nio._quiet_nibabel():
-            img = nib.load(p, mmap=False)
-    except Exception as exc:
-        raise InputError(f"{p}: {nio._describe_read_error(exc, p)}") from None
+    img = nio.load_image(p, lambda exc: nio._describe_read_error(exc, p))
     full = tuple(int(n) for n in img.header.get_data_shape())
     on_disk = np.dtype(img.get_data_dtype())
     check_scalar_dtype(p, on_disk)
@@ -143,9 +137,7 @@ class SeriesGrid:
 def run_series(series: SeriesInput, grid: OutputGrid, run: Callable[[Volume], np.ndarray], path: str | os.PathLike,
                *, dtype: str | None, force: bool, inputs: Iterable[str | os.PathLike], max_memory: int) -> Path:
     """Super-resolve every volume with ``run`` and write one 4-D NIfTI at ``path`` atomically."""
-    import nibabel as nib
-
-    from .nifti_io import _quiet_nibabel, _scaling_for, check_output_path, form_affines, output_header, output_suffix
+    from .nifti_write import _scaling_for, check_output_path, form_affines, output_header, output_suffix, write_nifti_image
 
     p = check_output_path(path, force, [*inputs, series.path])
     out_dtype = choose_output_dtype(series.first.source_dtype, dtype)
@@ -167,17 +159,4 @@ def run_series(series: SeriesInput, grid: OutputGrid, run: Callable[[Volume], np
     kept = np.array(header["pixdim"][4:], copy=True)
     header.set_data_shape(shape4)
     header["pixdim"][4:] = kept  # TR and the rest of pixdim beyond the spatial axes
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    with _quiet_nibabel():
-        image = image_class(stored, grid.affine, header=header)
-    image.header.set_qform(forms[0], code=int(header["qform_code"]))
-    image.header.set_sform(forms[1], code=int(header["sform_code"]))
-    image.header.set_slope_inter(slope, inter)
-    image.header.extensions.clear()
-
-    def write(tmp: Path) -> None:
-        with _quiet_nibabel():
-            image.to_filename(tmp)
-
-    atomic_write(p, write, suffix=output_suffix(p))
-    return p
+    return write_nifti_image(p, stored, grid.affine, header, forms, slope, inter, output_suffix(p))

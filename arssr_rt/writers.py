@@ -112,6 +112,6 @@ def write_volume(
         from .io_mgh import save_mgh
 
         return save_mgh(path, data, grid, source, dtype=dtype, force=force, inputs=inputs)
-    from .nifti_io import save_volume
+    from .nifti_write import save_volume
 
     return save_volume(path, data, grid, source, dtype=dtype, force=force, inputs=inputs)

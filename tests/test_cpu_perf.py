@@ -167,7 +167,8 @@ def test_end_to_end_rows_time_two_processes_that_write_the_same_image(tiny_bundl
 def test_save_volume_writes_a_file_backed_result_like_an_in_memory_one(tmp_path, monkeypatch):
     from arssr_rt.geometry import plan_output_grid
     from arssr_rt.memory import output_buffer
-    from arssr_rt.nifti_io import load_volume, save_volume
+    from arssr_rt.nifti_io import load_volume
+    from arssr_rt.nifti_write import save_volume
 
     monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
     source = load_volume(FIXTURE)  # uint8 input: the output is rounded and clipped to uint8

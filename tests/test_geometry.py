@@ -19,7 +19,8 @@ from arssr_rt.geometry import (
     plan_output_grid,
     spacing_of,
 )
-from arssr_rt.nifti_io import load_volume, save_volume
+from arssr_rt.nifti_io import load_volume
+from arssr_rt.nifti_write import save_volume
 
 
 def world(affine: np.ndarray, index: np.ndarray) -> np.ndarray:

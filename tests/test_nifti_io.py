@@ -11,7 +11,8 @@ from conftest import listing, oblique_affine, write_raw_nifti
 
 from arssr_rt.errors import InputError, OutputError
 from arssr_rt.geometry import OutputGrid, output_affine, plan_output_grid, spacing_of
-from arssr_rt.nifti_io import check_output_path, load_volume, save_volume
+from arssr_rt.nifti_io import load_volume
+from arssr_rt.nifti_write import check_output_path, save_volume
 from arssr_rt.readers import input_format, read_volume
 from arssr_rt.volume import Volume
 

@@ -192,7 +192,7 @@ def test_upsample_refuses_to_write_onto_its_input_even_with_force(tmp_path, tiny
 
 def test_save_volume_protects_the_volume_it_was_read_from(tmp_path):
     from arssr_rt.geometry import plan_output_grid
-    from arssr_rt.nifti_io import save_volume
+    from arssr_rt.nifti_write import save_volume
     from arssr_rt.readers import read_volume
 
     source = copy_fixture(tmp_path / "t1.nii.gz")
