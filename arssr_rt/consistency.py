@@ -6,47 +6,16 @@ what the scanner measured. With the acquisition written as a separable linear op
 ``A = A0 (x) A1 (x) A2`` (per axis, ``Ai`` is (h, H): slice profile of input voxel i over the
 output voxels; identity on axes that are not up-sampled), the closest output (least squares)
 that reproduces the input is ``Y + pinv(A) (X - A Y)``, and ``pinv(A)`` is separable too:
-``pinv(A0) (x) pinv(A1) (x) pinv(A2)``. Each factor is a small dense matrix.
+``pinv(A0) (x) pinv(A1) (x) pinv(A2)``. Each factor is a small dense matrix: ``degrade.slice_matrix``.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from math import erf as _erf
-
 import numpy as np
 
-erf = np.vectorize(_erf, otypes=[np.float64])  # no scipy in the core install
-
-PROFILES = ("box", "gaussian")
-
-
-def profile_matrix(h: int, H: int, profile: str = "box", gap: float = 0.0) -> np.ndarray:
-    """(h, H) rows: input voxel i's slice profile integrated over output voxels j, rows sum 1.
-
-    Coordinates in input-voxel units: output voxel j spans ``[j h/H - 0.5, (j+1) h/H - 0.5]``;
-    input voxel i is a slice of thickness ``1 - gap`` centred on i (box), or a Gaussian of that
-    FWHM. Profile tails outside the field of view are dropped and the row renormalised.
-    """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown slice profile {profile!r}; choose from {', '.join(PROFILES)}")
-    if not 0.0 <= gap < 1.0:
-        raise ValueError(f"slice gap must be in [0, 1) of the slice spacing, got {gap}")
-    edges = np.arange(H + 1, dtype=np.float64) * h / H - 0.5
-    lo, hi = edges[:-1][None, :], edges[1:][None, :]
-    centre = np.arange(h, dtype=np.float64)[:, None]
-    width = 1.0 - gap
-    if profile == "box":
-        weights = np.clip(np.minimum(hi, centre + width / 2) - np.maximum(lo, centre - width / 2), 0.0, None)
-    else:
-        sigma = width / 2.3548
-        weights = erf((hi - centre) / (np.sqrt(2) * sigma)) - erf((lo - centre) / (np.sqrt(2) * sigma))
-    weights[weights < 1e-12] = 0.0
-    sums = weights.sum(axis=1, keepdims=True)
-    if np.any(sums <= 0):
-        raise ValueError("a slice profile covers no output voxel: the output grid is coarser than the slices")
-    return weights / sums
+from .degrade import slice_matrix  # the acquisition's own profile weights, shared with evaluate
 
 
 def check_slice_profile(profile: str, gap: float) -> None:
@@ -54,7 +23,7 @@ def check_slice_profile(profile: str, gap: float) -> None:
     from .errors import InputError
 
     try:
-        profile_matrix(4, 8, profile, gap)
+        slice_matrix(8, 4, profile, gap)
     except ValueError as exc:
         raise InputError(f"--keep-acquired: {exc}") from None
 
@@ -79,7 +48,7 @@ def keep_acquired(out: np.ndarray, acquired: np.ndarray, profile: str = "box", g
             raise ValueError(f"axis {a}: output {out.shape[a]} vs input {acquired.shape[a]} voxels, but it is not a profiled axis")
         if a in axes and out.shape[a] < acquired.shape[a]:
             raise ValueError(f"axis {a}: --keep-acquired needs an up-sampled axis, got {acquired.shape[a]} -> {out.shape[a]}")
-    mats = {a: profile_matrix(acquired.shape[a], out.shape[a], profile, gap) for a in axes}
+    mats = {a: slice_matrix(out.shape[a], acquired.shape[a], profile, gap) for a in axes}
     residual = np.asarray(out, dtype=np.float64)
     for a, m in mats.items():
         residual = _apply(m, residual, a)

@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from arssr_rt.consistency import keep_acquired, profile_matrix
-from arssr_rt.degrade import degrade, cubic_resample
+from arssr_rt.consistency import keep_acquired
+from arssr_rt.degrade import cubic_resample, degrade, slice_matrix
 from conftest import FIXTURE_PATH
 
 
@@ -17,12 +17,12 @@ def hr() -> np.ndarray:
 
 
 def test_box_rows_average_the_slice_extent():
-    m = profile_matrix(4, 16, "box")
+    m = slice_matrix(16, 4, "box")
     np.testing.assert_allclose(m[1, 4:8], 0.25)
     assert np.count_nonzero(m[1]) == 4
-    thin = profile_matrix(4, 16, "box", gap=0.5)  # slice covers the middle half of its spacing
+    thin = slice_matrix(16, 4, "box", gap=0.5)  # slice covers the middle half of its spacing
     np.testing.assert_allclose(thin[1, 5:7], 0.5)
-    frac = profile_matrix(3, 8, "box")  # non-integer ratio: partial-voxel weights
+    frac = slice_matrix(8, 3, "box")  # non-integer ratio: partial-voxel weights
     np.testing.assert_allclose(frac.sum(axis=1), 1.0)
     assert 0 < frac[0, 2] < frac[0, 1]
 
@@ -34,7 +34,7 @@ def test_every_acquired_slice_is_reproduced_to_float_precision(hr, profile, gap)
     lr = degrade(hr, (1, 1, 4), "slice", profile=profile, gap=gap)
     out = cubic_resample(lr, hr.shape)
     rng = float(lr.max() - lr.min())
-    m = profile_matrix(lr.shape[2], hr.shape[2], profile, gap)
+    m = slice_matrix(hr.shape[2], lr.shape[2], profile, gap)
     before = np.abs(np.tensordot(out, m, axes=([2], [1])) - lr).max()
     keep_acquired(out, lr, profile, gap)
     after = np.abs(np.tensordot(out.astype(np.float64), m, axes=([2], [1])) - lr).max()
@@ -60,7 +60,7 @@ def test_isotropic_scale_projects_every_axis(hr):
     keep_acquired(out, lr)
     back = out.astype(np.float64)
     for a in range(3):
-        back = np.moveaxis(np.tensordot(profile_matrix(lr.shape[a], hr.shape[a]), back, axes=([1], [a])), 0, a)
+        back = np.moveaxis(np.tensordot(slice_matrix(hr.shape[a], lr.shape[a]), back, axes=([1], [a])), 0, a)
     assert np.abs(back - lr).max() < 1e-4 * float(lr.max())
 
 
@@ -68,9 +68,9 @@ def test_refuses_a_down_sampled_axis_and_bad_profiles(hr):
     with pytest.raises(ValueError, match="up-sampled"):
         keep_acquired(np.zeros((10, 10, 10), np.float32), np.zeros((10, 10, 20), np.float32), axes=[2])
     with pytest.raises(ValueError, match="slice profile"):
-        profile_matrix(4, 16, "triangle")
+        slice_matrix(16, 4, "triangle")
     with pytest.raises(ValueError, match="gap"):
-        profile_matrix(4, 16, "box", gap=1.0)
+        slice_matrix(16, 4, "box", gap=1.0)
 
 
 def test_cli_keep_acquired_reproduces_each_acquired_slice(tmp_path, hr):
