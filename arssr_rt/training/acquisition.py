@@ -22,9 +22,8 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from scipy.special import erf
 
-from ..degrade import cubic_resample
+from ..degrade import add_rician_noise, cubic_resample, slice_matrix
 
 KINDS = ("cubic", "kspace", "kspace-noise", "gaussian", "slice")
 SINC_REACH = 8  # LR voxels of sinc kernel kept either side (tails beyond are < 2 % of the peak)
@@ -49,6 +48,15 @@ def _rows(centres: np.ndarray, reach: float, kernel, n: int) -> np.ndarray:
     return out
 
 
+def _mirrored_profile(H: int, h: int, profile: str, gap: float) -> np.ndarray:
+    """``degrade.slice_matrix`` (the evaluate/runtime profile weights) on the patch mirrored by
+    its own length either side (the same centre-aligned grid, 3h over 3H), folded back."""
+    rows = slice_matrix(3 * H, 3 * h, profile, gap)[h:2 * h]
+    out = np.zeros((h, H), dtype=np.float64)
+    np.add.at(out.T, _mirror(np.arange(3 * H) - H, H), rows.T)
+    return out
+
+
 @lru_cache(maxsize=4096)
 def axis_operator(kind: str, H: int, h: int, thickness: float = 1.0, profile: str = "box") -> np.ndarray:
     """(h, H) operator of one axis; ``thickness`` is the slice thickness as a fraction of the
@@ -64,21 +72,8 @@ def axis_operator(kind: str, H: int, h: int, thickness: float = 1.0, profile: st
             return cut * np.sinc(cut * ((a + b) / 2 - c))
 
         return _rows(centres, SINC_REACH * spacing, sinc_area, H)
-    if kind == "gaussian" or (kind == "slice" and profile == "gaussian"):
-        fwhm = spacing * (thickness if kind == "slice" else 1.0)
-        sigma = max(fwhm, 1e-3) / 2.3548
-
-        def gauss_area(c, a, b):
-            return erf((b - c) / (np.sqrt(2) * sigma)) - erf((a - c) / (np.sqrt(2) * sigma))
-
-        return _rows(centres, 4 * sigma + 1, gauss_area, H)
-    if kind == "slice":
-        half = max(spacing * thickness, 0.5) / 2
-
-        def box_area(c, a, b):
-            return np.clip(np.minimum(b, c + half) - np.maximum(a, c - half), 0.0, None)
-
-        return _rows(centres, half + 1, box_area, H)
+    if kind in ("gaussian", "slice"):  # a Gaussian PSF is the Gaussian profile of a contiguous slice
+        return _mirrored_profile(H, h, profile if kind == "slice" else "gaussian", 1.0 - thickness if kind == "slice" else 0.0)
     raise ValueError(f"unknown acquisition {kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -97,9 +92,7 @@ def acquire(hr: np.ndarray, lr_shape: Sequence[int], kind: str, rng: np.random.G
         out = np.moveaxis(np.tensordot(m, out, axes=([1], [axis])), 0, axis)
     if base == "kspace":
         if kind == "kspace-noise" and noise_sigma > 0:
-            real = out + rng.normal(0.0, noise_sigma, size=out.shape)
-            imag = rng.normal(0.0, noise_sigma, size=out.shape)
-            out = np.hypot(real, imag)
+            out = add_rician_noise(out, noise_sigma, rng)
         else:
             out = np.abs(out)
     return out.astype(np.float32)
