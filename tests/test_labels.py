@@ -147,3 +147,22 @@ def test_info_says_it_is_a_label_map(label_files, capsys):
     assert "NIFTI_INTENT_LABEL" in facts["label_map"]
     assert main(["info", str(label_files[0])]) == 0
     assert "looks like a label map" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("classes", [3, 4, 6, 8])
+def test_fragmented_few_class_segmentations_are_label_maps(colin, classes):
+    """Classes cut at intensity quantiles of the real T1 are fragmented (below the neighbour
+    criterion from 4 classes on) but have only a handful of values."""
+    t1 = colin[0].astype(np.float32)
+    seg = np.digitize(t1, np.quantile(t1, np.linspace(0, 1, classes + 1)[1:-1])).astype(np.uint8)
+    if classes >= 4:
+        assert equal_neighbour_fraction(seg) < LABEL_EQUAL_NEIGHBOURS  # the old criterion alone missed these
+    assert "distinct whole-number values" in label_map_reason(seg) or classes < 4
+
+
+def test_a_coarsely_quantised_intensity_image_is_not_a_few_class_map(colin):
+    """17+ grey levels of a real T1 stay an intensity image (the limit is 16 classes)."""
+    t1 = colin[0].astype(np.float32)
+    levels = np.round((t1 - t1.min()) / (t1.max() - t1.min()) * 40)
+    assert len(np.unique(levels)) > 16
+    assert label_map_reason(levels) is None or "neighbouring" in label_map_reason(levels)
