@@ -64,6 +64,12 @@ DROPPED = (
     "OriginalAttributesSequence", "ReferencedRawDataSequence", "ReferencedPerformedProcedureStepSequence",
 )
 DROPPED_GROUPS = (0x0028, 0x7FE0, 0x0088)  # Image Pixel/VOI/Modality LUT, pixel data, icon/storage
+# ... except what still holds for an image computed from the source's pixels: lossy stays lossy,
+# burned-in text or a recognisable face is resampled with the image, not removed
+KEPT_FROM_DROPPED_GROUPS = (
+    "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+    "BurnedInAnnotation", "RecognizableVisualFeatures",
+)
 # Type 2 (and 2C that a tool cannot decide) attributes of Patient, General Study, General Series,
 # Frame of Reference, General Equipment: present, empty when unknown
 TYPE2_COMMON = (
@@ -165,7 +171,10 @@ def _base_from_source(reference: Any) -> Any:
     """The source's dataset without anything that described its instances, pixels or geometry."""
     ds = copy.deepcopy(reference)
     ds.remove_private_tags()
+    kept = {name for name in KEPT_FROM_DROPPED_GROUPS if name in ds}
     for elem in list(ds):
+        if elem.keyword in kept:
+            continue
         group = elem.tag.group
         if group in DROPPED_GROUPS or 0x6000 <= group <= 0x60FF or group == 0x0002:
             del ds[elem.tag]

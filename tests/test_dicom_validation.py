@@ -185,3 +185,35 @@ def test_series_description_keeps_what_was_done_within_64_characters():
     text = series_description("T1 MPRAGE sagittal 0.9 mm isotropic with a very long protocol name", "SR x2")
     assert len(text) == DESCRIPTION_LENGTH and text.startswith("T1 MPRAGE") and text.endswith(" SR x2 (arssr-rt)")
     assert series_description("", "SR 0.5mm") == "SR 0.5mm (arssr-rt)"
+
+
+def test_a_ct_source_stays_a_valid_ct_series(tmp_path):
+    """A CT source keeps CT Image Storage (Rescale is Type 1 there, value 3 AXIAL kept), and an
+    image computed from lossy-compressed pixels still says so."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    if path is None:
+        pytest.skip("pydicom's test file CT_small.dcm is not available")
+    tmpl = pydicom.dcmread(path)
+    tmpl.remove_private_tags()
+    tmpl.SeriesInstanceUID = pydicom.uid.generate_uid()
+    tmpl.LossyImageCompression, tmpl.LossyImageCompressionRatio, tmpl.LossyImageCompressionMethod = "01", "8", "ISO_10918_1"
+    (tmp_path / "ct").mkdir()
+    x, y, z = (float(v) for v in tmpl.ImagePositionPatient)
+    for k in range(4):
+        ds = copy.deepcopy(tmpl)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber, ds.ImagePositionPatient = k + 1, [x, y, z + 5.0 * k]
+        ds.save_as(tmp_path / "ct" / f"CT{k}.dcm")
+    out = upsample_file(tmp_path / "ct", tmp_path / "ct_x2", output_format="dicom", scale=(1, 1, 2), interp="linear",
+                        as_intensity=True).out_path
+    ds = _first(out)
+    assert ds.SOPClassUID == tmpl.SOPClassUID and ds.Modality == "CT"
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"] and float(ds.RescaleSlope) == 1.0
+    assert (ds.LossyImageCompression, ds.LossyImageCompressionMethod) == ("01", "ISO_10918_1")
+    assert float(ds.SliceThickness) == pytest.approx(2.5)
+    if DCIODVFY is not None:
+        for f in sorted(out.iterdir()):
+            report = subprocess.run([DCIODVFY, str(f)], capture_output=True, text=True)
+            assert not [line for line in (report.stdout + report.stderr).splitlines() if line.startswith(("Error", "Abort"))]
