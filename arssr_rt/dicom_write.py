@@ -21,10 +21,10 @@ SourceImageSequence (the source slices the output slice lies across, purpose CID
 requires, by ReferencedSeriesSequence with every source instance; ContributingEquipmentSequence
 names arssr-rt as processing equipment (DCM 109102).
 
-Values: an integer source gives integer output stored as it is (int16/uint16, no rescale: the
-MR IOD has no Modality LUT, and rounding is what the NIfTI writer does too); anything else is
-quantised to uint16 over its range with RescaleSlope/Intercept (step and worst error stated in
-DerivationDescription). The folder appears atomically after the output guard.
+Values: those of the NIfTI the tool writes for the same request (voxel type from the source or
+--dtype, integers rounded and clipped as there); integers are stored as they are (int16/uint16,
+no Rescale when unscaled: the MR IOD has no Modality LUT), anything else is quantised to uint16
+over its range with RescaleSlope/Intercept; DerivationDescription states which, with the step. The folder appears atomically after the output guard.
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ from .atomic import atomic_write_folder
 from .errors import OutputError
 from .extras import require
 from .geometry import OutputGrid
+from .intensity import choose_output_dtype, to_output_dtype
 from .io_dicom import GREY_PHOTOMETRICS, LPS_TO_RAS, MR_IMAGE_STORAGE
+from .memory import min_max
+from .nifti_write import _scaling_for
 from .outputs import check_output
 from .volume import Volume
 
@@ -101,23 +104,48 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def pixel_encoding(data: np.ndarray, integral: bool) -> tuple[np.ndarray, float, float]:
-    """Stored integers + (slope, intercept) so that stored * slope + intercept ~ data.
+def pixel_encoding(data: np.ndarray, source: Volume, dtype: str | None = None) -> tuple[np.ndarray, float, float, str]:
+    """Stored 16-bit integers, (slope, intercept) and a sentence saying how the values were stored.
 
-    Integral sources whose rounded values fit int16/uint16 are stored as they are (slope 1);
-    anything else is spread over the full uint16 range, which keeps 16-bit precision of the
-    range whatever it is.
+    The values are those of the tool's NIfTI output for the same request: the voxel type
+    follows the source (or ``dtype``) and an integer type is rounded and clipped to its range
+    with the source's scaling (intensity.to_output_dtype). Those integers are stored as they
+    are when they fit int16/uint16; anything else (float output) is quantised to uint16 over
+    its range with RescaleSlope/Intercept, which keeps 16-bit precision of the range.
     """
-    lo, hi = float(data.min()), float(data.max())
-    if integral:
-        rounded = np.round(data)
-        for dtype in (np.int16, np.uint16):
-            info = np.iinfo(dtype)
-            if info.min <= rounded.min() and rounded.max() <= info.max:
-                return rounded.astype(dtype), 1.0, 0.0
-    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
-    stored = np.clip(np.round((data - lo) / slope), 0, 65535).astype(np.uint16)
-    return stored, slope, lo
+    out_dtype = choose_output_dtype(source.source_dtype, dtype)
+    if out_dtype.kind in "iu":
+        slope, inter = _scaling_for(source, out_dtype)
+        stored = to_output_dtype(data, out_dtype, slope, inter)
+        lo, hi = (int(v) for v in min_max(stored))
+        info = np.iinfo(out_dtype)
+        clipped = _clipped_voxels(data, slope, inter, info) if lo == info.min or hi == info.max else 0
+        for target in (np.uint16, np.int16) if out_dtype.kind == "u" else (np.int16, np.uint16):
+            if np.iinfo(target).min <= lo and hi <= np.iinfo(target).max:
+                text = f"values rounded to integers of the {out_dtype} range, as in the NIfTI output"
+                if clipped:
+                    text += f" ({clipped:,} voxels outside it clipped)"
+                if slope != 1.0 or inter != 0.0:
+                    text += f", stored * RescaleSlope {slope:.6g} + RescaleIntercept {inter:.6g} (the source's scaling)"
+                return stored.astype(target), slope, inter, text
+        data = stored.astype(np.float64) * slope + inter
+    lo_f, hi_f = (float(v) for v in min_max(data))
+    slope = (hi_f - lo_f) / 65535.0 if hi_f > lo_f else 1.0
+    quantised = np.empty(data.shape, dtype=np.uint16)
+    for k in range(data.shape[2]):  # slice by slice: no full-size float64 copy
+        quantised[:, :, k] = np.clip(np.rint((data[:, :, k].astype(np.float64) - lo_f) / slope), 0, 65535)
+    text = (f"values quantised to 16 bits: stored uint16 * RescaleSlope {slope:.6g} + RescaleIntercept {lo_f:.6g} "
+            f"(worst error {slope / 2:.3g})")
+    return quantised, slope, lo_f, text
+
+
+def _clipped_voxels(data: np.ndarray, slope: float, inter: float, info: np.iinfo) -> int:
+    """How many voxels to_output_dtype clipped (slice by slice: no second full-size array)."""
+    count = 0
+    for k in range(data.shape[2]):
+        values = np.rint((data[:, :, k].astype(np.float64) - inter) / slope)
+        count += int(np.count_nonzero(values < info.min) + np.count_nonzero(values > info.max))
+    return count
 
 
 def size_text(source: Volume, grid: OutputGrid) -> str:
@@ -184,6 +212,19 @@ def _base_from_source(reference: Any) -> Any:
     return ds
 
 
+def _sop_class(folder: Path, reference: Any) -> str:
+    """The source's class when it is classic MR or CT, else the one its Modality names (a
+    Secondary Capture of an MR); another modality would be mislabelled, so it is refused."""
+    sop_class = str(getattr(reference, "SOPClassUID", "") or "")
+    if sop_class in KEPT_SOP_CLASSES:
+        return sop_class
+    modality = str(getattr(reference, "Modality", "") or "MR").strip().upper()
+    if modality not in ("MR", "CT"):
+        raise OutputError(f"{folder}: DICOM output is written as MR or CT images; the source is {modality} "
+                          "(write NIfTI instead)")
+    return CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE
+
+
 def _code_item(code: Any) -> Any:
     from pydicom.dataset import Dataset
 
@@ -225,10 +266,12 @@ def write_dicom_series(
     method: str = "model",
     force: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
+    dtype: str | None = None,
 ) -> Path:
     """Write ``data`` (on ``grid``) as a new derived single-frame series in ``folder``.
 
-    ``method``: what made the values (``model`` or an --interp name), for the descriptions.
+    ``method``: what made the values (``model`` or an --interp name), for the descriptions;
+    ``dtype``: --dtype, the voxel type whose values are stored (see ``pixel_encoding``).
     One file per slice along the grid's third axis, named IM0001.dcm ...; the folder appears
     under its final name only when every file is complete (``atomic.atomic_write_folder``),
     after the output guard (never an input, no replacing without ``force``).
@@ -246,13 +289,7 @@ def write_dicom_series(
     folder = check_output(folder, inputs=protected, force=force, folder=True)
     if not np.all(np.isfinite(data)):
         raise OutputError(f"{folder}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
-    integral = np.issubdtype(np.dtype(source.source_dtype), np.integer)
-    stored, slope, intercept = pixel_encoding(data, integral)
-    if slope == 1.0 and intercept == 0.0:
-        quantisation = f"values rounded to integers (integer source), stored as {stored.dtype}"
-    else:
-        quantisation = (f"values quantised to 16 bits: stored uint16 * RescaleSlope {slope:.6g} + RescaleIntercept "
-                        f"{intercept:.6g} (worst error {slope / 2:.3g})")
+    stored, slope, intercept, quantisation = pixel_encoding(data, source, dtype)
 
     reference = source.meta.get("dicom_reference")
     instances: list[tuple[str, str]] = list(source.meta.get("dicom_instances") or [])
@@ -260,9 +297,7 @@ def write_dicom_series(
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     if reference is not None:
         base = _base_from_source(reference)
-        sop_class = str(getattr(reference, "SOPClassUID", MR_IMAGE_STORAGE))
-        if sop_class not in KEPT_SOP_CLASSES:
-            sop_class = MR_IMAGE_STORAGE
+        sop_class = _sop_class(folder, reference)
         series_number = getattr(reference, "SeriesNumber", None)
         base.SeriesNumber = int(series_number) + 1000 if series_number not in (None, "") else 1000
     else:

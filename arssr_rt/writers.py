@@ -110,7 +110,7 @@ def write_volume(
     if fmt == "dicom":
         from .dicom_write import write_dicom_series
 
-        return write_dicom_series(path, data, grid, source, method, force=force, inputs=inputs)
+        return write_dicom_series(path, data, grid, source, method, force=force, inputs=inputs, dtype=dtype)
     if fmt == "mgh":
         from .io_mgh import save_mgh
 

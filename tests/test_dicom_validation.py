@@ -217,3 +217,38 @@ def test_a_ct_source_stays_a_valid_ct_series(tmp_path):
         for f in sorted(out.iterdir()):
             report = subprocess.run([DCIODVFY, str(f)], capture_output=True, text=True)
             assert not [line for line in (report.stdout + report.stderr).splitlines() if line.startswith(("Error", "Abort"))]
+
+
+def test_a_source_of_another_modality_is_refused_not_mislabelled(tmp_path):
+    from arssr_rt.errors import OutputError
+    from arssr_rt.geometry import plan_output_grid
+    from arssr_rt.io_dicom import write_dicom_series
+    from arssr_rt.readers import read_volume
+
+    volume = read_volume(FIXTURE_PATH)
+    volume.meta["dicom_reference"] = ref = pydicom.Dataset()
+    ref.SOPClassUID, ref.Modality = "1.2.840.10008.5.1.4.1.1.128", "PT"  # PET Image Storage
+    with pytest.raises(OutputError, match="the source is PT"):
+        write_dicom_series(tmp_path / "pet", volume.data, plan_output_grid(volume.shape, volume.affine, shape=volume.shape), volume)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_values_are_those_of_the_nifti_output_clipping_included(tmp_path):
+    """A uint8 source whose result leaves 0..255 (a model's overshoot): the series holds what the
+    NIfTI holds (rounded, clipped to uint8) and says how many voxels were clipped."""
+    from arssr_rt.geometry import plan_output_grid
+    from arssr_rt.io_dicom import read_dicom_series
+    from arssr_rt.readers import read_volume
+    from arssr_rt.writers import write_volume
+
+    volume = read_volume(FIXTURE_PATH)
+    grid = plan_output_grid(volume.shape, volume.affine, shape=volume.shape)
+    result = volume.data * 2.6 - 80.4  # 22..131 becomes -23..260: below 0 and over 255
+    outside = int(np.count_nonzero((np.rint(result) < 0) | (np.rint(result) > 255)))
+    assert outside > 1000
+    nifti = write_volume(tmp_path / "out.nii.gz", result, grid, volume)
+    dicom = write_volume(tmp_path / "out", result, grid, volume, "dicom")
+    expected = np.asarray(nib.load(nifti).dataobj)
+    assert expected.dtype == np.uint8
+    np.testing.assert_array_equal(read_dicom_series(dicom).data, expected)
+    assert f"({outside:,} voxels outside it clipped)" in _first(dicom).DerivationDescription
