@@ -170,21 +170,18 @@ def series_description(source_text: str, done: str) -> str:
 
 
 def _source_text(source: Volume, reference: Any) -> str:
-    """The source's own description: SeriesDescription, else the NIfTI descrip, else the file stem."""
+    """What the source is called: its SeriesDescription, else the input's file name (a NIfTI
+    descrip is mostly the writing software's: "spm - algebra", "FSL4.1"), else that descrip."""
     if reference is not None and str(getattr(reference, "SeriesDescription", "") or "").strip():
         return str(reference.SeriesDescription)
-    header = source.header
-    try:
-        descrip = header["descrip"].tobytes().split(b"\0")[0].decode("ascii").strip() if header is not None else ""
-    except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError):
-        descrip = ""
-    if descrip:
-        return descrip
     if source.source_path is not None:
         from .writers import input_stem
 
         return input_stem(source.source_path)
-    return ""
+    try:
+        return source.header["descrip"].tobytes().split(b"\0")[0].decode("ascii").strip()
+    except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError):
+        return ""
 
 
 def _image_type(reference: Any) -> list[str]:
