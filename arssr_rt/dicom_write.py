@@ -295,13 +295,13 @@ def write_dicom_series(
     if reference is not None:
         base = _base_from_source(reference)
         sop_class = _sop_class(folder, reference)
-        series_number = getattr(reference, "SeriesNumber", None)
-        base.SeriesNumber = int(series_number) + 1000 if series_number not in (None, "") else 1000
+        try:
+            base.SeriesNumber = int(getattr(reference, "SeriesNumber", None)) + 1000
+        except (TypeError, ValueError):  # absent, empty or not a number
+            base.SeriesNumber = 1000
     else:
         base = Dataset()
         sop_class = MR_IMAGE_STORAGE
-        base.StudyInstanceUID = generate_uid()
-        base.FrameOfReferenceUID = generate_uid()
         base.SeriesNumber = 1000
     base.SOPClassUID = sop_class
     base.Modality = "CT" if sop_class == CT_IMAGE_STORAGE else "MR"
@@ -312,10 +312,9 @@ def write_dicom_series(
         for name, value in MR_UNKNOWN_TYPE1.items():
             if not getattr(base, name, None):
                 setattr(base, name, value)
-    if "StudyInstanceUID" not in base:
-        base.StudyInstanceUID = generate_uid()
-    if "FrameOfReferenceUID" not in base:
-        base.FrameOfReferenceUID = generate_uid()
+    for name in ("StudyInstanceUID", "FrameOfReferenceUID"):  # Type 1: a source without them gets new ones
+        if not str(base.get(name, "") or "").strip():
+            setattr(base, name, generate_uid())
     text = _source_text(source, reference)
     if any(ord(c) > 127 for c in text) and "SpecificCharacterSet" not in base:
         base.SpecificCharacterSet = "ISO_IR 192"
@@ -374,8 +373,8 @@ def write_dicom_series(
     purpose = _code_item(codes.DCM.SourceImageForImageProcessingOperation)
 
     def build(stage: Path) -> None:
+        ds = base  # one dataset: every per-slice attribute below is rewritten for each slice
         for k in range(grid.shape[2]):
-            ds = base.copy()
             ds.file_meta = FileMetaDataset()
             ds.file_meta.MediaStorageSOPClassUID = sop_class
             ds.SOPInstanceUID = generate_uid()
@@ -392,7 +391,10 @@ def write_dicom_series(
                     item = _instance_item(*instances[s])
                     item.PurposeOfReferenceCodeSequence = pydicom.Sequence([purpose])
                     items.append(item)
-                ds.SourceImageSequence = pydicom.Sequence(items)
+                if items:
+                    ds.SourceImageSequence = pydicom.Sequence(items)
+                elif "SourceImageSequence" in ds:  # a slice outside the source's slab
+                    del ds.SourceImageSequence
             ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored[:, :, k].T).tobytes())  # 16-bit: OW
             ds.save_as(stage / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
 
