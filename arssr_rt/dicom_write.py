@@ -192,9 +192,25 @@ def _image_type(reference: Any) -> list[str]:
     return ["DERIVED", "SECONDARY", *rest]
 
 
+def _plain_copy(ds: Any) -> Any:
+    """A Dataset copy of ``ds`` with every element decoded in the source's own encoding, so it
+    is written in ours whatever the source's was (a FileDataset read as big endian cannot be
+    saved as little endian; a raw element would be decoded with the wrong byte order)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    out = Dataset()
+    for elem in ds:  # iterating decodes raw elements with the dataset's own transfer syntax
+        if elem.VR == "SQ":
+            out.add_new(elem.tag, "SQ", Sequence([_plain_copy(item) for item in elem.value]))
+        else:
+            out.add(copy.deepcopy(elem))
+    return out
+
+
 def _base_from_source(reference: Any) -> Any:
     """The source's dataset without anything that described its instances, pixels or geometry."""
-    ds = copy.deepcopy(reference)
+    ds = _plain_copy(reference)
     ds.remove_private_tags()
     kept = {name for name in KEPT_FROM_DROPPED_GROUPS if name in ds}
     for elem in list(ds):

@@ -29,22 +29,22 @@ needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian/U
 needs_dcm2niix = pytest.mark.skipif(DCM2NIIX is None, reason="dcm2niix (Debian/Ubuntu package dcm2niix) is not installed")
 
 
-def _template() -> "pydicom.Dataset":
+def _template(name: str = "MR_small.dcm") -> "pydicom.Dataset":
     from pydicom.data import get_testdata_file
 
-    path = get_testdata_file("MR_small.dcm")
+    path = get_testdata_file(name)
     if path is None:
-        pytest.skip("pydicom's test file MR_small.dcm (a scanner's full MR header) is not available")
+        pytest.skip(f"pydicom's test file {name} (a scanner's full MR header) is not available")
     ds = pydicom.dcmread(path)
     if "DataSetTrailingPadding" in ds:
         del ds.DataSetTrailingPadding
     return ds
 
 
-def write_mr_series(folder: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+def write_mr_series(folder: Path, data: np.ndarray, affine: np.ndarray, template: str = "MR_small.dcm") -> Path:
     """A complete, valid MR Image series (ORIGINAL\\PRIMARY\\M\\ND, every MR Image attribute of a
-    real scanner's header) holding ``data`` on the RAS ``affine``."""
-    tmpl = _template()
+    real scanner's header) holding ``data`` on the RAS ``affine``, in the template's encoding."""
+    tmpl = _template(template)
     tmpl.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     tmpl.NameOfPhysiciansReadingStudy = tmpl.OperatorsName = ""  # the file's retired PN form
     tmpl.SeriesDescription = "T1 MPRAGE"
@@ -58,7 +58,7 @@ def write_mr_series(folder: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     tmpl.PixelSpacing = [f"{spacing[1]:.8f}", f"{spacing[0]:.8f}"]
     tmpl.SliceThickness = f"{spacing[2]:.8f}"
     tmpl.Rows, tmpl.Columns = data.shape[1], data.shape[0]
-    stored = data.astype(np.int16)
+    stored = data.astype(np.int16 if tmpl.file_meta.TransferSyntaxUID.is_little_endian else ">i2")
     tmpl.SmallestImagePixelValue, tmpl.LargestImagePixelValue = int(stored.min()), int(stored.max())
     folder.mkdir()
     for k in range(data.shape[2]):
@@ -252,3 +252,21 @@ def test_values_are_those_of_the_nifti_output_clipping_included(tmp_path):
     assert expected.dtype == np.uint8
     np.testing.assert_array_equal(read_dicom_series(dicom).data, expected)
     assert f"({outside:,} voxels outside it clipped)" in _first(dicom).DerivationDescription
+
+
+def test_a_big_endian_source_gives_a_little_endian_derived_series(tmp_path):
+    """Elements are decoded in the source's byte order and written in ours (pydicom refuses to
+    save a big-endian FileDataset as little endian)."""
+    from arssr_rt.io_dicom import read_dicom_series
+
+    data, affine = _fixture()
+    source = write_mr_series(tmp_path / "be", data, affine, template="MR_small_bigendian.dcm")
+    assert not pydicom.dcmread(sorted(source.iterdir())[0]).file_meta.TransferSyntaxUID.is_little_endian
+    np.testing.assert_array_equal(read_dicom_series(source).data, data)
+    out = upsample_file(source, tmp_path / "le", output_format="dicom", scale=(1, 1, 1), interp="nearest").out_path
+    ds = _first(out)
+    assert ds.file_meta.TransferSyntaxUID.is_little_endian and float(ds.RepetitionTime) == 4000.0
+    np.testing.assert_array_equal(read_dicom_series(out).data, data)
+    if DCIODVFY is not None:
+        report = subprocess.run([DCIODVFY, str(sorted(out.iterdir())[7])], capture_output=True, text=True)
+        assert not [line for line in (report.stdout + report.stderr).splitlines() if line.startswith(("Error", "Abort"))]
