@@ -25,6 +25,7 @@ from conftest import FIXTURE_PATH, oblique_affine  # noqa: E402
 SCALE = (1.5, 1.25, 1.125)  # 96x80x72 voxels, a different spacing per axis; every slice validated in seconds
 DCIODVFY = shutil.which("dciodvfy")
 DCM2NIIX = shutil.which("dcm2niix")
+DCENTVFY = shutil.which("dcentvfy")  # dicom3tools too: patient/study/series consistent across files
 needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian/Ubuntu package dicom3tools) is not installed")
 needs_dcm2niix = pytest.mark.skipif(DCM2NIIX is None, reason="dcm2niix (Debian/Ubuntu package dcm2niix) is not installed")
 
@@ -108,6 +109,10 @@ def test_dciodvfy_finds_no_error_in_any_file(written):
         if errors:
             problems[f.name] = errors
     assert not problems, f"{len(problems)} files with errors, e.g. {next(iter(problems.items()))}"
+    if DCENTVFY is not None:  # the derived series with its source: one patient, one study
+        source = sorted(Path(written["source"]).iterdir()) if Path(written["source"]).is_dir() else []
+        p = subprocess.run([DCENTVFY, *map(str, files + source)], capture_output=True, text=True)
+        assert not [line for line in (p.stdout + p.stderr).splitlines() if line.startswith(("Error", "Abort"))], p.stdout + p.stderr
 
 
 def _dcm2niix(folder: Path, out: Path) -> nib.Nifti1Image:
