@@ -6,8 +6,8 @@ instances removed and rewritten for the new grid (Image Pixel, Image Plane, Gene
 General Series, SOP Common), so the patient, study, equipment and acquisition (MR Image
 module: ScanOptions, EchoTrainLength, TR/TE/TI, ...) modules stay exactly as the scanner
 wrote them. Private groups go: they describe the source instances in ways nobody can update
-(a stale Siemens CSA header would mislead dcm2niix). A source that was not DICOM (NIfTI, MGH)
-gets a new study with every Type 1/2 attribute of the Patient, General Study, General Series,
+(a stale Siemens CSA header would mislead dcm2niix). A source that was not DICOM (NIfTI, MGZ,
+NRRD) gets a new study with every Type 1/2 attribute of the Patient, General Study, General Series,
 Frame of Reference, General Equipment and MR Image modules present, empty where unknown.
 (highdicom, considered, models only enhanced/multi-frame, SC, segmentation and parametric-map
 IODs, none of which is a classic MR series that this reader and every PACS read back.)
@@ -24,7 +24,8 @@ names arssr-rt as processing equipment (DCM 109102).
 Values: those of the NIfTI the tool writes for the same request (voxel type from the source or
 --dtype, integers rounded and clipped as there); integers are stored as they are (int16/uint16,
 no Rescale when unscaled: the MR IOD has no Modality LUT), anything else is quantised to uint16
-over its range with RescaleSlope/Intercept; DerivationDescription states which, with the step. The folder appears atomically after the output guard.
+over its range with RescaleSlope/Intercept; DerivationDescription states which, with the step.
+The folder appears atomically, after the output guard.
 """
 
 from __future__ import annotations
