@@ -2,10 +2,9 @@
 
 Reading sorts slices by their position along the slice normal (file names and
 InstanceNumber are unreliable), checks that the folder holds one geometrically regular
-series, and applies RescaleSlope/Intercept. Writing makes a new *derived* series for the
-output grid (new Series/SOP UIDs, ImageType DERIVED\\SECONDARY, patient and study copied from
-the source) into a temporary folder that is renamed into place, so a crash never leaves a
-half-written series under the final name.
+series, and applies RescaleSlope/Intercept. It keeps the first slice's full header and the
+slices' SOP Class/Instance UIDs in slice order (``meta``) for the derived series that
+dicom_write.py writes from them.
 
 DICOM patient coordinates are LPS; arssr-rt is RAS+ (nibabel), so x and y change sign at
 this boundary and nowhere else.
@@ -13,18 +12,13 @@ this boundary and nowhere else.
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_folder
-from .errors import InputError, OutputError
+from .errors import InputError
 from .extras import require
-from .geometry import OutputGrid
-from .outputs import check_output
 from .validation import DEFAULT_MAX_INPUT_VOXELS, check_affine, check_size, check_voxels
 from .volume import Volume
 
@@ -39,20 +33,6 @@ DIRECTION_TOLERANCE = 1e-3
 # grey-level photometric interpretations; MONOCHROME1 displays low values bright and is kept
 # as such on output (the values are not inverted, so they keep their meaning)
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
-
-# attributes copied from the source so the derived series files under the same patient/study
-COPIED_ATTRIBUTES = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight",
-    "PatientSize", "IssuerOfPatientID", "OtherPatientIDs",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-    "ReferringPhysicianName", "StudyDescription",
-    "FrameOfReferenceUID", "PositionReferenceIndicator",
-    "Modality", "Manufacturer", "InstitutionName", "BodyPartExamined", "PatientPosition",
-    "MagneticFieldStrength", "RepetitionTime", "EchoTime", "InversionTime", "FlipAngle",
-    "ScanningSequence", "SequenceVariant", "MRAcquisitionType", "ImagingFrequency",
-    "SpecificCharacterSet",
-)
-
 
 def is_dicom_file(path: Path) -> bool:
     """True if the file has the DICOM Part 10 preamble marker ('DICM' at byte 128)."""
@@ -237,6 +217,8 @@ def read_dicom_series(folder: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VO
             "stored_dtype": str(stored_dtype),
             "photometric": str(getattr(first, "PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
             "dicom_reference": reference,
+            # (SOPClassUID, SOPInstanceUID) of each slice in k order: what a derived series references
+            "dicom_instances": [(str(getattr(h, "SOPClassUID", "")), str(getattr(h, "SOPInstanceUID", ""))) for h in headers],
         },
     )
 
@@ -244,141 +226,11 @@ def read_dicom_series(folder: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VO
 # ---------------------------------------------------------------- writing
 
 
-def _pixel_encoding(data: np.ndarray, integral: bool) -> tuple[np.ndarray, float, float]:
-    """Stored integers + (slope, intercept) so that stored * slope + intercept ~ data.
+def write_dicom_series(*args: Any, **kwargs: Any) -> Path:
+    """The derived-series writer lives in dicom_write.py (this name is kept for its callers)."""
+    from .dicom_write import write_dicom_series as write
 
-    Integral sources whose rounded values fit int16/uint16 are stored as they are (slope 1);
-    anything else is spread over the full uint16 range, which keeps 16-bit precision of the
-    range whatever it is.
-    """
-    lo, hi = float(data.min()), float(data.max())
-    if integral:
-        rounded = np.round(data)
-        for dtype in (np.int16, np.uint16):
-            info = np.iinfo(dtype)
-            if info.min <= rounded.min() and rounded.max() <= info.max:
-                return rounded.astype(dtype), 1.0, 0.0
-    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
-    stored = np.clip(np.round((data - lo) / slope), 0, 65535).astype(np.uint16)
-    return stored, slope, lo
-
-
-def _ds_number(value: float) -> str:
-    """A DICOM DS string (at most 16 characters) for ``value``."""
-    text = f"{value:.10g}"
-    if len(text) > 16:
-        text = f"{value:.8e}" if abs(value) >= 1e-4 else f"{value:.6e}"
-    return text
-
-
-def _base_dataset(source: Volume, series_description: str) -> Any:
-    pydicom = require("pydicom")
-    from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
-
-    reference = source.meta.get("dicom_reference")
-    ds = Dataset()
-    if reference is not None:
-        for name in COPIED_ATTRIBUTES:
-            if name in reference:
-                setattr(ds, name, reference.data_element(name).value)
-        if "SeriesNumber" in reference and reference.SeriesNumber is not None:
-            ds.SeriesNumber = int(reference.SeriesNumber) + 1000
-    # a source that was not DICOM gets a new study of its own, anonymous but valid
-    ds.setdefault("PatientName", "")
-    ds.setdefault("PatientID", "")
-    ds.setdefault("StudyInstanceUID", generate_uid())
-    ds.setdefault("FrameOfReferenceUID", generate_uid())
-    ds.setdefault("Modality", "MR")
-    ds.setdefault("SeriesNumber", 1000)
-    now = _dt.datetime.now()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesDescription = series_description[:64]
-    ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.DerivationDescription = series_description[:1024]
-    ds.SOPClassUID = MR_IMAGE_STORAGE
-    if reference is not None and "SeriesInstanceUID" in reference:
-        ref = Dataset()
-        ref.SeriesInstanceUID = reference.SeriesInstanceUID
-        ds.ReferencedSeriesSequence = pydicom.Sequence([ref])
-    return ds
-
-
-def write_dicom_series(
-    folder: str | Path,
-    data: np.ndarray,
-    grid: OutputGrid,
-    source: Volume,
-    series_description: str = "ArSSR super-resolution",
-    force: bool = False,
-    inputs: Iterable[str | os.PathLike] = (),
-) -> Path:
-    """Write ``data`` (on ``grid``) as a new derived single-frame MR series in ``folder``.
-
-    One file per slice along the grid's third axis, named IM0001.dcm ...; the folder appears
-    under its final name only when every file is complete (``atomic.atomic_write_folder``),
-    after the output guard (never an input, no replacing without ``force``).
-    """
-    require("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
-
-    folder = Path(folder)
-    data = np.asarray(data, dtype=np.float32)
-    if data.shape != tuple(grid.shape):
-        raise OutputError(f"{folder}: data shape {data.shape} does not match the grid {tuple(grid.shape)}")
-    protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
-    folder = check_output(folder, inputs=protected, force=force, folder=True)
-    integral = np.issubdtype(np.dtype(source.source_dtype), np.integer)
-    stored, slope, intercept = _pixel_encoding(data, integral)
-
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(grid.affine, dtype=np.float64)
-    col_step, row_step, slice_step = lps[:3, 0], lps[:3, 1], lps[:3, 2]
-    row_dir = col_step / np.linalg.norm(col_step)
-    col_dir = row_step / np.linalg.norm(row_step)
-    normal = np.cross(row_dir, col_dir)
-    thickness = float(abs(slice_step @ normal))
-    low, high = np.percentile(data, [1.0, 99.5])
-
-    base = _base_dataset(source, series_description)
-    base.ImageOrientationPatient = [_ds_number(v) for v in (*row_dir, *col_dir)]
-    base.PixelSpacing = [_ds_number(float(np.linalg.norm(row_step))), _ds_number(float(np.linalg.norm(col_step)))]
-    base.SliceThickness = _ds_number(thickness)
-    base.SpacingBetweenSlices = _ds_number(thickness)
-    base.Rows, base.Columns = int(grid.shape[1]), int(grid.shape[0])
-    base.SamplesPerPixel = 1
-    # same display polarity as the source: values are never inverted, so a MONOCHROME1 input
-    # stays MONOCHROME1 (written as MONOCHROME2 it would display inverted)
-    photometric = str(source.meta.get("photometric", "MONOCHROME2"))
-    base.PhotometricInterpretation = photometric if photometric in GREY_PHOTOMETRICS else "MONOCHROME2"
-    base.BitsAllocated = base.BitsStored = 16
-    base.HighBit = 15
-    base.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
-    base.RescaleSlope = _ds_number(slope)
-    base.RescaleIntercept = _ds_number(intercept)
-    base.RescaleType = "US"
-    base.WindowCenter = _ds_number(float((low + high) / 2))
-    base.WindowWidth = _ds_number(float(max(high - low, 1e-3)))
-
-    def build(stage: Path) -> None:
-        for k in range(grid.shape[2]):
-            ds = base.copy()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds.InstanceNumber = k + 1
-            position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
-            ds.ImagePositionPatient = [_ds_number(v) for v in position]
-            ds.SliceLocation = _ds_number(float(position @ normal))
-            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
-            ds.save_as(stage / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
-
-    return atomic_write_folder(folder, build)
+    return write(*args, **kwargs)
 
 
 def load_dicom_series(path: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:

@@ -341,7 +341,7 @@ def upsample_file(
         from .resample import resample_fov
 
         result = clip_range(resample_fov(volume.data, grid.shape, method), volume.data, clip_to_input_range)
-        target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path])
+        target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path], method=method)
         return UpsampleResult(out_path=target, in_shape=volume.shape, out_shape=grid.shape,
                               in_spacing=tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0)),  # type: ignore[arg-type]
                               out_spacing=grid.spacing, seconds=time.perf_counter() - t0, backend="numpy", model=f"interp {method}")

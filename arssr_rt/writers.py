@@ -100,14 +100,17 @@ def write_volume(
     dtype: str | None = None,
     force: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
+    method: str = "model",
 ) -> Path:
-    """Write ``data`` on ``grid`` with the writer for ``fmt`` (through the output guard)."""
+    """Write ``data`` on ``grid`` with the writer for ``fmt`` (through the output guard).
+
+    ``method`` (``model`` or the --interp name) is what a DICOM series' descriptions say was done.
+    """
     fmt = output_format(path, fmt)
     if fmt == "dicom":
-        from .io_dicom import write_dicom_series
+        from .dicom_write import write_dicom_series
 
-        description = f"ArSSR {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]}"
-        return write_dicom_series(path, data, grid, source, description, force=force, inputs=inputs)
+        return write_dicom_series(path, data, grid, source, method, force=force, inputs=inputs, dtype=dtype)
     if fmt == "mgh":
         from .io_mgh import save_mgh
 

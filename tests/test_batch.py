@@ -428,7 +428,8 @@ def test_dicom_in_dicom_out(tmp_path, tiny_bundle):
     result = read_dicom_series(tmp_path / "out" / "t1_x1x1x2")
     assert result.shape == (16, 16, 32)
     first = pydicom.dcmread(sorted((tmp_path / "out" / "t1_x1x1x2").iterdir())[0])
-    assert str(first.PatientName) == "Test^Batch" and list(first.ImageType) == ["DERIVED", "SECONDARY"]
+    assert str(first.PatientName) == "Test^Batch" and list(first.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]
+    assert first.SeriesDescription.endswith(" SR x1x1x2 (arssr-rt)") and "SourceImageSequence" in first
     assert float(first.SliceThickness) == pytest.approx(0.5)
 
 

@@ -58,7 +58,7 @@ def series(tmp_path) -> tuple[Path, Volume]:
     volume = _fixture_volume(_oblique)
     volume.meta["dicom_reference"] = _patient_reference()
     folder = tmp_path / "series"
-    write_dicom_series(folder, volume.data, _same_grid(volume), volume, "synthetic source")
+    write_dicom_series(folder, volume.data, _same_grid(volume), volume)
     return folder, volume
 
 
@@ -97,21 +97,22 @@ def test_derived_series_on_a_new_grid(series, tmp_path):
     source = read_dicom_series(folder)
     grid = plan_output_grid(source.shape, source.affine, scale=(1.5, 1.5, 2.0))
     out = np.random.default_rng(1).uniform(0, 300, grid.shape).astype(np.float32)
-    written = write_dicom_series(tmp_path / "sr", out, grid, source, "ArSSR x1.5x1.5x2")
+    written = write_dicom_series(tmp_path / "sr", out, grid, source)
     files = sorted(written.iterdir())
     assert len(files) == grid.shape[2]
     datasets = [pydicom.dcmread(f) for f in files]
     first = datasets[0]
     src = pydicom.dcmread(next(folder.iterdir()))
-    assert list(first.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]
     assert first.SeriesInstanceUID != src.SeriesInstanceUID
     assert len({d.SeriesInstanceUID for d in datasets}) == 1
     assert len({d.SOPInstanceUID for d in datasets}) == len(datasets)
     assert all(d.SOPInstanceUID != s.SOPInstanceUID for d in datasets for s in [src])
     for name in ("PatientName", "PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "StudyDate"):
         assert first.data_element(name).value == src.data_element(name).value
-    assert first.SeriesDescription == "ArSSR x1.5x1.5x2"
+    assert first.SeriesDescription == f"{src.SeriesDescription} SR x1.5x1.5x2 (arssr-rt)"[-64:]
     assert first.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+    assert len(first.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(list(folder.iterdir()))
     assert (first.Rows, first.Columns) == (grid.shape[1], grid.shape[0])
     np.testing.assert_allclose([float(v) for v in first.PixelSpacing], [grid.spacing[1], grid.spacing[0]], rtol=1e-6)
     # the slice gap is the grid's third spacing projected on the normal (oblique grid)
@@ -293,7 +294,7 @@ def test_palette_colour_is_refused(series):
 def _displayed(folder: Path) -> np.ndarray:
     """What a viewer shows (brighter = larger), from the rescaled values and the polarity."""
     slices = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
-    values = np.stack([s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in slices]).astype(np.float64)
+    values = np.stack([s.pixel_array * float(s.get("RescaleSlope", 1)) + float(s.get("RescaleIntercept", 0)) for s in slices]).astype(np.float64)
     return -values if slices[0].PhotometricInterpretation == "MONOCHROME1" else values
 
 
@@ -303,7 +304,7 @@ def test_monochrome1_keeps_its_values_and_its_display_polarity(series, tmp_path)
     back = read_dicom_series(folder)
     np.testing.assert_array_equal(back.data, volume.data)  # values keep their meaning: not inverted
     out = tmp_path / "out"
-    write_dicom_series(out, back.data, _same_grid(back), back, "round trip")
+    write_dicom_series(out, back.data, _same_grid(back), back)
     assert pydicom.dcmread(sorted(out.iterdir())[0]).PhotometricInterpretation == "MONOCHROME1"
     src, dst = _displayed(folder), _displayed(out)
     assert np.corrcoef(src.ravel(), dst.ravel())[0, 1] > 0.99  # bright stays bright on screen
