@@ -21,11 +21,12 @@ from .degrade import slice_matrix  # the acquisition's own profile weights, shar
 def check_slice_profile(profile: str, gap: float) -> None:
     """InputError (one line, before any work) for an unknown profile or a gap outside [0, 1)."""
     from .errors import InputError
+    from .params import flag
 
     try:
         slice_matrix(8, 4, profile, gap)
     except ValueError as exc:
-        raise InputError(f"--keep-acquired: {exc}") from None
+        raise InputError(f"{flag('keep_acquired')}: {exc}") from None
 
 
 def _apply(matrix: np.ndarray, data: np.ndarray, axis: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import InputError
+from .params import flag, setting
 
 Mode = Literal["minmax", "percentile"]
 
@@ -50,8 +51,8 @@ def minmax_outliers(data: np.ndarray) -> str | None:
     far = int(np.count_nonzero(flat > hi + spread)) + int(np.count_nonzero(flat < lo - spread))
     return (f"{far:,} voxel(s) lie far outside the rest of the image (range {data_min:g}..{data_max:g}, but all "
             f"except {2 * k:,} voxels lie in {lo:g}..{hi:g}): min-max normalisation would squeeze the image into "
-            f"{100 / ratio:.2g} % of the network's input range and the output would be wrong; use --normalization "
-            "percentile (clips to the 0.5-99.5 percentiles) or remove the outlier voxels")
+            f"{100 / ratio:.2g} % of the network's input range and the output would be wrong; use {setting('normalization', 'percentile')} "
+            "(clips to the 0.5-99.5 percentiles) or remove the outlier voxels")
 
 
 @dataclass
@@ -138,7 +139,7 @@ def choose_output_dtype(source_dtype: np.dtype | str | None, requested: str | No
     if requested is not None:
         name = str(requested).strip().lower()
         if name not in OUTPUT_DTYPES:
-            raise InputError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {requested!r}")
+            raise InputError(f"{flag('dtype')} must be one of {', '.join(OUTPUT_DTYPES)}, got {requested!r}")
         return np.dtype(name)
     if source_dtype is None:
         return np.dtype(np.float32)

@@ -27,6 +27,7 @@ from .errors import BackendError, InputError, ModelError, OutputError
 from .geometry import OutputGrid, Triplet
 from .intensity import Normalizer
 from .labels import check_intensity_image
+from .params import flag, setting
 from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_buffer, plan_memory, release_pages,
                      restore_in_place, transposed)
 from .sampling import box_coords, sample_box
@@ -68,9 +69,9 @@ class Upsampler:
         if chunk is not None:
             options = replace(options, chunk=chunk)
         if tile is not None and tile < 1:
-            raise InputError(f"--tile must be >= 1, got {tile}")
+            raise InputError(f"{flag('tile')} must be >= 1, got {tile}")
         if options.chunk is not None and options.chunk < 1:
-            raise InputError(f"--chunk must be >= 1, got {options.chunk}")
+            raise InputError(f"{flag('chunk')} must be >= 1, got {options.chunk}")
         self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
         self.backend: Backend = open_backend(backend, self.bundle, options)
         self.tile, self.chunk, self.max_memory = tile, options.chunk or DEFAULT_CHUNK, max_memory
@@ -199,8 +200,8 @@ def choose_interp(volume: Volume, interp: str | None, as_intensity: bool, on_not
         intent = label_intent(volume.header)
         if intent is not None and not as_intensity:
             if on_note:
-                on_note(f"note: {volume.source_path or 'input'}: the header says {intent}: using --interp nearest "
-                        "(pass --interp to choose another)")
+                on_note(f"note: {volume.source_path or 'input'}: the header says {intent}: using {setting('interp', 'nearest')} "
+                        f"(pass {flag('interp')} to choose another)")
             return "nearest"
         method = "model"
     if method != "nearest" and not as_intensity:
@@ -232,7 +233,7 @@ def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: 
     if grid.voxels > max_output_voxels:
         raise OutputError(
             f"output {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} = {grid.voxels:,} voxels is over the limit of "
-            f"{max_output_voxels:,} (--max-output-voxels)"
+            f"{max_output_voxels:,} ({flag('max_output_voxels')})"
         )
     return grid
 
@@ -336,7 +337,8 @@ def upsample_file(
     method = choose_interp(volume, interp, as_intensity, on_note)
     warn_downsampling(volume.shape, grid.shape, on_note)
     if method != "model" and series is not None:
-        raise InputError(f"{in_path}: --interp {method} takes 3-D volumes; a 4-D series goes through the model (--interp model)")
+        raise InputError(f"{in_path}: {setting('interp', method)} takes 3-D volumes; a 4-D series goes through the model "
+                         f"({setting('interp', 'model')})")
     if method != "model":  # classical resampling: no model, no backend
         from .resample import resample_fov
 
