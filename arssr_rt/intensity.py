@@ -88,7 +88,7 @@ class Normalizer:
         if high is not None:
             self.high = float(high)
         if self.mode not in ("minmax", "percentile"):
-            raise InputError(f"normalisation must be 'minmax' or 'percentile', got {self.mode!r}")
+            raise InputError(f"{flag('normalization')} must be 'minmax' or 'percentile', got {self.mode!r}")
         if not (0.0 <= self.low < self.high <= 100.0):
             raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
         data_min, data_max = float(np.min(data)), float(np.max(data))
