@@ -150,9 +150,10 @@ def save_volume(
 
 def nifti_image(data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None):
     """The image ``save_volume`` writes, in memory (the Python API returns it): voxel type,
-    scaling and header by the rules in ``save_volume``; NIfTI-2 for a NIfTI-2 header."""
+    scaling and header by the rules in ``save_volume``; NIfTI-2 for a NIfTI-2 header. A 4-D
+    ``data`` (grid.shape + (T,)) is a series: pixdim beyond the spatial axes (TR) is kept."""
     data = np.asarray(data)
-    if tuple(data.shape) != tuple(grid.shape):
+    if tuple(data.shape[:3]) != tuple(grid.shape) or data.ndim not in (3, 4):
         raise ValueError(f"data shape {data.shape} does not match the output grid {grid.shape}")
     out_dtype = choose_output_dtype(source.source_dtype, dtype)
     slope, inter = _scaling_for(source, out_dtype)
@@ -163,6 +164,10 @@ def nifti_image(data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str |
     decoded_max = stored_max * slope + inter
     forms = form_affines(source, grid)
     header = output_header(source, grid, out_dtype, slope, inter, (decoded_min, decoded_max), forms)
+    if data.ndim == 4:
+        kept = np.array(header["pixdim"][4:], copy=True)
+        header.set_data_shape(data.shape)
+        header["pixdim"][4:] = kept
     return build_nifti_image(stored, grid.affine, header, forms, slope, inter)
 
 

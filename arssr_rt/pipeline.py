@@ -90,7 +90,7 @@ class Upsampler:
 
     def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
         """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
-        where = volume.source_path or "input"
+        where = volume.name
         if not self.as_intensity:
             check_intensity_image(where, volume.data, volume.header)
         try:
@@ -200,12 +200,12 @@ def choose_interp(volume: Volume, interp: str | None, as_intensity: bool, on_not
         intent = label_intent(volume.header)
         if intent is not None and not as_intensity:
             if on_note:
-                on_note(f"note: {volume.source_path or 'input'}: the header says {intent}: using {setting('interp', 'nearest')} "
+                on_note(f"note: {volume.name}: the header says {intent}: using {setting('interp', 'nearest')} "
                         f"(pass {flag('interp')} to choose another)")
             return "nearest"
         method = "model"
     if method != "nearest" and not as_intensity:
-        check_intensity_image(volume.source_path or "input", volume.data, volume.header)
+        check_intensity_image(volume.name, volume.data, volume.header)
     return method
 
 
@@ -245,42 +245,11 @@ def default_output_path(in_path: Path, scale: Any = None, voxel_size: Any = None
     return Path(in_path).parent / output_name(in_path, size_label(scale, voxel_size, shape), fmt)
 
 
-def upsample(
-    data: np.ndarray,
-    affine: np.ndarray,
-    *,
-    scale: Any = None,
-    voxel_size: Any = None,
-    shape: Any = None,
-    model: str | Path | ModelBundle | None = None,
-    backend: BackendSpec = "auto",
-    tile: int | None = None,
-    chunk: int | None = None,
-    normalization: str = "minmax",
-    max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-    as_intensity: bool = False,
-    keep_acquired: str | None = None,
-    slice_gap: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Super-resolve an array with its affine; returns (float32 data, output affine).
+def upsample(*args: Any, **kwargs: Any) -> Any:
+    """``arssr_rt.upsample`` (api.py: arrays, tensors, nibabel images); kept here for old imports."""
+    from .api import upsample as api_upsample
 
-    Example:
-        >>> out, out_affine = upsample(img.get_fdata(), img.affine, scale=2.5)
-    """
-    from .validation import check_affine, check_voxels
-
-    arr = np.asarray(data, dtype=np.float32)
-    if arr.ndim != 3:
-        raise InputError(f"expected a 3-D array, got shape {arr.shape}")
-    if min(arr.shape) < 2:
-        raise InputError(f"every axis needs at least 2 voxels, got shape {arr.shape}")
-    check_voxels("array", arr)
-    check_affine("array", np.asarray(affine, dtype=np.float64))
-    volume = Volume(data=arr, affine=np.asarray(affine, dtype=np.float64))
-    grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
-    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization, as_intensity=as_intensity,
-                   keep_acquired=keep_acquired, slice_gap=slice_gap) as up:
-        return up.run(volume, grid), grid.affine
+    return api_upsample(*args, **kwargs)
 
 
 def upsample_file(
