@@ -237,14 +237,14 @@ def _engine_settings(*, tile: Any, chunk: Any, threads: Any, max_memory: Any, no
                      slice_gap: float, as_intensity: bool) -> dict[str, Any]:
     """pipeline.Upsampler keyword arguments, checked (one line naming the parameter)."""
     from .consistency import check_slice_profile
+    from .intensity import check_mode
     from .options import check_tile, max_memory_bytes
 
     check_tile(tile)
     for name, value in (("chunk", chunk), ("threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise InputError(f"{flag(name)} must be a whole number >= 1, got {value!r}")
-    if normalization not in ("minmax", "percentile"):
-        raise InputError(f"{flag('normalization')} must be 'minmax' or 'percentile', got {normalization!r}")
+    check_mode(normalization)
     profile = "box" if keep_acquired is True else (keep_acquired or None)
     if profile is not None:
         check_slice_profile(profile, slice_gap)

@@ -55,6 +55,15 @@ def minmax_outliers(data: np.ndarray) -> str | None:
             "(clips to the 0.5-99.5 percentiles) or remove the outlier voxels")
 
 
+MODES = ("minmax", "percentile")
+
+
+def check_mode(mode: str) -> None:
+    """An unknown normalisation mode is one line before any work (the CLI, the Python API)."""
+    if mode not in MODES:
+        raise InputError(f"{flag('normalization')} must be 'minmax' or 'percentile', got {mode!r}")
+
+
 @dataclass
 class Normalizer:
     """Map input intensities to [0, 1] and back.
@@ -87,8 +96,7 @@ class Normalizer:
             self.low = float(low)
         if high is not None:
             self.high = float(high)
-        if self.mode not in ("minmax", "percentile"):
-            raise InputError(f"{flag('normalization')} must be 'minmax' or 'percentile', got {self.mode!r}")
+        check_mode(self.mode)
         if not (0.0 <= self.low < self.high <= 100.0):
             raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
         data_min, data_max = float(np.min(data)), float(np.max(data))

@@ -63,6 +63,9 @@ class Upsampler:
         keep_acquired: str | None = None,
         slice_gap: float = 0.0,
     ):
+        from .intensity import check_mode
+
+        check_mode(normalization)  # before the model loads
         options = options or BackendOptions()
         if keep_acquired is not None:  # an unknown profile or a bad gap fails before the model loads
             check_slice_profile(keep_acquired, slice_gap)
