@@ -396,9 +396,10 @@ def upsample_file(in_path: str | Path, out_path: str | Path | None = None, *, th
     chunk, normalization, dtype (default: follow the input), force, output_format, interp,
     clip_to_input_range, as_intensity, slice_gap, ...); returns an UpsampleResult."""
     from .backends.base import BackendOptions
-    from .options import max_memory_bytes
+    from .options import check_tile, max_memory_bytes
     from .pipeline import upsample_file as run_file
 
+    check_tile(kwargs.get("tile"))  # the CLI's floor, not the engine's
     profile = "box" if keep_acquired is True else (keep_acquired or None)
     stops: list[Callable[[], None]] = []
 
