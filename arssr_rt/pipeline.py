@@ -44,7 +44,8 @@ ProgressFn = Callable[[int], None]
 
 
 class Upsampler:
-    """A loaded model + backend, reusable across volumes (batch jobs load it once).
+    """A loaded model + backend, reusable across volumes (batch jobs load it once): the engine
+    behind the public ``arssr_rt.Upsampler`` (api.py), which takes images, arrays and tensors.
 
     ``backend``: a registered name (``auto`` picks the best that opens), an open backend, or a
     factory ``(bundle, options) -> backend``. ``chunk`` overrides ``options.chunk``.

@@ -358,3 +358,30 @@ def test_import_stays_cheap_and_the_api_torch_free(crop):
     with warnings.catch_warnings():
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.gpu
+def test_cuda_tensor_comes_back_on_its_device(crop):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    vol = nib.load(crop).get_fdata(dtype=np.float32)[:20, :20, :20]
+    x = torch.from_numpy(vol)[None].to("cuda", torch.float16)
+    y = arssr_rt.upsample(x, scale=1.5, backend="onnxruntime", **OPTS)
+    assert y.device == x.device and y.dtype == torch.float16
+    ref = arssr_rt.upsample(x.float().cpu(), scale=1.5, backend="onnxruntime", **OPTS)
+    np.testing.assert_array_equal(y.cpu().numpy(), ref.numpy().astype(np.float16))
+
+
+def test_max_memory_takes_bytes_from_python_and_units_as_text():
+    from arssr_rt.options import max_memory_bytes, parse_max_memory
+
+    assert parse_max_memory("3") == 3 * 2**30  # the CLI's bare number stays GiB
+    assert parse_max_memory("512M") == parse_max_memory("512MiB") == parse_max_memory("0.5G") == 2**29
+    assert parse_max_memory("1.5GiB") == parse_max_memory("1536 MB") == 3 * 2**29
+    assert max_memory_bytes(2**30) == 2**30 and max_memory_bytes("1G") == 2**30
+    for bad in ("2X", "1e3M", "-1G", "nan", ""):
+        with pytest.raises(arssr_rt.InputError, match="max-memory|max_memory"):
+            parse_max_memory(bad)
+    with python_names(), pytest.raises(arssr_rt.InputError, match=r"^max_memory must be a number of bytes"):
+        max_memory_bytes(True)
