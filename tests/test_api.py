@@ -94,6 +94,15 @@ def test_integer_dtype_decodes_like_the_cli_file(crop, tmp_path):
     np.testing.assert_array_equal(fdata(ours), fdata(cli))
 
 
+def test_clip_and_keep_acquired_equal_the_cli(crop, tmp_path):
+    cli = cli_output(crop, tmp_path / "kc.nii.gz", "--scale", "1.5,2,1.25", "--dtype", "float32", "--keep-acquired",
+                     "--slice-profile", "gaussian", "--clip-to-input-range")
+    ours = arssr_rt.upsample(nib.load(crop), scale=SCALE, keep_acquired="gaussian", clip_to_input_range=True, **OPTS)
+    np.testing.assert_array_equal(fdata(ours), fdata(cli))
+    src = fdata(nib.load(crop))
+    assert src.min() <= fdata(ours).min() and fdata(ours).max() <= src.max()
+
+
 def test_nifti2_stays_nifti2_and_mgh_stays_mgh(crop, api_image):
     src = nib.load(crop)
     data = np.asarray(src.dataobj)
