@@ -11,6 +11,7 @@ torch is imported only when a tensor is given (it is then already imported).
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -172,8 +173,12 @@ def _progress(progress: Progress | bool | None, total: int):
 
 
 def _note(line: str) -> None:
-    """Notes and warnings the CLI prints on stderr are Python warnings here."""
-    warnings.warn(line.removeprefix("warning: "), UserWarning, stacklevel=2)
+    """Notes and warnings the CLI prints on stderr are Python warnings here, attributed to the
+    caller's line (the first frame outside this package)."""
+    package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(line.removeprefix("warning: "), UserWarning, stacklevel=level)
 
 
 class Upsampler:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .background import flatten_flat_background
-from .consistency import check_slice_profile, keep_acquired
+from .consistency import check_slice_profile, check_up_sampled, keep_acquired
 from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
@@ -95,6 +95,8 @@ class Upsampler:
     def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
         """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
         where = volume.name
+        if self.keep_acquired:
+            check_up_sampled(volume.shape, grid.shape)
         if not self.as_intensity:
             check_intensity_image(where, volume.data, volume.header)
         try:
