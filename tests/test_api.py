@@ -11,7 +11,6 @@ import pickle
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -373,16 +372,12 @@ def test_no_runtime_error_hard_codes_a_cli_flag():
     assert not found, found
 
 
-def test_import_stays_cheap_and_the_api_torch_free(crop):
-    code = (
-        "import sys, arssr_rt, nibabel as nib\n"
-        "assert 'arssr_rt.api' not in sys.modules and 'arssr_rt.pipeline' not in sys.modules\n"
-        f"out = arssr_rt.upsample(nib.load({str(crop)!r}).slicer[:16, :16, :16], scale=1.5, threads=1)\n"
-        "assert out.shape == (24, 24, 24)\n"
-        "assert 'torch' not in sys.modules, 'the API imported torch'\n"
-    )
-    with warnings.catch_warnings():
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+def test_import_stays_cheap():
+    """``import arssr_rt`` loads neither the API nor the pipeline (torch-free runs: test_torch_free)."""
+    code = ("import sys, arssr_rt\n"
+            "assert 'arssr_rt.api' not in sys.modules and 'arssr_rt.pipeline' not in sys.modules\n"
+            "assert callable(arssr_rt.upsample) and isinstance(arssr_rt.Upsampler, type) and arssr_rt.transforms.ArssrUpsampled\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
