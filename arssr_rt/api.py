@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,8 +52,8 @@ class _Input:
     volumes: list[Volume]
     original: Any
     layout: str  # "3d" | "channels" (C, X, Y, Z) | "series" (X, Y, Z, T) of a nibabel image
-    affine_given: bool = False
-    meta: dict[str, Any] = field(default_factory=dict)
+    affine_given: bool = False  # affine= was passed: (data, affine) comes back
+    own_affine: bool = False  # a MetaTensor-like tensor's .affine was used: it comes back on the tensor
 
 
 def _check_array(where: str, arr: np.ndarray, affine: np.ndarray) -> None:
@@ -138,7 +138,7 @@ def _prepare(x: Any, affine: Any) -> _Input:
         raise InputError(f"affine must be a 4x4 matrix, got shape {aff.shape}")
     layout = "3d" if arr.ndim == 3 else "channels"
     volumes = _volumes_from_channels(kind, arr[None] if arr.ndim == 3 else arr, aff)
-    return _Input(kind, volumes, x, layout, affine_given=given, meta={"own_affine": own_affine is not None})
+    return _Input(kind, volumes, x, layout, affine_given=given, own_affine=own_affine is not None and not given)
 
 
 def _output_dtype(dtype: str | None) -> np.dtype | None:
@@ -300,7 +300,7 @@ def _give_back(given: _Input, results: list[np.ndarray], grid: Any, out_dtype: n
         return _image_like(given, results, grid, dtype)
     data = results[0] if given.layout == "3d" else np.stack(results)
     if given.kind == "tensor":
-        data = _tensor_like(given.original, data, grid.affine, out_dtype, given.meta["own_affine"] and not given.affine_given)
+        data = _tensor_like(given.original, data, grid.affine, out_dtype, given.own_affine)
     elif out_dtype is not None:
         data = to_output_dtype(data, out_dtype)
     return (data, grid.affine) if given.affine_given else data

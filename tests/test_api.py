@@ -290,6 +290,7 @@ def cli_error(argv: list[str], capsys) -> str:
     return err.removeprefix("arssr-rt: error: ")
 
 
+@pytest.mark.filterwarnings("ignore:this request down-samples")
 @pytest.mark.parametrize("kwargs,argv,spellings", ERROR_CASES, ids=[" ".join(c[1]) or "no-size" for c in ERROR_CASES])
 def test_errors_name_the_parameter_in_python_and_the_flag_on_the_cli(kwargs, argv, spellings, crop, tmp_path, capsys):
     with pytest.raises(ArssrError) as err:
