@@ -21,11 +21,24 @@ from .degrade import slice_matrix  # the acquisition's own profile weights, shar
 def check_slice_profile(profile: str, gap: float) -> None:
     """InputError (one line, before any work) for an unknown profile or a gap outside [0, 1)."""
     from .errors import InputError
+    from .params import flag
 
     try:
         slice_matrix(8, 4, profile, gap)
     except ValueError as exc:
-        raise InputError(f"--keep-acquired: {exc}") from None
+        raise InputError(f"{flag('keep_acquired')}: {exc}") from None
+
+
+def check_up_sampled(in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+    """InputError (before any work) when a resized axis gets fewer voxels: there are no
+    acquired slices to reproduce by averaging over a coarser output."""
+    from .errors import InputError
+    from .params import flag
+
+    down = [f"axis {a} ({h} -> {H})" for a, (h, H) in enumerate(zip(in_shape, out_shape)) if H < h]
+    if down:
+        raise InputError(f"{flag('keep_acquired')} needs every resized axis up-sampled, but this request down-samples "
+                         f"{', '.join(down)}")
 
 
 def _apply(matrix: np.ndarray, data: np.ndarray, axis: int) -> np.ndarray:
@@ -47,7 +60,7 @@ def keep_acquired(out: np.ndarray, acquired: np.ndarray, profile: str = "box", g
         if a not in axes and out.shape[a] != acquired.shape[a]:
             raise ValueError(f"axis {a}: output {out.shape[a]} vs input {acquired.shape[a]} voxels, but it is not a profiled axis")
         if a in axes and out.shape[a] < acquired.shape[a]:
-            raise ValueError(f"axis {a}: --keep-acquired needs an up-sampled axis, got {acquired.shape[a]} -> {out.shape[a]}")
+            raise ValueError(f"axis {a}: keep_acquired needs an up-sampled axis, got {acquired.shape[a]} -> {out.shape[a]}")
     mats = {a: slice_matrix(out.shape[a], acquired.shape[a], profile, gap) for a in axes}
     residual = np.asarray(out, dtype=np.float64)
     for a, m in mats.items():

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
+from .params import SIZE_SETTINGS, exactly_one, flag
 
 Triplet = tuple[float, float, float]
 Shape3 = tuple[int, int, int]
@@ -87,17 +88,17 @@ def plan_output_grid(
     """
     given = [x is not None for x in (scale, voxel_size, shape)]
     if sum(given) != 1:
-        raise InputError("give exactly one of --scale, --voxel-size or --shape")
+        raise InputError(exactly_one(*SIZE_SETTINGS))
     in_shape = tuple(int(n) for n in in_shape[:3])
     if scale is not None:
-        what, ratios = "--scale", [float(s) for s in scale]
+        what, ratios = flag("scale"), [float(s) for s in scale]
     elif voxel_size is not None:
-        what, ratios = "--voxel-size", [sp / float(v) for sp, v in zip(spacing_of(in_affine), voxel_size)]
+        what, ratios = flag("voxel_size"), [sp / float(v) for sp, v in zip(spacing_of(in_affine), voxel_size)]
     else:
         assert shape is not None
         if len(shape) != 3 or any(int(n) != n or n < 1 for n in shape):
-            raise InputError(f"--shape needs three positive integers, got {list(shape)}")
-        what, ratios = "--shape", [int(n) / h for n, h in zip(shape, in_shape)]
+            raise InputError(f"{flag('shape')} needs three positive integers, got {list(shape)}")
+        what, ratios = flag("shape"), [int(n) / h for n, h in zip(shape, in_shape)]
     for axis, r in enumerate(ratios):
         if not (math.isfinite(r) and MIN_SCALE <= r <= MAX_SCALE):
             raise InputError(f"{what} asks for a scale of {r:.3g} on axis {axis} (output/input voxels); "

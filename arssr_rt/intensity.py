@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import InputError
+from .params import flag, setting
 
 Mode = Literal["minmax", "percentile"]
 
@@ -50,8 +51,17 @@ def minmax_outliers(data: np.ndarray) -> str | None:
     far = int(np.count_nonzero(flat > hi + spread)) + int(np.count_nonzero(flat < lo - spread))
     return (f"{far:,} voxel(s) lie far outside the rest of the image (range {data_min:g}..{data_max:g}, but all "
             f"except {2 * k:,} voxels lie in {lo:g}..{hi:g}): min-max normalisation would squeeze the image into "
-            f"{100 / ratio:.2g} % of the network's input range and the output would be wrong; use --normalization "
-            "percentile (clips to the 0.5-99.5 percentiles) or remove the outlier voxels")
+            f"{100 / ratio:.2g} % of the network's input range and the output would be wrong; use {setting('normalization', 'percentile')} "
+            "(clips to the 0.5-99.5 percentiles) or remove the outlier voxels")
+
+
+MODES = ("minmax", "percentile")
+
+
+def check_mode(mode: str) -> None:
+    """An unknown normalisation mode is one line before any work (the CLI, the Python API)."""
+    if mode not in MODES:
+        raise InputError(f"{flag('normalization')} must be 'minmax' or 'percentile', got {mode!r}")
 
 
 @dataclass
@@ -86,8 +96,7 @@ class Normalizer:
             self.low = float(low)
         if high is not None:
             self.high = float(high)
-        if self.mode not in ("minmax", "percentile"):
-            raise InputError(f"normalisation must be 'minmax' or 'percentile', got {self.mode!r}")
+        check_mode(self.mode)
         if not (0.0 <= self.low < self.high <= 100.0):
             raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
         data_min, data_max = float(np.min(data)), float(np.max(data))
@@ -138,7 +147,7 @@ def choose_output_dtype(source_dtype: np.dtype | str | None, requested: str | No
     if requested is not None:
         name = str(requested).strip().lower()
         if name not in OUTPUT_DTYPES:
-            raise InputError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {requested!r}")
+            raise InputError(f"{flag('dtype')} must be one of {', '.join(OUTPUT_DTYPES)}, got {requested!r}")
         return np.dtype(name)
     if source_dtype is None:
         return np.dtype(np.float32)

@@ -16,7 +16,6 @@ from typing import Iterable
 
 import numpy as np
 
-from .atomic import atomic_write
 from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
@@ -103,9 +102,6 @@ def save_mgh(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, source
     The header is the input's MGH header (TR, flip angle, TE, TI kept) or a fresh one; the
     geometry (Mdc, delta, centre, float32 in MGH) comes from ``grid.affine``.
     """
-    import nibabel as nib
-    from nibabel.freesurfer.mghformat import MGHHeader
-
     protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
     p = check_output(path, inputs=protected, force=force)
     suffix = next((s for s in MGH_SUFFIXES if p.name.lower().endswith(s)), None)
@@ -116,16 +112,20 @@ def save_mgh(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, source
         raise ValueError(f"data shape {data.shape} does not match the output grid {grid.shape}")
     if not all_finite(data):
         raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
+    from .nifti_write import write_image
+
+    return write_image(p, mgh_image(data, grid, source, dtype), suffix)
+
+
+def mgh_image(data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None):
+    """The image ``save_mgh`` writes, in memory (the Python API returns it)."""
+    import nibabel as nib
+    from nibabel.freesurfer.mghformat import MGHHeader
+
     out_dtype = _scaling_free(source, mgh_dtype(source.source_dtype, dtype))
     stored = convert_in_slabs(data, lambda slab: to_output_dtype(slab, out_dtype), out_dtype)
     header = source.header.copy() if isinstance(source.header, MGHHeader) else None
     with _quiet_nibabel():
         image = nib.MGHImage(stored, grid.affine, header=header)
         image.header.set_data_dtype(out_dtype)
-
-    def write(tmp: Path) -> None:
-        with _quiet_nibabel():
-            image.to_filename(tmp)
-
-    atomic_write(p, write, suffix=suffix)
-    return p
+    return image

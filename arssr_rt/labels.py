@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .params import setting
 
 # NIfTI intent codes whose voxel values are indices into a list of names, not intensities
 LABEL_INTENTS = {1002: "NIFTI_INTENT_LABEL", 1003: "NIFTI_INTENT_NEURONAME"}
@@ -100,6 +101,6 @@ def check_intensity_image(path: Path | str, data: np.ndarray, header: object = N
     if reason is not None:
         raise InputError(
             f"{path}: looks like a label map ({reason}); super-resolving it as intensities would invent "
-            "labels between regions: pass --interp nearest to resample it as labels (the label set is kept exactly), "
-            "or --as-intensity if it really is an intensity image"
+            f"labels between regions: pass {setting('interp', 'nearest')} to resample it as labels (the label set is kept exactly), "
+            f"or {setting('as_intensity')} if it really is an intensity image"
         )

@@ -143,12 +143,18 @@ def save_volume(
     protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
     p = check_output_path(path, force, protected)
     suffix = output_suffix(p)
-    data = np.asarray(data)
-    if tuple(data.shape) != tuple(grid.shape):
-        raise ValueError(f"data shape {data.shape} does not match the output grid {grid.shape}")
-    if not all_finite(data):
+    if not all_finite(np.asarray(data)):
         raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
+    return write_image(p, nifti_image(data, grid, source, dtype), suffix)
 
+
+def nifti_image(data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None):
+    """The image ``save_volume`` writes, in memory (the Python API returns it): voxel type,
+    scaling and header by the rules in ``save_volume``; NIfTI-2 for a NIfTI-2 header. A 4-D
+    ``data`` (grid.shape + (T,)) is a series: pixdim beyond the spatial axes (TR) is kept."""
+    data = np.asarray(data)
+    if tuple(data.shape[:3]) != tuple(grid.shape) or data.ndim not in (3, 4):
+        raise ValueError(f"data shape {data.shape} does not match the output grid {grid.shape}")
     out_dtype = choose_output_dtype(source.source_dtype, dtype)
     slope, inter = _scaling_for(source, out_dtype)
     # slab by slab: a huge (file-backed) result is never copied whole into memory
@@ -158,11 +164,15 @@ def save_volume(
     decoded_max = stored_max * slope + inter
     forms = form_affines(source, grid)
     header = output_header(source, grid, out_dtype, slope, inter, (decoded_min, decoded_max), forms)
-    return write_nifti_image(p, stored, grid.affine, header, forms, slope, inter, suffix)
+    if data.ndim == 4:
+        kept = np.array(header["pixdim"][4:], copy=True)
+        header.set_data_shape(data.shape)
+        header["pixdim"][4:] = kept
+    return build_nifti_image(stored, grid.affine, header, forms, slope, inter)
 
 
-def write_nifti_image(p: Path, stored: np.ndarray, affine: np.ndarray, header, forms, slope: float, inter: float, suffix: str) -> Path:
-    """Write ``stored`` with ``header`` atomically; the forms, codes and scaling are asserted after
+def build_nifti_image(stored: np.ndarray, affine: np.ndarray, header, forms, slope: float, inter: float):
+    """The image of ``stored`` with ``header``; the forms, codes and scaling are asserted after
     the constructor (which re-derives some fields), header extensions dropped (old grid)."""
     import nibabel as nib
 
@@ -173,7 +183,16 @@ def write_nifti_image(p: Path, stored: np.ndarray, affine: np.ndarray, header, f
     image.header.set_sform(forms[1], code=int(header["sform_code"]))
     image.header.set_slope_inter(slope, inter)
     image.header.extensions.clear()
+    return image
 
+
+def write_nifti_image(p: Path, stored: np.ndarray, affine: np.ndarray, header, forms, slope: float, inter: float, suffix: str) -> Path:
+    """Write ``stored`` with ``header`` atomically (``build_nifti_image``, then the atomic writer)."""
+    return write_image(p, build_nifti_image(stored, affine, header, forms, slope, inter), suffix)
+
+
+def write_image(p: Path, image, suffix: str) -> Path:
+    """Write a nibabel image atomically at ``p`` (a checked output path)."""
     def write(tmp: Path) -> None:
         with _quiet_nibabel():
             image.to_filename(tmp)

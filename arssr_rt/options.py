@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import InputError
+from .params import SIZE_SETTINGS, exactly_one, flag
 from .geometry import OutputGrid, Shape3, Triplet, plan_output_grid
 
 NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -75,8 +76,9 @@ def parse_triplet(value: Any, what: str) -> Triplet:
     return (values[0], values[1], values[2])
 
 
-def parse_shape(value: Any, what: str = "--shape") -> Shape3:
+def parse_shape(value: Any, what: str | None = None) -> Shape3:
     """Three positive whole numbers (``48.9`` is refused, not truncated or rounded)."""
+    what = what or flag("shape")
     values = _values(value, what, _parse_integer)
     if not all(math.isfinite(v) and v == int(v) and v >= 1 for v in values):
         raise InputError(f"{what} needs three positive whole numbers, got {values}")
@@ -95,10 +97,10 @@ class SizeRequest:
 def parse_size_options(scale: Any = None, voxel_size: Any = None, shape: Any = None) -> SizeRequest:
     """Parse --scale / --voxel-size / --shape (text or numbers); exactly one must be given."""
     if sum(x is not None for x in (scale, voxel_size, shape)) != 1:
-        raise InputError("give exactly one of --scale, --voxel-size or --shape")
+        raise InputError(exactly_one(*SIZE_SETTINGS))
     return SizeRequest(
-        scale=parse_triplet(scale, "--scale") if scale is not None else None,
-        voxel_size=parse_triplet(voxel_size, "--voxel-size") if voxel_size is not None else None,
+        scale=parse_triplet(scale, flag("scale")) if scale is not None else None,
+        voxel_size=parse_triplet(voxel_size, flag("voxel_size")) if voxel_size is not None else None,
         shape=parse_shape(shape) if shape is not None else None,
     )
 
@@ -109,21 +111,46 @@ def output_grid(in_shape: Sequence[int], affine: np.ndarray, scale: Any = None, 
     return plan_output_grid(in_shape, affine, scale=request.scale, voxel_size=request.voxel_size, shape=request.shape)
 
 
+MEMORY_UNITS = {"": 2**30, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}  # a bare number is GiB (the CLI's unit)
+MEMORY_TEXT = re.compile(r"(?P<number>[^a-zA-Z\s]+)\s*(?:(?P<unit>[kKmMgGtT])(?:i?[bB])?)?")
+
+
 def parse_max_memory(value: str | float) -> int:
-    """--max-memory in GiB -> bytes; at least the runtime's own fixed share (see memory.py)."""
+    """--max-memory -> bytes: GiB as a number or text (``2``, ``0.5``), or text with a binary
+    unit (``512M``, ``2G``, ``1.5GiB``); at least the runtime's own fixed share (see memory.py)."""
+    if isinstance(value, str):
+        match = MEMORY_TEXT.fullmatch(value.strip())
+        number = parse_number(match["number"] if match else value.strip(), flag("max_memory"))
+        unit = MEMORY_UNITS[(match["unit"] or "").lower()] if match else 2**30
+        return check_max_memory(number * unit, value)
+    return check_max_memory(float(value) * 2**30, value)
+
+
+def max_memory_bytes(value: str | int) -> int:
+    """The Python API's ``max_memory``: an int is bytes, text is as on the command line (``2G``)."""
+    if isinstance(value, str):
+        return parse_max_memory(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{flag('max_memory')} must be a number of bytes or text such as '2G', got {value!r}")
+    return check_max_memory(float(value), value)
+
+
+def check_max_memory(nbytes: float, given: Any) -> int:
+    """Bytes within [the runtime's fixed share, 1 PiB]; the message names the setting as given."""
     from .memory import RUNTIME_BASE_BYTES
 
-    gib = parse_number(value.strip(), "--max-memory") if isinstance(value, str) else float(value)
     floor = RUNTIME_BASE_BYTES / 2**30
-    if not math.isfinite(gib) or gib < floor or gib > MAX_MEMORY_GIB:
-        raise InputError(f"--max-memory must be a number of GiB from {floor:.2g} (what the runtime itself takes) "
-                         f"to {MAX_MEMORY_GIB:.0f}, got {value!r}")
-    return int(gib * 2**30)
+    if not math.isfinite(nbytes) or nbytes < RUNTIME_BASE_BYTES or nbytes > MAX_MEMORY_GIB * 2**30:
+        raise InputError(f"{flag('max_memory')} must be from {floor:.2g} GiB (what the runtime itself takes) "
+                         f"to {MAX_MEMORY_GIB:.0f} GiB, got {given!r}")
+    return int(nbytes)
 
 
 def check_tile(tile: int | None) -> None:
     """--tile must be at least MIN_TILE (below it the tile halo makes a run take many minutes)."""
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, numbers.Integral)):
+        raise InputError(f"{flag('tile')} must be a whole number of voxels, got {tile!r}")
     if tile is not None and tile < MIN_TILE:
-        raise InputError(f"--tile must be at least {MIN_TILE} voxels, got {tile}: every tile re-encodes a halo of "
+        raise InputError(f"{flag('tile')} must be at least {MIN_TILE} voxels, got {tile}: every tile re-encodes a halo of "
                          "the model's receptive radius on each side, so tiny tiles multiply the work (tile 1: ~10,000x); "
-                         "omit --tile to size it from --max-memory")
+                         f"omit {flag('tile')} to size it from {flag('max_memory')}")

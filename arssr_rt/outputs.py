@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import OutputError
+from .params import setting
 
 # an input file that is the header of a pair: its data file is an input too
 _PAIRS = {".hdr": (".img", ".img.gz"), ".hdr.gz": (".img", ".img.gz")}
@@ -104,7 +105,7 @@ def check_output(
     if not folder and key.is_dir():
         raise OutputError(f"{p}: {what} is a folder")
     if (key.exists() or key.is_symlink()) and not force:
-        raise OutputError(f"{p}: already exists (use --force to overwrite)")
+        raise OutputError(f"{p}: already exists (use {setting('force')} to overwrite)")
     return key
 
 

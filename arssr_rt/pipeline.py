@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .background import flatten_flat_background
-from .consistency import check_slice_profile, keep_acquired
+from .consistency import check_slice_profile, check_up_sampled, keep_acquired
 from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
@@ -27,6 +27,7 @@ from .errors import BackendError, InputError, ModelError, OutputError
 from .geometry import OutputGrid, Triplet
 from .intensity import Normalizer
 from .labels import check_intensity_image
+from .params import flag, setting
 from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_buffer, plan_memory, release_pages,
                      restore_in_place, transposed)
 from .sampling import box_coords, sample_box
@@ -43,7 +44,8 @@ ProgressFn = Callable[[int], None]
 
 
 class Upsampler:
-    """A loaded model + backend, reusable across volumes (batch jobs load it once).
+    """A loaded model + backend, reusable across volumes (batch jobs load it once): the engine
+    behind the public ``arssr_rt.Upsampler`` (api.py), which takes images, arrays and tensors.
 
     ``backend``: a registered name (``auto`` picks the best that opens), an open backend, or a
     factory ``(bundle, options) -> backend``. ``chunk`` overrides ``options.chunk``.
@@ -62,15 +64,18 @@ class Upsampler:
         keep_acquired: str | None = None,
         slice_gap: float = 0.0,
     ):
+        from .intensity import check_mode
+
+        check_mode(normalization)  # before the model loads
         options = options or BackendOptions()
         if keep_acquired is not None:  # an unknown profile or a bad gap fails before the model loads
             check_slice_profile(keep_acquired, slice_gap)
         if chunk is not None:
             options = replace(options, chunk=chunk)
         if tile is not None and tile < 1:
-            raise InputError(f"--tile must be >= 1, got {tile}")
+            raise InputError(f"{flag('tile')} must be >= 1, got {tile}")
         if options.chunk is not None and options.chunk < 1:
-            raise InputError(f"--chunk must be >= 1, got {options.chunk}")
+            raise InputError(f"{flag('chunk')} must be >= 1, got {options.chunk}")
         self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
         self.backend: Backend = open_backend(backend, self.bundle, options)
         self.tile, self.chunk, self.max_memory = tile, options.chunk or DEFAULT_CHUNK, max_memory
@@ -89,7 +94,9 @@ class Upsampler:
 
     def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
         """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
-        where = volume.source_path or "input"
+        where = volume.name
+        if self.keep_acquired:
+            check_up_sampled(volume.shape, grid.shape)
         if not self.as_intensity:
             check_intensity_image(where, volume.data, volume.header)
         try:
@@ -199,12 +206,12 @@ def choose_interp(volume: Volume, interp: str | None, as_intensity: bool, on_not
         intent = label_intent(volume.header)
         if intent is not None and not as_intensity:
             if on_note:
-                on_note(f"note: {volume.source_path or 'input'}: the header says {intent}: using --interp nearest "
-                        "(pass --interp to choose another)")
+                on_note(f"note: {volume.name}: the header says {intent}: using {setting('interp', 'nearest')} "
+                        f"(pass {flag('interp')} to choose another)")
             return "nearest"
         method = "model"
     if method != "nearest" and not as_intensity:
-        check_intensity_image(volume.source_path or "input", volume.data, volume.header)
+        check_intensity_image(volume.name, volume.data, volume.header)
     return method
 
 
@@ -232,7 +239,7 @@ def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: 
     if grid.voxels > max_output_voxels:
         raise OutputError(
             f"output {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} = {grid.voxels:,} voxels is over the limit of "
-            f"{max_output_voxels:,} (--max-output-voxels)"
+            f"{max_output_voxels:,} ({flag('max_output_voxels')})"
         )
     return grid
 
@@ -244,42 +251,11 @@ def default_output_path(in_path: Path, scale: Any = None, voxel_size: Any = None
     return Path(in_path).parent / output_name(in_path, size_label(scale, voxel_size, shape), fmt)
 
 
-def upsample(
-    data: np.ndarray,
-    affine: np.ndarray,
-    *,
-    scale: Any = None,
-    voxel_size: Any = None,
-    shape: Any = None,
-    model: str | Path | ModelBundle | None = None,
-    backend: BackendSpec = "auto",
-    tile: int | None = None,
-    chunk: int | None = None,
-    normalization: str = "minmax",
-    max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-    as_intensity: bool = False,
-    keep_acquired: str | None = None,
-    slice_gap: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Super-resolve an array with its affine; returns (float32 data, output affine).
+def upsample(*args: Any, **kwargs: Any) -> Any:
+    """``arssr_rt.upsample`` (api.py: arrays, tensors, nibabel images); kept here for old imports."""
+    from .api import upsample as api_upsample
 
-    Example:
-        >>> out, out_affine = upsample(img.get_fdata(), img.affine, scale=2.5)
-    """
-    from .validation import check_affine, check_voxels
-
-    arr = np.asarray(data, dtype=np.float32)
-    if arr.ndim != 3:
-        raise InputError(f"expected a 3-D array, got shape {arr.shape}")
-    if min(arr.shape) < 2:
-        raise InputError(f"every axis needs at least 2 voxels, got shape {arr.shape}")
-    check_voxels("array", arr)
-    check_affine("array", np.asarray(affine, dtype=np.float64))
-    volume = Volume(data=arr, affine=np.asarray(affine, dtype=np.float64))
-    grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels)
-    with Upsampler(model, backend, tile=tile, chunk=chunk, normalization=normalization, as_intensity=as_intensity,
-                   keep_acquired=keep_acquired, slice_gap=slice_gap) as up:
-        return up.run(volume, grid), grid.affine
+    return api_upsample(*args, **kwargs)
 
 
 def upsample_file(
@@ -336,7 +312,8 @@ def upsample_file(
     method = choose_interp(volume, interp, as_intensity, on_note)
     warn_downsampling(volume.shape, grid.shape, on_note)
     if method != "model" and series is not None:
-        raise InputError(f"{in_path}: --interp {method} takes 3-D volumes; a 4-D series goes through the model (--interp model)")
+        raise InputError(f"{in_path}: {setting('interp', method)} takes 3-D volumes; a 4-D series goes through the model "
+                         f"({setting('interp', 'model')})")
     if method != "model":  # classical resampling: no model, no backend
         from .resample import resample_fov
 

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
+from .params import flag
 from .geometry import input_index_of_output
 
 INTERPS: tuple[str, ...] = ("model", "nearest", "linear", "cubic")
@@ -36,7 +37,7 @@ def parse_interp(value: str | None) -> str | None:
         return None
     text = str(value).strip().lower()
     if text not in INTERPS:
-        raise InputError(f"--interp must be one of {', '.join(INTERPS)}, got {value!r}")
+        raise InputError(f"{flag('interp')} must be one of {', '.join(INTERPS)}, got {value!r}")
     return text
 
 
@@ -83,7 +84,7 @@ def axis_matrix(n_in: int, positions: np.ndarray, method: str) -> np.ndarray:
             np.add.at(matrix, (rows, _mirror(base + d - 1, n_in)), weights[:, d])
         matrix = matrix @ _prefilter_matrix(n_in)
     else:
-        raise InputError(f"--interp must be one of {', '.join(CLASSICAL)} here, got {method!r}")
+        raise InputError(f"{flag('interp')} must be one of {', '.join(CLASSICAL)} here, got {method!r}")
     return matrix
 
 
@@ -140,7 +141,7 @@ def resample_world(data: np.ndarray, in_affine: np.ndarray, out_shape: Sequence[
     """``data`` (on ``in_affine``) sampled at the world positions of every voxel centre of
     the grid (``out_shape``, ``out_affine``): any orientation, any field of view (float32)."""
     if method not in CLASSICAL:
-        raise InputError(f"world-space resampling takes --interp {', '.join(CLASSICAL)}, got {method!r}")
+        raise InputError(f"world-space resampling takes {flag('interp')} {', '.join(CLASSICAL)}, got {method!r}")
     source = spline_coefficients(data) if method == "cubic" else np.asarray(data)
     voxel_map = np.linalg.solve(np.asarray(in_affine, dtype=np.float64), np.asarray(out_affine, dtype=np.float64))
     total = int(np.prod([int(n) for n in out_shape]))

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import BackendError
+from .params import flag
 from .sampling import lower_corner
 
 Range = tuple[int, int]
@@ -84,7 +85,7 @@ def cap_tile(tile: int, in_shape: Sequence[int], receptive_radius: int, max_inpu
             cores.append(int(tile))
             continue
         if m - 2 * halo < 1:
-            raise BackendError(f"the encoder's largest input {tuple(max_input)} leaves no core inside a halo of {halo} voxels; rebuild the engines with a larger --tile")
+            raise BackendError(f"the encoder's largest input {tuple(max_input)} leaves no core inside a halo of {halo} voxels; rebuild the engines with a larger {flag('tile')}")
         cores.append(min(int(tile), m - 2 * halo))
     return cores
 

@@ -29,3 +29,8 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.data.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        """What messages call it: the file, else ``meta["name"]`` (the Python API's ``tensor (channel 2)``)."""
+        return str(self.source_path) if self.source_path is not None else str(self.meta.get("name", "input"))

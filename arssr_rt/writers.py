@@ -17,6 +17,7 @@ import numpy as np
 from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .outputs import check_output
+from .params import SIZE_SETTINGS, exactly_one, flag, setting
 from .volume import Volume
 
 FORMATS = ("auto", "nifti", "mgh", "dicom")
@@ -29,7 +30,7 @@ INPUT_SUFFIXES = (".nii.gz", ".hdr.gz", ".img.gz", ".nii", ".hdr", ".img", ".nrr
 def output_format(path: str | os.PathLike | None, requested: str = "auto") -> str:
     """``"nifti"``, ``"mgh"`` or ``"dicom"`` for ``path`` (refuses a path the format cannot have)."""
     if requested not in FORMATS:
-        raise InputError(f"--output-format must be one of {', '.join(FORMATS)}, got {requested!r}")
+        raise InputError(f"{flag('output_format')} must be one of {', '.join(FORMATS)}, got {requested!r}")
     name = Path(path).name.lower() if path is not None else ""
     is_nifti = any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES)
     is_mgh = any(name.endswith(s) and len(name) > len(s) for s in MGH_SUFFIXES)
@@ -42,7 +43,7 @@ def output_format(path: str | os.PathLike | None, requested: str = "auto") -> st
             raise OutputError(f"{path}: a DICOM output is a folder; drop the .nii/.nii.gz suffix")
         return "dicom"
     if path is not None and not is_nifti:
-        raise OutputError(f"{path}: output must end in .nii, .nii.gz, .mgz or .mgh (or pass --output-format dicom for a DICOM series folder)")
+        raise OutputError(f"{path}: output must end in .nii, .nii.gz, .mgz or .mgh (or pass {setting('output_format', 'dicom')} for a DICOM series folder)")
     return "nifti"
 
 
@@ -66,7 +67,7 @@ def size_label(scale: Any, voxel_size: Any, shape: Any) -> str:
         return "x".join(parts(voxel_size)) + "mm"
     if shape is not None and str(shape) != "":
         return "x".join(parts(shape, dedupe=False))
-    raise InputError("give exactly one of --scale, --voxel-size or --shape")
+    raise InputError(exactly_one(*SIZE_SETTINGS))
 
 
 def input_stem(path: str | os.PathLike) -> str:

@@ -155,3 +155,21 @@ def test_models_and_info_run_without_torch(runtime_bundle: Path, fixture_path: P
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["output"]["shape"] == [128, 128, 128]
     assert report == {"loaded": [], "attempts": []}
+
+
+def test_python_api_runs_without_torch(fixture_path: Path, tmp_path: Path) -> None:
+    """arssr_rt.upsample on a nibabel image and a channel-first array, and the transform, with
+    torch blocked: only a tensor input may import torch."""
+    code = (
+        "import arssr_rt, nibabel as nib, numpy as np\n"
+        "from arssr_rt.transforms import ArssrUpsampled\n"
+        f"img = nib.load({str(fixture_path)!r}).slicer[:24, :24, :24]\n"
+        "out = arssr_rt.upsample(img, scale=1.5, threads=1)\n"
+        "x = np.stack([img.get_fdata(dtype=np.float32)] * 2)\n"
+        "d = ArssrUpsampled('image', scale=1.5, threads=1)({'image': x, 'image_meta_dict': {'affine': img.affine}})\n"
+        "print(out.shape, d['image'].shape)"
+    )
+    proc, report = run_without_torch([code], tmp_path, module=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(36, 36, 36) (2, 36, 36, 36)" in proc.stdout
+    assert report["loaded"] == [], f"torch entered sys.modules: {report}"

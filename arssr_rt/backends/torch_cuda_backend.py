@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from ..errors import BackendError
+from ..params import setting
 from ..extras import require
 from .base import BackendOptions, BackendRunner, register_backend
 
@@ -49,7 +50,7 @@ class TorchCudaBackend(BackendRunner):
             if not torch.cuda.is_available():
                 raise BackendError("torch-cuda needs a CUDA GPU visible to torch (torch.cuda.is_available() is False)")
             if not 0 <= options.device < torch.cuda.device_count():
-                raise BackendError(f"--device {options.device} does not exist; torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+                raise BackendError(f"{setting('device', options.device)} does not exist; torch sees {torch.cuda.device_count()} CUDA GPU(s)")
             torch_device = f"cuda:{options.device}"
         from .torch_backend import load_bundle_model
 

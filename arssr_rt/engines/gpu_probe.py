@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import BackendError
+from ..params import setting
 from ..extras import require
 
 
@@ -90,5 +91,5 @@ def require_gpu(device: int = 0) -> GpuInfo:
     if not result.gpus:
         raise BackendError(result.reason)
     if not 0 <= device < len(result.gpus):
-        raise BackendError(f"--device {device} does not exist; this machine has {len(result.gpus)} CUDA GPU(s) (0..{len(result.gpus) - 1})")
+        raise BackendError(f"{setting('device', device)} does not exist; this machine has {len(result.gpus)} CUDA GPU(s) (0..{len(result.gpus) - 1})")
     return result.gpus[device]
