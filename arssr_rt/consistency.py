@@ -7,6 +7,11 @@ what the scanner measured. With the acquisition written as a separable linear op
 output voxels; identity on axes that are not up-sampled), the closest output (least squares)
 that reproduces the input is ``Y + pinv(A) (X - A Y)``, and ``pinv(A)`` is separable too:
 ``pinv(A0) (x) pinv(A1) (x) pinv(A2)``. Each factor is a small dense matrix: ``degrade.slice_matrix``.
+
+``keep_samples`` (the model path's default) is the point-sample counterpart: an output voxel
+whose centre coincides with an input voxel centre on all three axes gets that input value
+exactly, so ``--scale 1`` is the identity on that axis and an odd integer scale reproduces
+every acquired sample at its coinciding output voxel (centre-aligned even scales have none).
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from typing import Sequence
 import numpy as np
 
 from .degrade import slice_matrix  # the acquisition's own profile weights, shared with evaluate
+from .geometry import input_index_of_output
+from .memory import release_pages
+
+COINCIDE_TOLERANCE = 1e-6  # input voxels: an output centre this close to an input centre is on it
 
 
 def check_slice_profile(profile: str, gap: float) -> None:
@@ -57,3 +66,26 @@ def keep_acquired(out: np.ndarray, acquired: np.ndarray, profile: str = "box", g
         residual = _apply(np.linalg.pinv(m), residual, a)
     out += residual.astype(out.dtype)
     return out
+
+
+def coinciding(h: int, H: int, tolerance: float = COINCIDE_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
+    """(output indices, input indices) of one axis h -> H whose voxel centres coincide."""
+    pos = input_index_of_output(np.arange(int(H)), int(h), int(H))
+    nearest = np.rint(pos)
+    hit = (np.abs(pos - nearest) <= tolerance) & (nearest >= 0) & (nearest <= h - 1)
+    return np.nonzero(hit)[0], nearest[hit].astype(np.int64)
+
+
+def keep_samples(out: np.ndarray, acquired: np.ndarray) -> int:
+    """Copy ``acquired`` into ``out`` (its FOV-preserving up-sampled grid) wherever an output
+    centre coincides with an input centre on all three axes, in place, one output plane at a
+    time (a file-backed ``out`` is never read whole). Returns the number of voxels set."""
+    hits = [coinciding(h, H) for h, H in zip(acquired.shape, out.shape)]
+    if any(o.size == 0 for o, _ in hits):
+        return 0
+    (o0, i0), (o1, i1), (o2, i2) = hits
+    rows, cols = np.ix_(o1, o2), np.ix_(i1, i2)
+    for j, i in zip(o0, i0):
+        out[j][rows] = acquired[i][cols]
+        release_pages(out)
+    return int(o0.size * o1.size * o2.size)
