@@ -25,6 +25,7 @@ from .geometry import input_index_of_output
 from .memory import release_pages
 
 COINCIDE_TOLERANCE = 1e-6  # input voxels: an output centre this close to an input centre is on it
+SLAB_BYTES = 16 * 1024**2  # float64 slab of the output the projection holds at a time
 
 
 def check_slice_profile(profile: str, gap: float) -> None:
@@ -41,30 +42,74 @@ def _apply(matrix: np.ndarray, data: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(np.tensordot(matrix, data, axes=([1], [axis])), 0, axis)
 
 
+def _slab_axis(out_shape: Sequence[int], axes: Sequence[int]) -> int:
+    """The axis the projection runs slab-wise along: a non-profiled one when there is one
+    (its slabs are independent), else axis 0."""
+    return next((a for a in range(3) if a not in axes), 0)
+
+
+def profiled_axes(out_shape: Sequence[int], in_shape: Sequence[int]) -> list[int]:
+    return [a for a in range(3) if int(out_shape[a]) != int(in_shape[a])]
+
+
+def keep_acquired_bytes(out_shape: Sequence[int], in_shape: Sequence[int], slab_bytes: int = SLAB_BYTES) -> int:
+    """Peak bytes ``keep_acquired`` adds: two float64 arrays of the input's size (times the
+    scale of the slab axis when every axis is profiled) and a few slabs."""
+    axes = profiled_axes(out_shape, in_shape)
+    u = _slab_axis(out_shape, axes)
+    rest = [int(in_shape[a]) for a in range(3) if a != u]
+    slab = min(slab_bytes, 8 * int(np.prod([int(n) for n in out_shape])))
+    return 2 * 8 * int(out_shape[u]) * rest[0] * rest[1] + 4 * slab
+
+
 def keep_acquired(out: np.ndarray, acquired: np.ndarray, profile: str = "box", gap: float = 0.0,
-                  axes: Sequence[int] | None = None) -> np.ndarray:
+                  axes: Sequence[int] | None = None, slab_bytes: int = SLAB_BYTES) -> np.ndarray:
     """Project ``out`` in place so that its profile averages equal ``acquired`` (float output).
 
     ``axes``: the axes the acquisition averaged over (default: every up-sampled axis). Other
     axes must match in size (in-plane samples stay as they are modulo the correction of the
     through-plane residual, which is exact for separable acquisitions).
+
+    Bounded memory: the operator is separable, so ``out`` is read and corrected in float64
+    slabs along one axis (``_slab_axis``) with the other axes' factors applied per slab; only
+    the residual (input-sized, see ``keep_acquired_bytes``) is whole, never an output-sized
+    float64 copy (a file-backed ``out`` is never read whole).
     """
     if out.ndim != 3 or acquired.ndim != 3:
         raise ValueError("keep_acquired needs 3-D arrays")
-    axes = [a for a in range(3) if out.shape[a] != acquired.shape[a]] if axes is None else list(axes)
+    axes = profiled_axes(out.shape, acquired.shape) if axes is None else list(axes)
     for a in range(3):
         if a not in axes and out.shape[a] != acquired.shape[a]:
             raise ValueError(f"axis {a}: output {out.shape[a]} vs input {acquired.shape[a]} voxels, but it is not a profiled axis")
         if a in axes and out.shape[a] < acquired.shape[a]:
             raise ValueError(f"axis {a}: --keep-acquired needs an up-sampled axis, got {acquired.shape[a]} -> {out.shape[a]}")
     mats = {a: slice_matrix(out.shape[a], acquired.shape[a], profile, gap) for a in axes}
-    residual = np.asarray(out, dtype=np.float64)
-    for a, m in mats.items():
-        residual = _apply(m, residual, a)
-    residual = np.asarray(acquired, dtype=np.float64) - residual
-    for a, m in mats.items():
-        residual = _apply(np.linalg.pinv(m), residual, a)
-    out += residual.astype(out.dtype)
+    u = _slab_axis(out.shape, axes)
+    view, acq = np.moveaxis(out, u, 0), np.moveaxis(np.asarray(acquired), u, 0)  # views: writes reach ``out``
+    inner = {i + 1: mats[a] for i, a in enumerate(a for a in range(3) if a != u) if a in mats}
+    lead = mats.get(u)
+    rows = max(1, slab_bytes // max(1, 8 * view.shape[1] * view.shape[2]))
+    parts = [slice(r, r + rows) for r in range(0, view.shape[0], rows)]
+    forward = np.empty((view.shape[0], acq.shape[1], acq.shape[2]), dtype=np.float64)
+    for s in parts:  # A_inner(out), slab by slab
+        block = np.asarray(view[s], dtype=np.float64)
+        for axis, m in inner.items():
+            block = _apply(m, block, axis)
+        forward[s] = block
+        release_pages(out)
+    if lead is not None:
+        forward = _apply(lead, forward, 0)
+    residual = np.asarray(acq, dtype=np.float64) - forward
+    del forward
+    if lead is not None:
+        residual = _apply(np.linalg.pinv(lead), residual, 0)
+    pinvs = {axis: np.linalg.pinv(m) for axis, m in inner.items()}
+    for s in parts:  # out += pinv(A) residual, slab by slab
+        block = residual[s]
+        for axis, m in pinvs.items():
+            block = _apply(m, block, axis)
+        view[s] += block.astype(out.dtype)
+        release_pages(out)
     return out
 
 

@@ -100,6 +100,8 @@ class Upsampler:
             norm = Normalizer(mode=self.normalization).fit(volume.data)  # type: ignore[arg-type]
         except InputError as exc:  # constant image, outlier voxels: name the file
             raise InputError(f"{where}: {exc}") from None
+        if self.keep_acquired:
+            self.check_keep_acquired_memory(volume.shape, grid.shape)
         lr = norm.normalize(volume.data)
         out_shape = grid.shape
         zyx = self.bundle.axis_order == "zyx"
@@ -167,6 +169,20 @@ class Upsampler:
         sampled = sample_box(block, offset, grid_shape, out_shape, start, stop)
         coords = box_coords(out_shape, start, stop, grid_shape, self.bundle.coords_mode)
         return self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), coords).reshape(sampled.shape[:3])
+
+    def check_keep_acquired_memory(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+        """Refuse (before any compute) a --keep-acquired projection that would not fit next to
+        the runtime, the input copies and an in-memory output within --max-memory."""
+        from .consistency import keep_acquired_bytes
+        from .memory import RUNTIME_BASE_BYTES
+
+        plan = self.memory_plan(in_shape, out_shape)
+        in_bytes, out_bytes = 4 * int(np.prod(in_shape)), 4 * int(np.prod(out_shape))
+        free = self.max_memory - RUNTIME_BASE_BYTES - 3 * in_bytes - (out_bytes if plan.output_in_memory else 0)
+        need = keep_acquired_bytes(out_shape, in_shape)
+        if need > free:
+            raise InputError(f"--keep-acquired needs {need / 2**30:.2f} GiB more for this grid, {max(free, 0) / 2**30:.2f} GiB of "
+                             f"--max-memory {self.max_memory / 2**30:.3g} is left: raise --max-memory")
 
     def memory_plan(self, shape: Sequence[int], out_shape: Sequence[int] | None = None) -> MemoryPlan:
         """Tile size and output placement that keep the run inside ``max_memory``."""
