@@ -84,7 +84,11 @@ def plan_target(volume: Volume, method: str, *, scale: Any = None, voxel_size: A
                          "(are both in the same world space?)")
     if method != "model":  # classical kernels sample the input at the reference's points directly
         return Target(ref.grid, world=True)
-    via = intermediate_grid(volume.shape, volume.affine, ref.grid, on_note)
+    try:
+        via = intermediate_grid(volume.shape, volume.affine, ref.grid, on_note)
+    except InputError as exc:  # the scale-range check speaks of --shape, which the user did not give
+        raise InputError(f"--reference {ref.path}: reaching its spacing with the model is out of range "
+                         f"({str(exc).split('; ', 1)[-1]}); use --interp cubic or a coarser reference") from None
     check_voxel_limit(via, max_output_voxels, "the model's input-aligned grid for --reference,")
     return Target(ref.grid, world=True, via=via)
 
