@@ -142,11 +142,12 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         volume, series = read_input(task.item.input)
         result.in_shape, result.in_spacing = list(volume.shape), _spacing(volume.affine)
         scale_given = task.scale is not None
-        method = choose_interp(volume, options.interp, options.as_intensity, None)
+        notes: list[str] = []  # upsample prints these; a batch keeps them in the item's report message
+        method = choose_interp(volume, options.interp, options.as_intensity, notes.append)
         limit = (options.max_output_voxels or DEFAULT_MAX_OUTPUT_VOXELS) // (series.count if series is not None else 1)
         target = plan_target(volume, method, scale=task.scale, voxel_size=None if scale_given else options.voxel_size,
                              shape=None if scale_given else options.shape, reference=options.reference_for(task.scale),
-                             max_output_voxels=limit)
+                             max_output_voxels=limit, on_note=notes.append)
         grid = target.grid
         result.out_shape, result.out_spacing = list(grid.shape), [float(s) for s in grid.spacing]
         task.output.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
 
         _write_claimed(task, write)
         if options.qc and target.world:  # the montage compares grids of one field of view
-            result.message = "no QC montage: the reference grid is not a refinement of the input's field of view"
+            notes.append("no QC montage: the reference grid is not a refinement of the input's field of view")
         elif options.qc and shown[0] is not None:  # a series: its first volume
             qc = write_qc_montage(qc_path_for(task.output), volume.data, volume.affine, shown[0], grid.affine, title=task.item.input.name,
                                   force=replace, inputs=[task.item.input])
@@ -181,6 +182,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         })
         claim_path(task.output).unlink(missing_ok=True)
         result.status = "done"
+        result.message = "; ".join(notes) or None
     except (ArssrError, OSError, MemoryError) as exc:
         result.message = _one_line(exc)
     except Exception as exc:  # a bug or an unforeseen library error must not sink 1000 other files

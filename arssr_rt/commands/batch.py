@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             message = result.message or ""
             if message.startswith(f"{result.input}: "):  # reader messages name the file already
                 message = message[len(result.input) + 2:]
-            why = f": {message}" if result.status == "failed" and message else ""
+            why = f": {message}" if result.status in ("failed", "done") and message else ""  # done: notes (e.g. --interp nearest chosen)
             # paths and messages are plain text: an install hint's "arssr-rt[eval]" is not markup
             line = Text(f"{result.status:>7}", style=STATUS_STYLE.get(result.status, ""))
             line.append(f" {result.input}{detail}{timing}{why}")
