@@ -133,7 +133,8 @@ def save_volume(
     through the voxel map of the new grid (see ``form_affines``: a form that agreed with
     ``grid``'s source affine gives ``grid.affine``; pixdim follows), the input's qform/sform codes copied (both 0 in the
     input -> both written as 1, scanner, so readers do not ignore the new origin), cal_min/max
-    set to the output range, slice-timing indices and extensions dropped. Inputs without a
+    set to the output range, slice-timing indices and extensions dropped. A grid with
+    ``forms`` (a --reference grid) gets those forms and codes instead. Inputs without a
     NIfTI header get a fresh NIfTI-1 header with codes 1 and units mm/s.
 
     The file is written to a hidden temp file in the output folder (same suffix, so nibabel
