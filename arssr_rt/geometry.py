@@ -38,6 +38,9 @@ class OutputGrid:
     shape: Shape3
     affine: np.ndarray
     spacing: Triplet
+    # (qform, qform_code, sform, sform_code) a NIfTI output carries instead of the input's forms
+    # carried through the voxel map: a --reference's own header geometry (None: derive them)
+    forms: tuple[np.ndarray, int, np.ndarray, int] | None = None
 
     @property
     def voxels(self) -> int:

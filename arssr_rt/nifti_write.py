@@ -62,6 +62,8 @@ def form_affines(source: Volume, grid: OutputGrid) -> tuple[np.ndarray, np.ndarr
     """
     import nibabel as nib
 
+    if grid.forms is not None:  # a reference grid: its own forms
+        return grid.forms[0], grid.forms[2]
     src = source.header
     if not isinstance(src, nib.Nifti1Header):
         return grid.affine, grid.affine
@@ -84,6 +86,8 @@ def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: 
         hdr = nib.Nifti1Header()
         hdr.set_xyzt_units("mm", "sec")
         qcode = scode = 0
+    if grid.forms is not None:  # a reference grid: its codes with its forms
+        qcode, scode = int(grid.forms[1]), int(grid.forms[3])
     if qcode == 0 and scode == 0:
         # the input's geometry came from pixdim alone; code 0 would make readers ignore the
         # moved origin of the new grid, so assert scanner coordinates on both forms
@@ -129,7 +133,8 @@ def save_volume(
     through the voxel map of the new grid (see ``form_affines``: a form that agreed with
     ``grid``'s source affine gives ``grid.affine``; pixdim follows), the input's qform/sform codes copied (both 0 in the
     input -> both written as 1, scanner, so readers do not ignore the new origin), cal_min/max
-    set to the output range, slice-timing indices and extensions dropped. Inputs without a
+    set to the output range, slice-timing indices and extensions dropped. A grid with
+    ``forms`` (a --reference grid) gets those forms and codes instead. Inputs without a
     NIfTI header get a fresh NIfTI-1 header with codes 1 and units mm/s.
 
     The file is written to a hidden temp file in the output folder (same suffix, so nibabel

@@ -105,6 +105,19 @@ def parse_size_options(scale: Any = None, voxel_size: Any = None, shape: Any = N
     )
 
 
+def check_grid_options(scale: Any = None, voxel_size: Any = None, shape: Any = None, reference: Any = None) -> SizeRequest | None:
+    """--scale / --voxel-size / --shape, or --reference (which gives the whole grid: the others
+    are refused with it); None for a reference."""
+    if reference is None:
+        if all(x is None for x in (scale, voxel_size, shape)):
+            raise InputError(f"give exactly one of {flag('scale')}, {flag('voxel_size')}, {flag('shape')} or {flag('reference')}")
+        return parse_size_options(scale, voxel_size, shape)
+    given = [flag(name) for name, v in (("scale", scale), ("voxel_size", voxel_size), ("shape", shape)) if v is not None]
+    if given:
+        raise InputError(f"{flag('reference')} gives the output grid (shape and affine); drop {' and '.join(given)}")
+    return None
+
+
 def output_grid(in_shape: Sequence[int], affine: np.ndarray, scale: Any = None, voxel_size: Any = None, shape: Any = None) -> OutputGrid:
     """The output grid the size options ask for, checked (see geometry.plan_output_grid)."""
     request = parse_size_options(scale, voxel_size, shape)

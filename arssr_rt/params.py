@@ -40,6 +40,8 @@ CLI_FLAGS: dict[str, str] = {
     "slice_gap": "--slice-gap",
     "interp": "--interp",
     "clip_to_input_range": "--clip-to-input-range",
+    "reference": "--reference",
+    "keep_samples": "--keep-samples",
 }
 
 _PYTHON_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("arssr_rt_python_names", default=False)

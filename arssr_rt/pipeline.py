@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .background import flatten_flat_background
-from .consistency import check_slice_profile, check_up_sampled, keep_acquired
+from .consistency import check_slice_profile, check_up_sampled, keep_acquired, keep_samples
 from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
@@ -63,6 +63,7 @@ class Upsampler:
         as_intensity: bool = False,
         keep_acquired: str | None = None,
         slice_gap: float = 0.0,
+        keep_samples: bool = True,
     ):
         from .intensity import check_mode
 
@@ -82,6 +83,9 @@ class Upsampler:
         self.normalization = normalization
         self.as_intensity = as_intensity  # True: take a label-map-like image as intensities anyway
         self.keep_acquired, self.slice_gap = keep_acquired, slice_gap  # slice profile of the data-consistency step
+        # output voxels on an input voxel centre get the acquired value (see consistency.keep_samples);
+        # off for --keep-acquired, whose thick-slice averages are not point samples
+        self.keep_samples = keep_samples
 
     def __enter__(self) -> "Upsampler":
         return self
@@ -103,6 +107,8 @@ class Upsampler:
             norm = Normalizer(mode=self.normalization).fit(volume.data)  # type: ignore[arg-type]
         except InputError as exc:  # constant image, outlier voxels: name the file
             raise InputError(f"{where}: {exc}") from None
+        if self.keep_acquired:
+            self.check_keep_acquired_memory(volume.shape, grid.shape)
         lr = norm.normalize(volume.data)
         out_shape = grid.shape
         zyx = self.bundle.axis_order == "zyx"
@@ -116,7 +122,10 @@ class Upsampler:
             out = transposed(out)
         if self.keep_acquired:  # each acquired voxel = the output averaged over its slice profile
             keep_acquired(out, norm.normalize(volume.data), self.keep_acquired, self.slice_gap)
-        return restore_in_place(norm, out)
+        out = restore_in_place(norm, out)
+        if self.keep_samples and not self.keep_acquired:  # after restore: the input's values exactly, not a round trip
+            keep_samples(out, volume.data)
+        return out
 
     def infer(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
         """Normalised LR (D,H,W) -> normalised output of ``out_shape``: encode each tile, then
@@ -167,6 +176,20 @@ class Upsampler:
         sampled = sample_box(block, offset, grid_shape, out_shape, start, stop)
         coords = box_coords(out_shape, start, stop, grid_shape, self.bundle.coords_mode)
         return self.backend.decode(sampled.reshape(-1, sampled.shape[-1]), coords).reshape(sampled.shape[:3])
+
+    def check_keep_acquired_memory(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+        """Refuse (before any compute) a --keep-acquired projection that would not fit next to
+        the runtime, the input copies and an in-memory output within --max-memory."""
+        from .consistency import keep_acquired_bytes
+        from .memory import RUNTIME_BASE_BYTES
+
+        plan = self.memory_plan(in_shape, out_shape)
+        in_bytes, out_bytes = 4 * int(np.prod(in_shape)), 4 * int(np.prod(out_shape))
+        free = self.max_memory - RUNTIME_BASE_BYTES - 3 * in_bytes - (out_bytes if plan.output_in_memory else 0)
+        need = keep_acquired_bytes(out_shape, in_shape)
+        if need > free:
+            raise InputError(f"{flag('keep_acquired')} needs {need / 2**30:.2f} GiB more for this grid, {max(free, 0) / 2**30:.2f} GiB of "
+                             f"{flag('max_memory')} {self.max_memory / 2**30:.3g} is left: raise {flag('max_memory')}")
 
     def memory_plan(self, shape: Sequence[int], out_shape: Sequence[int] | None = None) -> MemoryPlan:
         """Tile size and output placement that keep the run inside ``max_memory``."""
@@ -244,11 +267,13 @@ def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: 
     return grid
 
 
-def default_output_path(in_path: Path, scale: Any = None, voxel_size: Any = None, shape: Any = None, fmt: str = "nifti") -> Path:
+def default_output_path(in_path: Path, scale: Any = None, voxel_size: Any = None, shape: Any = None, fmt: str = "nifti",
+                        reference: Any = None) -> Path:
     """``<stem>_<label>.nii.gz`` (or a DICOM folder ``<stem>_<label>``) next to the input."""
-    from .writers import output_name, size_label
+    from .writers import output_name, reference_label, size_label
 
-    return Path(in_path).parent / output_name(in_path, size_label(scale, voxel_size, shape), fmt)
+    label = reference_label(reference) if reference is not None else size_label(scale, voxel_size, shape)
+    return Path(in_path).parent / output_name(in_path, label, fmt)
 
 
 def upsample(*args: Any, **kwargs: Any) -> Any:
@@ -265,6 +290,7 @@ def upsample_file(
     scale: Any = None,
     voxel_size: Any = None,
     shape: Any = None,
+    reference: str | Path | None = None,
     model: str | Path | ModelBundle | None = None,
     backend: BackendSpec = "auto",
     options: BackendOptions | None = None,
@@ -282,70 +308,60 @@ def upsample_file(
     as_intensity: bool = False,
     keep_acquired: str | None = None,
     slice_gap: float = 0.0,
+    keep_samples: bool = True,
     interp: str | None = None,
     clip_to_input_range: bool = False,
     on_note: Callable[[str], None] | None = None,
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
-    Every check that can fail (input, size options, output path, model) runs before compute,
-    so a bad call costs nothing and leaves nothing behind. ``progress(grid)`` may return a
-    callable that receives the number of output voxels done after each chunk.
-    ``output_format``: auto (from the suffix), nifti, or dicom (a series folder).
+    Every check that can fail (input, size options or reference, output path, model) runs
+    before compute, so a bad call costs nothing and leaves nothing behind. ``progress(grid)``
+    may return a callable that receives the number of output voxels done after each chunk.
+    ``output_format``: auto (from the suffix), nifti, mgh, or dicom (a series folder).
+    ``reference``: an image whose grid the output takes (instead of scale / voxel_size /
+    shape; see reference.py).
     """
     from .intensity import choose_output_dtype
-    from .readers import input_format, read_volume
-    from .series import SeriesGrid, open_series, run_series, series_length
-    from .writers import check_volume_output, output_format as format_for, write_volume
+    from .options import check_grid_options
+    from .render import plan_target, read_input, render_and_write
+    from .writers import check_volume_output, output_format as format_for
 
     t0 = time.perf_counter()
     in_path = Path(in_path)
+    check_grid_options(scale, voxel_size, shape, reference)
     fmt = format_for(out_path, output_format)
-    series = open_series(in_path) if input_format(in_path) == "nifti" and series_length(in_path) > 1 else None
+    volume, series = read_input(in_path)
     if series is not None and fmt != "nifti":
         raise OutputError(f"{in_path}: a 4-D series is written as one 4-D NIfTI (.nii/.nii.gz); {fmt} output takes 3-D volumes")
-    volume = series.first if series is not None else read_volume(in_path)
-    grid = plan_grid(volume, scale, voxel_size, shape, max_output_voxels // (series.count if series else 1))
-    target = Path(out_path) if out_path is not None else default_output_path(in_path, scale, voxel_size, shape, fmt)
-    check_volume_output(target, fmt, inputs=[in_path], force=force)
-    choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     method = choose_interp(volume, interp, as_intensity, on_note)
-    warn_downsampling(volume.shape, grid.shape, on_note)
-    if method != "model" and series is not None:
-        raise InputError(f"{in_path}: {setting('interp', method)} takes 3-D volumes; a 4-D series goes through the model "
-                         f"({setting('interp', 'model')})")
-    if method != "model":  # classical resampling: no model, no backend
-        from .resample import resample_fov
-
-        result = clip_range(resample_fov(volume.data, grid.shape, method), volume.data, clip_to_input_range)
-        target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path], method=method)
-        return UpsampleResult(out_path=target, in_shape=volume.shape, out_shape=grid.shape,
-                              in_spacing=tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0)),  # type: ignore[arg-type]
-                              out_spacing=grid.spacing, seconds=time.perf_counter() - t0, backend="numpy", model=f"interp {method}")
-    owner = upsampler is None
-    up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
-                                as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap)
-    if on_backend:
-        on_backend(up.backend.name)
+    target = plan_target(volume, method, scale=scale, voxel_size=voxel_size, shape=shape, reference=reference,
+                         max_output_voxels=max_output_voxels // (series.count if series else 1), on_note=on_note)
+    out = Path(out_path) if out_path is not None else default_output_path(in_path, scale, voxel_size, shape, fmt, reference)
+    check_volume_output(out, fmt, inputs=[in_path], force=force)
+    choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
+    up = None
+    if method == "model":
+        up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
+                                    as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap,
+                                    keep_samples=keep_samples)
+        if on_backend:
+            on_backend(up.backend.name)
     try:
-        if series is not None:  # volume by volume, one in flight; progress counts every volume
-            step = progress(SeriesGrid(grid, series.count)) if progress else None  # type: ignore[arg-type]
-            target = run_series(series, grid, lambda v: clip_range(up.run(v, grid, step), v.data, clip_to_input_range), target,
-                                dtype=dtype, force=force, inputs=[in_path], max_memory=up.max_memory)
-        else:
-            result = clip_range(up.run(volume, grid, progress(grid) if progress else None), volume.data, clip_to_input_range)
-            target = write_volume(target, result, grid, volume, fmt, dtype=dtype, force=force, inputs=[in_path])
+        written, _ = render_and_write(volume, series, target, method, out, fmt, upsampler=up, dtype=dtype, force=force,
+                                      inputs=[in_path], progress=progress, clip=clip_to_input_range,
+                                      max_memory=up.max_memory if up is not None else max_memory)
     finally:
-        if owner:
+        if up is not None and upsampler is None:
             up.close()
     return UpsampleResult(
-        out_path=target,
+        out_path=written,
         in_shape=volume.shape,
-        out_shape=grid.shape,
+        out_shape=target.grid.shape,
         in_spacing=tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0)),  # type: ignore[arg-type]
-        out_spacing=grid.spacing,
+        out_spacing=target.grid.spacing,
         seconds=time.perf_counter() - t0,
-        backend=up.backend.name,
-        model=up.bundle.name,
-        timings=up.backend.timings(),
+        backend=up.backend.name if up is not None else "numpy",
+        model=up.bundle.name if up is not None else f"interp {method}",
+        timings=up.backend.timings() if up is not None else None,
     )

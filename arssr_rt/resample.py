@@ -136,25 +136,56 @@ def _sample_points(source: np.ndarray, points: np.ndarray, method: str) -> np.nd
     return value
 
 
+def prefilter_in_place(data: np.ndarray, slab_bytes: int = 64 * 1024**2) -> np.ndarray:
+    """Replace float32 ``data`` by its cubic B-spline coefficients (mirror boundary), axis by
+    axis and slab by slab (slabs across another axis): no full-size float64 copy, so a large,
+    file-backed intermediate stays within the memory budget."""
+    from .memory import release_pages
+
+    shape = data.shape
+    for axis, n in enumerate(shape):
+        matrix = _prefilter_matrix(int(n))
+        other = 1 if axis == 0 else 0
+        per_row = 8 * int(np.prod(shape)) // max(1, int(shape[other]))
+        rows = max(1, slab_bytes // max(1, per_row))
+        for start in range(0, int(shape[other]), rows):
+            index = [slice(None)] * 3
+            index[other] = slice(start, start + rows)
+            block = np.asarray(data[tuple(index)], dtype=np.float64)
+            data[tuple(index)] = _along(block, axis, matrix)
+            release_pages(data)
+    return data
+
+
 def resample_world(data: np.ndarray, in_affine: np.ndarray, out_shape: Sequence[int], out_affine: np.ndarray,
-                   method: str, fill: float = 0.0) -> np.ndarray:
+                   method: str, fill: float = 0.0, *, out: np.ndarray | None = None, prefiltered: bool = False) -> np.ndarray:
     """``data`` (on ``in_affine``) sampled at the world positions of every voxel centre of
-    the grid (``out_shape``, ``out_affine``): any orientation, any field of view (float32)."""
+    the grid (``out_shape``, ``out_affine``): any orientation, any field of view (float32).
+
+    ``out``: a float32 array of ``out_shape`` to fill (e.g. file-backed), else a new one;
+    ``prefiltered``: ``data`` already holds cubic spline coefficients (``prefilter_in_place``).
+    """
+    from .memory import release_pages
+
     if method not in CLASSICAL:
         raise InputError(f"world-space resampling takes {flag('interp')} {', '.join(CLASSICAL)}, got {method!r}")
-    source = spline_coefficients(data) if method == "cubic" else np.asarray(data)
+    source = spline_coefficients(data) if method == "cubic" and not prefiltered else np.asarray(data)
     voxel_map = np.linalg.solve(np.asarray(in_affine, dtype=np.float64), np.asarray(out_affine, dtype=np.float64))
-    total = int(np.prod([int(n) for n in out_shape]))
-    out = np.empty(total, dtype=np.float32)
+    shape = tuple(int(n) for n in out_shape)
+    total = int(np.prod(shape))
+    result = np.empty(shape, dtype=np.float32) if out is None else out
+    flat_out = result.reshape(-1)
     low = -0.5 - EDGE_TOLERANCE
     high = np.array(data.shape[:3], dtype=np.float64) - 0.5 + EDGE_TOLERANCE
     for start in range(0, total, POINTS_PER_STEP):
         flat = np.arange(start, min(total, start + POINTS_PER_STEP))
-        ijk = np.stack(np.unravel_index(flat, tuple(int(n) for n in out_shape)), axis=1).astype(np.float64)
+        ijk = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.float64)
         points = ijk @ voxel_map[:3, :3].T + voxel_map[:3, 3]
         inside = np.all((points >= low) & (points <= high), axis=1)
         values = np.full(flat.size, fill, dtype=np.float64)
         if inside.any():
             values[inside] = _sample_points(source, points[inside], method)
-        out[start:start + flat.size] = values
-    return out.reshape(tuple(int(n) for n in out_shape))
+        flat_out[start:start + flat.size] = values
+        release_pages(result)  # file-backed arrays: drop their pages after each step
+        release_pages(source)
+    return result

@@ -70,6 +70,14 @@ def size_label(scale: Any, voxel_size: Any, shape: Any) -> str:
     raise InputError(exactly_one(*SIZE_SETTINGS))
 
 
+def reference_label(reference: str | os.PathLike) -> str:
+    """Name label of a --reference output: ``ref-<reference stem, letters and digits only>``."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9]+", "", input_stem(reference))
+    return f"ref-{stem}" if stem else "ref"
+
+
 def input_stem(path: str | os.PathLike) -> str:
     """``t1.nii.gz`` -> ``t1``; a DICOM folder keeps its name."""
     name = Path(path).name

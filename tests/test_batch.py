@@ -115,7 +115,7 @@ def test_explicit_inputs_of_the_wrong_type_are_failed_items(tmp_path):
     (tmp_path / "scan.txt").write_text("hello")
     items = discover([tmp_path / "scan.txt", tmp_path / "absent.nii.gz"])
     assert {i.input.name: i.error for i in items} == {
-        "scan.txt": "not an input: expected .nii/.nii.gz/.nrrd/.nhdr, a DICOM file or series folder, or a .csv list",
+        "scan.txt": "not an input: expected .nii/.nii.gz/.mgz/.mgh/.nrrd/.nhdr, a DICOM file or series folder, or a .csv list",
         "absent.nii.gz": "no such file or folder",
     }
 
@@ -186,7 +186,7 @@ def corpus(tmp_path, raw_nifti):
     whole = good[0].read_bytes()
     (bad / "truncated.nii.gz").write_bytes(whole[: len(whole) // 2])
     raw_nifti(bad / "twod.nii", rng.random((16, 16)).astype(np.float32))
-    raw_nifti(bad / "fourd.nii", rng.random((8, 8, 8, 3)).astype(np.float32))
+    raw_nifti(bad / "fived.nii", rng.random((8, 8, 8, 3, 2)).astype(np.float32))  # 4-D series are inputs; 5-D is not
     nan = rng.random((8, 8, 8)).astype(np.float32)
     nan[1, 2, 3] = np.nan
     raw_nifti(bad / "nan.nii", nan)
@@ -202,7 +202,7 @@ def corpus(tmp_path, raw_nifti):
     return tmp_path
 
 
-BAD_NAMES = ["absurd.nii", "constant.nii", "empty.nii", "fourd.nii", "loop.nii.gz", "nan.nii", "nifti_named.nrrd",
+BAD_NAMES = ["absurd.nii", "constant.nii", "empty.nii", "fived.nii", "loop.nii.gz", "nan.nii", "nifti_named.nrrd",
              "notgzip.nii.gz", "onevoxel.nii", "truncated.nii.gz", "twod.nii", "zerospacing.nii", "notes.txt"]
 
 

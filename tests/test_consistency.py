@@ -94,3 +94,43 @@ def test_cli_keep_acquired_reproduces_each_acquired_slice(tmp_path, hr):
                           "--keep-acquired", "--slice-profile", "triangle"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "slice profile" in bad.stderr
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def _whole_projection(out: np.ndarray, lr: np.ndarray) -> np.ndarray:
+    """The projection written as whole-array float64 algebra (what keep_acquired did before it
+    went slab-wise): Y + pinv(A) (X - A Y), A separable."""
+    mats = {a: slice_matrix(out.shape[a], lr.shape[a]) for a in range(3) if out.shape[a] != lr.shape[a]}
+    res = out.astype(np.float64)
+    for a, m in mats.items():
+        res = np.moveaxis(np.tensordot(m, res, axes=([1], [a])), 0, a)
+    res = lr.astype(np.float64) - res
+    for a, m in mats.items():
+        res = np.moveaxis(np.tensordot(np.linalg.pinv(m), res, axes=([1], [a])), 0, a)
+    return out.astype(np.float64) + res
+
+
+@pytest.mark.parametrize("scale", [(1, 1, 4), (2, 1, 1), (2, 2, 2)])
+def test_slab_wise_projection_equals_whole_array_and_works_file_backed(hr, scale):
+    """Many tiny slabs (slab_bytes forces one row each) on a file-backed output give the
+    whole-array result, for a non-profiled slab axis (1x1x4, 2x1x1) and all axes profiled."""
+    from arssr_rt.memory import is_file_backed, output_buffer
+
+    lr = degrade(hr, scale, "slice")
+    start = cubic_resample(lr, hr.shape)
+    out = output_buffer(hr.shape, in_memory=False)
+    out[...] = start
+    assert is_file_backed(out)
+    keep_acquired(out, lr, slab_bytes=1)
+    np.testing.assert_allclose(out, _whole_projection(start, lr), atol=1e-4 * float(np.ptp(lr)))
+
+
+def test_keep_acquired_over_budget_is_refused_up_front(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.nii.gz"
+    r = subprocess.run([sys.executable, "-m", "arssr_rt", "upsample", str(FIXTURE_PATH), "-s", "1,1,4", "-o", str(out),
+                        "--keep-acquired", "--max-memory", "0.32", "-q", "--backend", "onnxruntime"], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--max-memory" in r.stderr and "--keep-acquired" in r.stderr
+    assert not out.exists()

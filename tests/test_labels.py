@@ -5,6 +5,7 @@ classes, a parcellation with FreeSurfer-like codes); the CLI runs use the embedd
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -131,14 +132,19 @@ def test_upsample_as_intensity_overrides(label_files, tmp_path, capsys):
 
 
 def test_batch_reports_label_maps_as_failed(label_files, tmp_path, capsys):
+    """As in upsample (the same code): a label-looking image is refused; a NIfTI whose intent
+    says label is resampled with nearest, said so in its report message, its label set kept."""
     out = tmp_path / "sr"
     code = main(["batch", str(label_files[0].parent), "-o", str(out), "-s", "2", "-q", "-b", "onnxruntime"])
     capsys.readouterr()
     assert code == 1
-    report = json.loads((out / "batch_report.json").read_text())
-    assert [i["status"] for i in report["items"]] == ["failed", "failed"]
-    assert all("label map" in i["message"] for i in report["items"])
-    assert not list(out.rglob("*.nii.gz"))
+    report = {Path(i["input"]).name: i for i in json.loads((out / "batch_report.json").read_text())["items"]}
+    assert report["seg.nii.gz"]["status"] == "failed" and "label map" in report["seg.nii.gz"]["message"]
+    intent = report["t1_intent_label.nii.gz"]
+    assert intent["status"] == "done" and "using --interp nearest" in intent["message"]
+    produced = np.asarray(nib.load(intent["output"]).dataobj)
+    assert set(np.unique(produced)) <= set(np.unique(np.asarray(nib.load(label_files[1]).dataobj)))
+    assert sorted(p.name for p in out.rglob("*.nii.gz")) == ["t1_intent_label_x2.nii.gz"]
 
 
 def test_info_says_it_is_a_label_map(label_files, capsys):

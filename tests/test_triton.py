@@ -359,3 +359,21 @@ def test_the_documented_wheel_route_installs_a_working_arssr_rt(tmp_path, tiny_b
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.strip()  # the embedded default model travels in the wheel
     assert (site / "arssr_rt" / "batch" / "triton_model.py").read_bytes() == (tmp_path / "repo" / "arssr" / "1" / "model.py").read_bytes()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("receptive_radius", -3, "receptive_radius"),
+    ("schema_version", 99, "schema_version"),
+    ("normalization", {"mode": "zscore"}, "normalization.mode"),
+])
+def test_served_model_validates_the_bundle_meta(repo, monkeypatch, field, value, message):
+    """model.json in the repository gets the same checks as any bundle: a broken one stops the
+    model at load with one line, instead of serving with a nonsense radius or normalisation."""
+    meta_path = repo / "arssr" / "1" / "bundle" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta[field] = value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RuntimeError) as info:  # the fake pb_utils' TritonModelException
+        _load_served_model(repo, monkeypatch)
+    text = str(info.value)
+    assert message in text and "re-export the repository" in text and "\n" not in text

@@ -19,7 +19,8 @@ from ..atomic import is_temp_name
 from ..io_dicom import is_dicom_file
 
 # what a folder walk picks up; .img is the data half of an .hdr pair, so only .hdr counts
-VOLUME_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".hdr": "nifti", ".hdr.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd"}
+VOLUME_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".hdr": "nifti", ".hdr.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd",
+                   ".mgz": "mgh", ".mgh": "mgh"}
 EXPLICIT_ONLY_SUFFIXES = {".img": "nifti", ".img.gz": "nifti"}
 CSV_COLUMNS = ("input", "output", "scale")
 
@@ -154,7 +155,7 @@ def _explicit(path: Path, exclude: Sequence[Path] = ()) -> list[BatchItem]:
         return [BatchItem(input=path, kind={**VOLUME_SUFFIXES, **EXPLICIT_ONLY_SUFFIXES}[suffix], relative=rel)]
     if is_dicom_file(path):
         return [BatchItem(input=path.parent, kind="dicom", relative=Path(path.parent.name))]
-    return [_failed(path, rel, "not an input: expected .nii/.nii.gz/.nrrd/.nhdr, a DICOM file or series folder, or a .csv list")]
+    return [_failed(path, rel, "not an input: expected .nii/.nii.gz/.mgz/.mgh/.nrrd/.nhdr, a DICOM file or series folder, or a .csv list")]
 
 
 def read_csv(path: Path) -> list[BatchItem]:

@@ -20,7 +20,7 @@ from .. import __version__
 from ..atomic import remove_stale_temps
 from ..errors import ArssrError, InputError, OutputError
 from ..outputs import InputSet, is_inside, normalized
-from ..writers import check_volume_output, output_name, size_label, write_volume
+from ..writers import check_volume_output, output_name, reference_label, size_label
 from .discovery import BatchItem, discover, select_shard
 from .report import BatchReport, ItemResult, Reporter, now_utc
 from .sidecar import (
@@ -50,13 +50,29 @@ class BatchOptions:
     max_output_voxels: int | None = None
     allow_outside: bool = False  # CSV outputs may resolve outside OUT_DIR (--allow-outside-output-dir)
     as_intensity: bool = False  # take label-map-like inputs as intensities
+    # the same meaning as upsample's options of these names (one code path: render.py)
+    interp: str | None = None
+    clip_to_input_range: bool = False
+    reference: str | None = None  # an image whose grid every output takes (a CSV row's scale overrides it)
+    reference_sha256: str | None = None  # set by run_batch: a changed reference makes outputs stale
+    keep_samples: bool = True
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
-        return {
+        out = {
             "scale": scale, "voxel_size": self.voxel_size, "shape": self.shape, "precision": self.precision,
             "normalization": self.normalization, "dtype": self.dtype, "output_format": self.output_format, "qc": self.qc,
         }
+        # added only when not the default, so sidecars of earlier runs stay up to date
+        extra = {"interp": self.interp, "clip_to_input_range": self.clip_to_input_range or None,
+                 "reference_sha256": self.reference_sha256 if scale is None else None,
+                 "keep_samples": None if self.keep_samples else False}
+        out.update({k: v for k, v in extra.items() if v is not None})
+        return out
+
+    def reference_for(self, scale: str | None) -> str | None:
+        """The reference an item uses: none when its CSV row gives a scale."""
+        return self.reference if scale is None else None
 
 
 @dataclass
@@ -77,7 +93,10 @@ def output_for(item: BatchItem, out_dir: Path, options: BatchOptions) -> Path:
     if item.output is not None:
         return item.output if item.output.is_absolute() else out_dir / item.output
     scale_given = item.scale is not None
-    label = size_label(item.scale or options.scale, None if scale_given else options.voxel_size, None if scale_given else options.shape)
+    if options.reference_for(item.scale) is not None:
+        label = reference_label(options.reference)  # type: ignore[arg-type]
+    else:
+        label = size_label(item.scale or options.scale, None if scale_given else options.voxel_size, None if scale_given else options.shape)
     return out_dir / item.relative.parent / output_name(item.input, label, options.output_format)
 
 
@@ -102,52 +121,68 @@ def make_upsampler(options: BatchOptions):
     return Upsampler(
         options.model, options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
         tile=options.tile, chunk=options.chunk, normalization=options.normalization,
-        as_intensity=options.as_intensity,
+        as_intensity=options.as_intensity, keep_samples=options.keep_samples,
     )
 
 
 def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
-    """Read, super-resolve and write one item; a per-file error becomes a failed result.
+    """Read, super-resolve and write one item (a 3-D volume or a 4-D series, through
+    render.py like ``upsample``); a per-file error becomes a failed result.
 
     The output may be replaced only when ``plan_tasks`` found it absent, made by an earlier
     run for this input (its sidecar says so), or ``--force`` was given."""
-    from ..pipeline import DEFAULT_MAX_OUTPUT_VOXELS, plan_grid
+    from ..pipeline import DEFAULT_MAX_OUTPUT_VOXELS, choose_interp
     from ..qc import write_qc_montage
-    from ..readers import read_volume
+    from ..render import plan_target, read_input, render_and_write
 
     t0 = time.perf_counter()
     result = ItemResult(input=str(task.item.input), status="failed", output=str(task.output))
     try:
         remove_stale_temporaries(task.output)
-        volume = read_volume(task.item.input)
+        volume, series = read_input(task.item.input)
         result.in_shape, result.in_spacing = list(volume.shape), _spacing(volume.affine)
         scale_given = task.scale is not None
-        grid = plan_grid(
-            volume, task.scale, None if scale_given else options.voxel_size, None if scale_given else options.shape,
-            options.max_output_voxels or DEFAULT_MAX_OUTPUT_VOXELS,
-        )
+        notes: list[str] = []  # upsample prints these; a batch keeps them in the item's report message
+        method = choose_interp(volume, options.interp, options.as_intensity, notes.append)
+        limit = (options.max_output_voxels or DEFAULT_MAX_OUTPUT_VOXELS) // (series.count if series is not None else 1)
+        target = plan_target(volume, method, scale=task.scale, voxel_size=None if scale_given else options.voxel_size,
+                             shape=None if scale_given else options.shape, reference=options.reference_for(task.scale),
+                             max_output_voxels=limit, on_note=notes.append)
+        grid = target.grid
         result.out_shape, result.out_spacing = list(grid.shape), [float(s) for s in grid.spacing]
         task.output.parent.mkdir(parents=True, exist_ok=True)
         replace = options.force or owned_by(task.output, task.item.input, task.input_digest)
         check_volume_output(task.output, options.output_format, inputs=[task.item.input], force=replace)
-        data = upsampler.run(volume, grid)
-        _write_claimed(task, lambda: write_volume(task.output, data, grid, volume, options.output_format, dtype=options.dtype,
-                                                  force=replace, inputs=[task.item.input]))
-        if options.qc:
-            qc = write_qc_montage(qc_path_for(task.output), volume.data, volume.affine, data, grid.affine, title=task.item.input.name,
+        shown: list = []
+
+        def write() -> None:
+            _, data = render_and_write(volume, series, target, method, task.output, options.output_format, upsampler=upsampler,
+                                       dtype=options.dtype, force=replace, inputs=[task.item.input],
+                                       clip=options.clip_to_input_range, keep_first=options.qc)
+            shown.append(data if options.qc else None)
+
+        _write_claimed(task, write)
+        if options.qc and target.world:  # the montage compares grids of one field of view
+            notes.append("no QC montage: the reference grid is not a refinement of the input's field of view")
+        elif options.qc and shown[0] is not None:  # a series: its first volume
+            qc = write_qc_montage(qc_path_for(task.output), volume.data, volume.affine, shown[0], grid.affine, title=task.item.input.name,
                                   force=replace, inputs=[task.item.input])
             result.qc = str(qc)
-        result.backend = str(getattr(upsampler.backend, "name", "?"))
+        shown.clear()
+        result.backend = str(getattr(upsampler.backend, "name", "?")) if method == "model" else "numpy"
         result.seconds = round(time.perf_counter() - t0, 3)
         write_sidecar(sidecar_path(task.output), {
             "tool": f"arssr-rt {__version__}", "input": str(task.item.input), "input_path": os.path.realpath(task.item.input), "input_sha256": task.input_digest,
-            "model": upsampler.bundle.name, "model_sha256": task.model_digest, "options": task.fingerprint,
-            "output": task.output.name, "output_bytes": output_size(task.output),
+            "model": upsampler.bundle.name if method == "model" else f"interp {method}", "model_sha256": task.model_digest,
+            "options": task.fingerprint, "output": task.output.name, "output_bytes": output_size(task.output),
             "qc": Path(result.qc).name if result.qc else None, "in_shape": result.in_shape, "out_shape": result.out_shape,
             "in_spacing": result.in_spacing, "out_spacing": result.out_spacing, "backend": result.backend, "seconds": result.seconds,
+            **({"volumes": series.count} if series is not None else {}),
+            **({"reference": str(options.reference_for(task.scale))} if options.reference_for(task.scale) else {}),
         })
         claim_path(task.output).unlink(missing_ok=True)
         result.status = "done"
+        result.message = "; ".join(notes) or None
     except (ArssrError, OSError, MemoryError) as exc:
         result.message = _one_line(exc)
     except Exception as exc:  # a bug or an unforeseen library error must not sink 1000 other files
@@ -313,9 +348,17 @@ def run_batch(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: output folder is a file")
-    size_label(options.scale, options.voxel_size, options.shape)  # exactly one size option, before any work
-    if sum(x is not None for x in (options.scale, options.voxel_size, options.shape)) != 1:
-        raise InputError("give exactly one of --scale, --voxel-size or --shape")
+    from dataclasses import replace as with_fields
+
+    from ..options import check_grid_options
+    from ..reference import read_reference
+    from ..resample import parse_interp
+
+    check_grid_options(options.scale, options.voxel_size, options.shape, options.reference)  # before any work
+    parse_interp(options.interp)
+    if options.reference is not None:  # a bad reference fails the batch once, not every file
+        read_reference(options.reference)
+        options = with_fields(options, reference=str(options.reference), reference_sha256=input_sha256(Path(options.reference)))
     items = discover(inputs, exclude=[out_dir])  # a rerun never takes earlier outputs as inputs
     if shard is not None:
         items = select_shard(items, *shard)

@@ -35,7 +35,7 @@ import triton_python_backend_utils as pb_utils
 
 try:
     from arssr_rt.backends.base import BackendOptions, BackendRunner
-    from arssr_rt.bundle import ModelBundle
+    from arssr_rt.bundle import ModelBundle, load_bundle
     from arssr_rt.errors import ArssrError
     from arssr_rt.geometry import plan_output_grid
     from arssr_rt.pipeline import Upsampler
@@ -114,11 +114,14 @@ class TritonPythonModel:
         model_dir = Path(args["model_repository"]) / str(args["model_version"])
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        meta = json.loads((model_dir / "bundle" / "model.json").read_text())
         io_dtype = np.dtype(np.float16 if parameters.get("precision") == "fp16" else np.float32)
         chunk = int(parameters.get("chunk", 1 << 17))
         tile = int(parameters["tile"]) if "tile" in parameters else None  # repositories from before profiles: none
-        bundle = ModelBundle(path=model_dir / "bundle", meta=meta)
+        try:  # the same model.json checks as any bundle (schema, spec, radius, normalisation); its
+            # weights live in the arssr_encoder / arssr_decoder models, so files is empty here
+            bundle = load_bundle(model_dir / "bundle", verify=False)
+        except ArssrError as exc:
+            raise pb_utils.TritonModelException(f"arssr: {' '.join(str(exc).split())}; re-export the repository") from None
         check_coords_mode(parameters.get("coords", "global"), bundle)
         self.upsampler = Upsampler(
             bundle, backend=TritonBLSBackend(io_dtype, bundle.feature_dim, chunk), options=BackendOptions(), tile=tile,

@@ -11,8 +11,10 @@ from ..engines.builder import DEFAULT_TILE
 from ..errors import ArssrError
 
 BATCH_HELP = """\
-Super-resolve many volumes: files, folders (recursive: .nii, .nii.gz, .nrrd and DICOM series
-folders) or a CSV list with columns input[,output,scale].
+Super-resolve many volumes: files, folders (recursive: .nii, .nii.gz (3-D, or 4-D series done
+volume by volume), .mgz, .mgh, .nrrd and DICOM series folders) or a CSV list with columns
+input[,output,scale]. --interp, --clip-to-input-range, --reference and --no-keep-samples mean
+what they mean for upsample (the same code); a CSV row's scale replaces --reference for it.
 
 The model loads once per worker. A broken input is reported and skipped; the exit code is 1
 if any input failed, 0 otherwise. Each output gets a sidecar JSON (input sha256, model
@@ -35,6 +37,8 @@ Examples:
   arssr-rt batch dicom_study/ -o sr/ --scale 1,1,3 --output-format dicom
   arssr-rt batch scans/ -o sr/ --scale 2 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
   arssr-rt batch scans/ -o sr/ --scale 2 --ray --ray-address ray://head:10001
+  arssr-rt batch flair/ -o on_t1/ --reference t1.nii.gz --clip-to-input-range
+  arssr-rt batch labels/ -o sr/ --scale 2 --interp nearest
 """
 
 TRITON_HELP = """\
@@ -72,6 +76,10 @@ def register(app: typer.Typer) -> None:
         scale: Optional[str] = typer.Option(None, "--scale", "-s", help="Scale factor: S or SX,SY,SZ."),
         voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="Target spacing in mm: V or V1,V2,V3."),
         shape: Optional[str] = typer.Option(None, "--shape", help="Output shape N1,N2,N3."),
+        reference: Optional[Path] = typer.Option(None, "--reference", help="Every output takes this image's grid (shape, affine, qform/sform), as in upsample; instead of --scale/--voxel-size/--shape."),
+        interp: Optional[str] = typer.Option(None, "--interp", help="model (default) | nearest | linear | cubic, as in upsample (nearest is the default for a NIfTI with intent label)."),
+        clip_to_input_range: bool = typer.Option(False, "--clip-to-input-range", help="Clip each output to its input's [min, max]."),
+        keep_samples: bool = typer.Option(True, "--keep-samples/--no-keep-samples", help="Model path: output voxels on an input voxel centre keep the acquired value (default)."),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory."),
         backend: str = typer.Option("auto", "--backend", "-b", help="auto | onnxruntime | torch | openvino | tensorrt | torch-cuda"),
         device: int = typer.Option(0, "--device", help="GPU index for GPU backends."),
@@ -99,9 +107,11 @@ def register(app: typer.Typer) -> None:
         from ..batch.discovery import parse_shard
         from ..batch.runner import BatchOptions, run_batch
         from ..errors import InputError
-        from ..options import check_tile, parse_size_options
+        from ..options import check_grid_options, check_tile
+        from ..resample import parse_interp
 
-        parse_size_options(scale, voxel_size, shape)  # one bad option fails the batch once, not every file
+        check_grid_options(scale, voxel_size, shape, reference)  # one bad option fails the batch once, not every file
+        parse_interp(interp)
         check_tile(tile)
         if output_format not in ("nifti", "dicom"):
             raise InputError(f"--output-format must be nifti or dicom, got {output_format!r}")
@@ -115,7 +125,8 @@ def register(app: typer.Typer) -> None:
             scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend, device=device, threads=threads,
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
             allow_outside=allow_outside,
-            as_intensity=as_intensity,
+            as_intensity=as_intensity, interp=interp, clip_to_input_range=clip_to_input_range,
+            reference=str(reference) if reference is not None else None, keep_samples=keep_samples,
         )
         console = Console(stderr=True, highlight=False)
         progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -136,7 +147,7 @@ def register(app: typer.Typer) -> None:
             message = result.message or ""
             if message.startswith(f"{result.input}: "):  # reader messages name the file already
                 message = message[len(result.input) + 2:]
-            why = f": {message}" if result.status == "failed" and message else ""
+            why = f": {message}" if result.status in ("failed", "done") and message else ""  # done: notes (e.g. --interp nearest chosen)
             # paths and messages are plain text: an install hint's "arssr-rt[eval]" is not markup
             line = Text(f"{result.status:>7}", style=STATUS_STYLE.get(result.status, ""))
             line.append(f" {result.input}{detail}{timing}{why}")

@@ -15,9 +15,13 @@ HELP = """\
 Super-resolve a 3-D volume or a 4-D series (NIfTI, FreeSurfer MGZ/MGH; NRRD and DICOM folders
 with the io extra) at any scale; a 4-D series is done volume by volume into one 4-D NIfTI.
 
-Give exactly one of --scale (2.5 or per axis 1,1,3), --voxel-size (mm, 0.5 or 0.7,0.7,1) or
---shape (N1,N2,N3). The field of view is kept exactly: spacing = old * h / H and the origin
-moves to the new first voxel centre, for any orientation. Intensities come back in the
+Give exactly one of --scale (2.5 or per axis 1,1,3), --voxel-size (mm, 0.5 or 0.7,0.7,1),
+--shape (N1,N2,N3) or --reference REF. The field of view is kept exactly: spacing = old * h / H
+and the origin moves to the new first voxel centre, for any orientation. --reference takes
+REF's grid instead (shape, affine, qform/sform; like flirt -ref or mri_convert -rl): an oblique
+or shifted grid is super-resolved at REF's spacing on the input's grid, then resampled onto it
+(cubic B-spline; outside the input's field of view: 0). Where an output voxel centre falls on
+an input voxel centre the acquired value is kept (--scale 1 is the identity). Intensities come back in the
 input's units and voxel type (integer types rounded and clipped; --dtype float32 to keep
 fractions). Nothing is overwritten without --force; the write is atomic.
 
@@ -29,6 +33,7 @@ Examples:
   arssr-rt upsample t1.nii.gz --voxel-size 0.5 --dtype float32 --force
   arssr-rt upsample t1.nii.gz --scale 2 --backend onnxruntime --threads 2 --tile 64
   arssr-rt upsample t1.nii.gz --scale 1,1,2 --output-format dicom -o t1_sr_dicom
+  arssr-rt upsample flair.nii.gz --reference t1.nii.gz -o flair_on_t1.nii.gz
 """
 
 
@@ -40,6 +45,7 @@ def register(app: typer.Typer) -> None:
         scale: Optional[str] = typer.Option(None, "--scale", "-s", help="Scale factor: S or SX,SY,SZ (array axes)."),
         voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="Target spacing in mm: V or V1,V2,V3."),
         shape: Optional[str] = typer.Option(None, "--shape", help="Output shape N1,N2,N3."),
+        reference: Optional[Path] = typer.Option(None, "--reference", help="Take the output grid (shape, affine, qform/sform) from this image (NIfTI, MGZ, NRRD, DICOM; a 4-D one: its first three axes); instead of --scale/--voxel-size/--shape."),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory (default: the embedded model)."),
         backend: str = typer.Option("auto", "--backend", "-b", help="auto | onnxruntime | torch | openvino | tensorrt | torch-cuda"),
         device: int = typer.Option(0, "--device", help="GPU index for GPU backends."),
@@ -58,6 +64,7 @@ def register(app: typer.Typer) -> None:
         slice_profile: str = typer.Option("box", "--slice-profile", help="box | gaussian: the acquired slice profile for --keep-acquired."),
         slice_gap: float = typer.Option(0.0, "--slice-gap", help="Gap between acquired slices, as a fraction of the slice spacing (0 <= gap < 1), for --keep-acquired."),
         interp: Optional[str] = typer.Option(None, "--interp", help="model (default) | nearest | linear | cubic: classical resampling on the same grid, no model (nearest: label maps, the default for a NIfTI with intent label)."),
+        keep_samples: bool = typer.Option(True, "--keep-samples/--no-keep-samples", help="Model path: output voxels whose centre is an input voxel centre keep the acquired value (default; off: the network's estimate everywhere)."),
         clip_to_input_range: bool = typer.Option(False, "--clip-to-input-range", help="Clip the output to [input min, input max] (a non-negative input gives a non-negative output)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
@@ -65,11 +72,11 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from ..consistency import check_slice_profile
-        from ..options import check_tile, parse_max_memory, parse_size_options
+        from ..options import check_grid_options, check_tile, parse_max_memory
         from ..pipeline import upsample_file
         from ..resample import parse_interp
 
-        parse_size_options(scale, voxel_size, shape)  # bad option text fails before the volume is read
+        check_grid_options(scale, voxel_size, shape, reference)  # bad option text fails before the volume is read
         check_tile(tile)
         parse_interp(interp)
         if keep_acquired:
@@ -87,12 +94,12 @@ def register(app: typer.Typer) -> None:
 
         with bar:
             result = upsample_file(
-                input, output, scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend,
+                input, output, scale=scale, voxel_size=voxel_size, shape=shape, reference=reference, model=model, backend=backend,
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
                 max_output_voxels=max_output_voxels, progress=progress,
                 max_memory=max_memory_bytes, as_intensity=as_intensity,
                 keep_acquired=slice_profile if keep_acquired else None, slice_gap=slice_gap,
-                interp=interp, clip_to_input_range=clip_to_input_range,
+                interp=interp, clip_to_input_range=clip_to_input_range, keep_samples=keep_samples,
                 on_note=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
                 on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),
             )
