@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import InputError, OutputError
 from .params import flag, python_api
-from .pipeline import DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT_VOXELS, choose_interp, clip_range, plan_grid, warn_downsampling
+from .pipeline import DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT_VOXELS, choose_interp
 from .volume import Volume
 
 # progress(done, total): output voxels done so far and in all, after each decoded chunk
@@ -229,11 +229,11 @@ class Upsampler:
 
     @python_api
     def __call__(self, x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any = None, shape: Any = None,
-                 dtype: str | None = None, interp: str | None = None, clip_to_input_range: bool = False,
+                 reference: Any = None, dtype: str | None = None, interp: str | None = None, clip_to_input_range: bool = False,
                  progress: Progress | bool | None = None, max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> Any:
         """Super-resolve ``x``; see ``arssr_rt.upsample`` for inputs and what comes back."""
         return _run(x, affine, dict(scale=scale, voxel_size=voxel_size, shape=shape), dtype, interp, clip_to_input_range,
-                    progress, max_output_voxels, lambda: self._engine, self._engine.as_intensity)
+                    progress, max_output_voxels, lambda: self._engine, self._engine.as_intensity, reference)
 
     run = __call__
 
@@ -257,33 +257,53 @@ def _engine_settings(*, tile: Any, chunk: Any, threads: Any, max_memory: Any, no
                 as_intensity=bool(as_intensity), keep_acquired=profile, slice_gap=slice_gap)
 
 
-def _run(x: Any, affine: Any, size: dict[str, Any], dtype: str | None, interp: str | None, clip: bool,
-         progress: Progress | bool | None, max_output_voxels: int, engine: Callable[[], Any], as_intensity: bool) -> Any:
-    """Every check first (input, size, dtype, interp), then each volume through the model or
-    the classical resampler, then the result in the input's kind."""
-    from .resample import parse_interp, resample_fov
+def _reference(reference: Any) -> Any:
+    """A reference given as a path, or as a nibabel image (its grid; nothing is read twice)."""
+    if reference is None or not _nibabel_image(reference):
+        return reference
+    from .geometry import OutputGrid, spacing_of
+    from .reference import Reference
 
+    shape = tuple(int(n) for n in reference.shape[:3])
+    if len(shape) != 3 or min(shape) < 2:
+        raise InputError(f"{flag('reference')}: needs a 3-D (or 4-D) image, got shape {reference.shape}")
+    affine = np.asarray(reference.affine, dtype=np.float64)
+    return Reference(path=Path(reference.get_filename() or "<reference image>"),
+                     grid=OutputGrid(shape, affine, spacing_of(affine)),  # type: ignore[arg-type]
+                     volumes=int(np.prod(reference.shape[3:])) if len(reference.shape) > 3 else 1)
+
+
+def _run(x: Any, affine: Any, size: dict[str, Any], dtype: str | None, interp: str | None, clip: bool,
+         progress: Progress | bool | None, max_output_voxels: int, engine: Callable[[], Any], as_intensity: bool,
+         reference: Any = None) -> Any:
+    """Every check first (input, size or reference, dtype, interp), then each volume through the
+    model or the classical resampler (render.py: the CLI's path), then the result in the
+    input's kind."""
+    from .options import check_grid_options
+    from .render import plan_target, render
+    from .resample import parse_interp
+
+    check_grid_options(reference=reference, **size)
     given = _prepare(x, affine)
     first = given.volumes[0]
-    grid = plan_grid(first, max_output_voxels=max_output_voxels // len(given.volumes), **size)
     out_dtype = _output_dtype(dtype)
     parse_interp(interp)
     methods = []
     for v in given.volumes:
         methods.append(choose_interp(v, interp, as_intensity, _note))
-    warn_downsampling(first.shape, grid.shape, _note)
+    target = plan_target(first, "model" if "model" in methods else methods[0], reference=_reference(reference),
+                         max_output_voxels=max_output_voxels // len(given.volumes), on_note=_note, **size)
+    grid = target.grid
     up = engine() if "model" in methods else None
-    step, stop = _progress(progress, grid.voxels * len(given.volumes))
+    step, stop = _progress(progress, target.model_grid.voxels * len(given.volumes))
     results = []
     try:
         for v, method in zip(given.volumes, methods):
-            if method == "model":
-                result = up.run(v, grid, step)
-            else:
-                result = resample_fov(v.data, grid.shape, method)
-                if step:
-                    step(grid.voxels)
-            results.append(clip_range(np.asarray(result, dtype=np.float32), v.data, clip))
+            result = render(v, target, method, up, step if method == "model" else None, clip,
+                            up.max_memory if up is not None else None)
+            if method != "model" and step:
+                step(target.model_grid.voxels)
+            results.append(np.asarray(result, dtype=np.float32))
     finally:
         stop()
     return _give_back(given, results, grid, out_dtype, dtype)
@@ -347,7 +367,8 @@ def _tensor_like(x: Any, data: np.ndarray, out_affine: np.ndarray, out_dtype: np
 
 
 @python_api
-def upsample(x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any = None, shape: Any = None, model: Any = None,
+def upsample(x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any = None, shape: Any = None,
+             reference: Any = None, model: Any = None,
              backend: Any = "auto", device: int = 0, threads: int | None = None, precision: str = "fp32",
              tile: int | None = None, chunk: int | None = None, max_memory: int | str = DEFAULT_MAX_MEMORY,
              normalization: str = "minmax", dtype: str | None = None, interp: str | None = None,
@@ -355,7 +376,8 @@ def upsample(x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any =
              progress: Progress | bool | None = None, as_intensity: bool = False,
              max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> Any:
     """Super-resolve a volume onto the grid of exactly one of ``scale`` / ``voxel_size`` (mm) /
-    ``shape``, keeping the field of view (the CLI's geometry and voxels).
+    ``shape``, keeping the field of view (the CLI's geometry and voxels), or onto the grid of
+    ``reference`` (a path or a nibabel image: its shape and affine, like ``--reference``).
 
     ``x`` and what comes back:
 
@@ -386,7 +408,8 @@ def upsample(x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any =
         return opened[0]._engine
 
     try:
-        return _run(x, affine, size, dtype, interp, clip_to_input_range, progress, max_output_voxels, engine, as_intensity)
+        return _run(x, affine, size, dtype, interp, clip_to_input_range, progress, max_output_voxels, engine, as_intensity,
+                    reference)
     finally:
         for up in opened:
             up.close()
