@@ -325,7 +325,8 @@ def upsample_file(
     from .intensity import choose_output_dtype
     from .options import check_grid_options
     from .render import plan_target, read_input, render_and_write
-    from .writers import check_volume_output, output_format as format_for
+    from .provenance import describe
+    from .writers import check_volume_output, output_format as format_for, reference_label, size_label
 
     t0 = time.perf_counter()
     in_path = Path(in_path)
@@ -347,10 +348,12 @@ def upsample_file(
                                     keep_samples=keep_samples)
         if on_backend:
             on_backend(up.backend.name)
+    label = reference_label(reference) if reference is not None else size_label(scale, voxel_size, shape)
+    descrip = describe(label, up.bundle.name if up is not None else None, method)
     try:
         written, _ = render_and_write(volume, series, target, method, out, fmt, upsampler=up, dtype=dtype, force=force,
                                       inputs=[in_path], progress=progress, clip=clip_to_input_range,
-                                      max_memory=up.max_memory if up is not None else max_memory)
+                                      max_memory=up.max_memory if up is not None else max_memory, descrip=descrip)
     finally:
         if up is not None and upsampler is None:
             up.close()

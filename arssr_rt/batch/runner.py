@@ -87,6 +87,15 @@ class Task:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
+def task_label(task: "Task", options: BatchOptions) -> str:
+    """The name label of a task: its CSV row's scale, else --reference or the batch's size option."""
+    if options.reference_for(task.scale) is not None:
+        return reference_label(options.reference)  # type: ignore[arg-type]
+    if task.scale is not None:
+        return size_label(task.scale, None, None)
+    return size_label(options.scale, options.voxel_size, options.shape)
+
+
 def output_for(item: BatchItem, out_dir: Path, options: BatchOptions) -> Path:
     """Where an item's output goes: the CSV's output (relative to OUT_DIR), else
     OUT_DIR/<relative folder>/<stem>_<label>[.nii.gz] (``writers.output_name``)."""
@@ -132,6 +141,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
     The output may be replaced only when ``plan_tasks`` found it absent, made by an earlier
     run for this input (its sidecar says so), or ``--force`` was given."""
     from ..pipeline import DEFAULT_MAX_OUTPUT_VOXELS, choose_interp
+    from ..provenance import describe
     from ..qc import write_qc_montage
     from ..render import plan_target, read_input, render_and_write
 
@@ -154,11 +164,12 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         replace = options.force or owned_by(task.output, task.item.input, task.input_digest)
         check_volume_output(task.output, options.output_format, inputs=[task.item.input], force=replace)
         shown: list = []
+        descrip = describe(task_label(task, options), upsampler.bundle.name if method == "model" else None, method)
 
         def write() -> None:
             _, data = render_and_write(volume, series, target, method, task.output, options.output_format, upsampler=upsampler,
                                        dtype=options.dtype, force=replace, inputs=[task.item.input],
-                                       clip=options.clip_to_input_range, keep_first=options.qc)
+                                       clip=options.clip_to_input_range, keep_first=options.qc, descrip=descrip)
             shown.append(data if options.qc else None)
 
         _write_claimed(task, write)
