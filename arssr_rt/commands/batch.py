@@ -21,7 +21,13 @@ if any input failed, 0 otherwise. Each output gets a sidecar JSON (input sha256,
 sha256, options) written last, so a rerun skips complete, up-to-date outputs and a killed
 run resumes where it stopped. Outputs mirror the input folders under OUT_DIR as
 <name>_<label>.nii.gz (label: x2, x1x1x3, 0.5mm, 256x256x100) or, with --output-format
-dicom, as a new derived DICOM series folder. The report (default OUT_DIR/batch_report.json)
+dicom, as a new derived DICOM series folder.
+
+BIDS inputs (sub-<label>[_ses-<label>]..._<suffix>.nii[.gz]) make OUT_DIR a BIDS derivative
+dataset: sub-01/[ses-1/]anat/sub-01[_ses-1]_res-x2_T1w.nii.gz (res label: the size label
+with . written p, e.g. res-0p5mm), a BIDS sidecar (Sources, Resolution, SkullStripped) and
+OUT_DIR/dataset_description.json (GeneratedBy, SourceDatasets); --no-bids for plain names.
+A BIDS dataset's derivatives/, sourcedata/ and code/ folders are not walked. The report (default OUT_DIR/batch_report.json)
 lists every input with its status, output, shapes, spacing, backend, time and error.
 
 Nothing is overwritten without --force except this batch's own earlier outputs (their sidecar
@@ -34,6 +40,7 @@ Examples:
 \b
   arssr-rt batch scans/ -o sr/ --scale 2 --jobs 2 --qc
   arssr-rt batch list.csv -o sr/ --voxel-size 0.7 --report sr/report.json
+  arssr-rt batch bids_dataset/ -o bids_dataset/derivatives/arssr-rt --voxel-size 0.5
   arssr-rt batch dicom_study/ -o sr/ --scale 1,1,3 --output-format dicom
   arssr-rt batch scans/ -o sr/ --scale 2 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
   arssr-rt batch scans/ -o sr/ --scale 2 --ray --ray-address ray://head:10001
@@ -96,6 +103,7 @@ def register(app: typer.Typer) -> None:
         qc: bool = typer.Option(False, "--qc", help="Write a QC montage PNG next to each output."),
         output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
         as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve inputs that look like label maps as intensities anyway."),
+        no_bids: bool = typer.Option(False, "--no-bids", help="Plain <name>_<label>.nii.gz outputs for BIDS inputs too (no BIDS derivative dataset)."),
         ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 (implies --ray)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (failed inputs) on stderr: no progress, no per-file lines, no summary."),
@@ -126,7 +134,7 @@ def register(app: typer.Typer) -> None:
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
             allow_outside=allow_outside,
             as_intensity=as_intensity, interp=interp, clip_to_input_range=clip_to_input_range,
-            reference=str(reference) if reference is not None else None, keep_samples=keep_samples,
+            reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids,
         )
         console = Console(stderr=True, highlight=False)
         progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
