@@ -109,7 +109,6 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (failed inputs) on stderr: no progress, no per-file lines, no summary."),
     ) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
         from ..batch.discovery import parse_shard
@@ -117,6 +116,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import InputError
         from ..options import check_grid_options, check_tile
         from ..resample import parse_interp
+        from ..progress import ProgressDisplay, utc_stamp
 
         check_grid_options(scale, voxel_size, shape, reference)  # one bad option fails the batch once, not every file
         parse_interp(interp)
@@ -137,17 +137,20 @@ def register(app: typer.Typer) -> None:
             reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids,
         )
         console = Console(stderr=True, highlight=False)
-        progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=console, disable=quiet, transient=True)
-        task_id = None
+        # a bar on a terminal; plain timestamped lines in SLURM logs and pipes (progress.py)
+        display = ProgressDisplay("batch", console, unit="inputs", quiet=quiet)
 
         def on_plan(plan) -> None:
-            nonlocal task_id
-            task_id = progress.add_task("batch", total=len(plan.items))
+            ex = plan.execution
+            where = f", Ray {ex['ray_address']}" if ex.get("ray_address") else ""
+            display.start(len(plan.items), f"start: {len(plan.items)} inputs -> {out_dir}, {ex.get('runner')}, --jobs {ex.get('jobs')}"
+                          f"{where}{f', shard {plan.shard}' if plan.shard else ''}, model {plan.model['name']}, host {ex.get('host')}")
 
         def on_result(result) -> None:
-            if task_id is not None:
-                progress.advance(task_id)
+            print_result(result)
+            display.advance(1)  # after the file's own line: the percentage line follows it
+
+        def print_result(result) -> None:
             if quiet and result.status != "failed":  # --quiet: only errors reach stderr
                 return
             detail = f" -> {result.output}" if result.output and result.status != "failed" else ""
@@ -157,11 +160,12 @@ def register(app: typer.Typer) -> None:
                 message = message[len(result.input) + 2:]
             why = f": {message}" if result.status in ("failed", "done") and message else ""  # done: notes (e.g. --interp nearest chosen)
             # paths and messages are plain text: an install hint's "arssr-rt[eval]" is not markup
-            line = Text(f"{result.status:>7}", style=STATUS_STYLE.get(result.status, ""))
+            line = Text(f"{utc_stamp()} " if display.plain else "")
+            line.append(f"{result.status:>7}", style=STATUS_STYLE.get(result.status, ""))
             line.append(f" {result.input}{detail}{timing}{why}")
             console.print(line, soft_wrap=True)
 
-        with progress:
+        with display:
             outcome = run_batch(
                 inputs, out_dir, options, jobs=jobs, shard=shard_pair, report_path=report, fail_fast=fail_fast,
                 on_plan=on_plan, on_result=on_result, executor="ray" if (ray or ray_address) else "process",
@@ -169,6 +173,7 @@ def register(app: typer.Typer) -> None:
             )
         counts = outcome.counts()
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        display.finish(summary or "nothing to do")
         if not quiet:
             console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}", soft_wrap=True, markup=False)
         if counts.get("failed") or counts.get("pending"):
