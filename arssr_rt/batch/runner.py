@@ -197,7 +197,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         bids_fields = None if place is None else derivative_sidecar(
             place, task.item.input, res_label(label), resolution_text(res_label(label), result.in_shape, result.in_spacing,
                                                                     result.out_shape, result.out_spacing),
-            f"ArSSR model {upsampler.bundle.name}" if method == "model" else f"{method} interpolation (no model)")
+            f"ArSSR model {upsampler.bundle.name}" if method == "model" else f"{method} interpolation, no model")
         write_sidecar(sidecar_path(task.output), {
             "tool": f"arssr-rt {__version__}", "input": str(task.item.input), "input_path": os.path.realpath(task.item.input), "input_sha256": task.input_digest,
             "model": upsampler.bundle.name if method == "model" else f"interp {method}", "model_sha256": task.model_digest,
