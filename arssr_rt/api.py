@@ -306,10 +306,16 @@ def _run(x: Any, affine: Any, size: dict[str, Any], dtype: str | None, interp: s
             results.append(np.asarray(result, dtype=np.float32))
     finally:
         stop()
-    return _give_back(given, results, grid, out_dtype, dtype)
+    from .provenance import describe
+    from .writers import size_label
+
+    # an image comes back with the descrip the CLI writes into its file
+    descrip = describe(size_label(size["scale"], size["voxel_size"], size["shape"]), up.bundle.name if up is not None else None, methods[0])
+    return _give_back(given, results, grid, out_dtype, dtype, descrip)
 
 
-def _give_back(given: _Input, results: list[np.ndarray], grid: Any, out_dtype: np.dtype | None, dtype: str | None) -> Any:
+def _give_back(given: _Input, results: list[np.ndarray], grid: Any, out_dtype: np.dtype | None, dtype: str | None,
+               descrip: str | None = None) -> Any:
     """The input's kind: an image of the same family, or (data, affine) / data."""
     from .intensity import to_output_dtype
     from .memory import all_finite
@@ -317,7 +323,7 @@ def _give_back(given: _Input, results: list[np.ndarray], grid: Any, out_dtype: n
     if not all(all_finite(r) for r in results):
         raise OutputError("the result has NaN/Inf voxels (model or backend fault)")
     if given.kind == "image":
-        return _image_like(given, results, grid, dtype)
+        return _image_like(given, results, grid, dtype, descrip)
     data = results[0] if given.layout == "3d" else np.stack(results)
     if given.kind == "tensor":
         data = _tensor_like(given.original, data, grid.affine, out_dtype, given.own_affine)
@@ -326,7 +332,7 @@ def _give_back(given: _Input, results: list[np.ndarray], grid: Any, out_dtype: n
     return (data, grid.affine) if given.affine_given else data
 
 
-def _image_like(given: _Input, results: list[np.ndarray], grid: Any, dtype: str | None) -> Any:
+def _image_like(given: _Input, results: list[np.ndarray], grid: Any, dtype: str | None, descrip: str | None = None) -> Any:
     """NIfTI in -> NIfTI (1 or 2; pairs come back single-file) with the CLI's header rules;
     MGH in -> MGH; other formats -> NIfTI-1 with a fresh header. float32 unless ``dtype``."""
     import nibabel as nib
@@ -341,7 +347,7 @@ def _image_like(given: _Input, results: list[np.ndarray], grid: Any, dtype: str 
         image = mgh_image(data, grid, source, dtype)
     else:
         header_source = source if isinstance(given.original, nib.Nifti1Pair) else Volume(source.data, source.affine)
-        image = nifti_image(data, grid, header_source, dtype)
+        image = nifti_image(data, grid, header_source, dtype, descrip)
     if np.dtype(image.get_data_dtype()).kind in "iu":  # stored integers + scaling: decode as a reader would
         image = type(image).from_bytes(image.to_bytes())
     return image

@@ -16,12 +16,14 @@ from typing import Iterable
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError, OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
 from .memory import all_finite, convert_in_slabs
 from .nifti_io import GZIP_SLACK, _describe_read_error, _quiet_nibabel, load_image, read_checked_voxels
 from .outputs import check_output
+from .provenance import mgh_cmdline_tag
 from .validation import (DEFAULT_MAX_INPUT_VOXELS, check_affine, check_scalar_dtype, check_size, check_spacing,
                          spatial_shape)
 from .volume import Volume
@@ -96,11 +98,13 @@ def _scaling_free(source: Volume, dt: np.dtype) -> np.dtype:
 
 
 def save_mgh(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None,
-             force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+             force: bool = False, inputs: Iterable[str | os.PathLike] = (), descrip: str | None = None) -> Path:
     """Write ``data`` on ``grid`` as MGH/MGZ (gzip by the .mgz suffix), atomically.
 
     The header is the input's MGH header (TR, flip angle, TE, TI kept) or a fresh one; the
-    geometry (Mdc, delta, centre, float32 in MGH) comes from ``grid.affine``.
+    geometry (Mdc, delta, centre, float32 in MGH) comes from ``grid.affine``. ``descrip`` is
+    written as a FreeSurfer TAG_CMDLINE record after the footer (MGH has no description field;
+    ``mri_info`` shows command-line tags, nibabel ignores them); the input's tags are not kept.
     """
     protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
     p = check_output(path, inputs=protected, force=force)
@@ -112,9 +116,20 @@ def save_mgh(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, source
         raise ValueError(f"data shape {data.shape} does not match the output grid {grid.shape}")
     if not all_finite(data):
         raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
-    from .nifti_write import write_image
+    image = mgh_image(data, grid, source, dtype)
 
-    return write_image(p, mgh_image(data, grid, source, dtype), suffix)
+    def write(tmp: Path) -> None:
+        from nibabel.fileholders import FileHolder
+
+        # one stream (one gzip member for .mgz): nibabel writes header, voxels and footer, the tag follows
+        opener = gzip.open(tmp, "wb", compresslevel=1) if suffix == ".mgz" else open(tmp, "wb")
+        with opener as handle, _quiet_nibabel():
+            image.to_file_map({"image": FileHolder(fileobj=handle)})
+            if descrip:
+                handle.write(mgh_cmdline_tag(descrip))
+
+    atomic_write(p, write, suffix=suffix)
+    return p
 
 
 def mgh_image(data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None):

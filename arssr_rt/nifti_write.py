@@ -74,9 +74,11 @@ def form_affines(source: Volume, grid: OutputGrid) -> tuple[np.ndarray, np.ndarr
 
 
 def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: float, inter: float, value_range: tuple[float, float],
-                  forms: tuple[np.ndarray, np.ndarray]):
+                  forms: tuple[np.ndarray, np.ndarray], descrip: str | None = None):
     """The header of the output file, ``forms`` = ``form_affines(source, grid)``; see ``save_volume`` for the rules."""
     import nibabel as nib
+
+    from .provenance import with_source
 
     src = source.header
     if isinstance(src, nib.Nifti1Header):  # Nifti2Header is a subclass
@@ -110,6 +112,8 @@ def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: 
     hdr["slice_start"] = 0
     hdr["slice_end"] = 0
     hdr["slice_code"] = 0
+    if descrip is not None:  # what made this file, then the input's own note when it fits
+        hdr["descrip"] = with_source(descrip, bytes(hdr["descrip"].tobytes()) if isinstance(src, nib.Nifti1Header) else None)
     return hdr
 
 
@@ -121,6 +125,7 @@ def save_volume(
     dtype: str | None = None,
     force: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
+    descrip: str | None = None,
 ) -> Path:
     """Write the restored intensities ``data`` (float32, ``grid.shape``) as NIfTI, atomically.
 
@@ -128,14 +133,16 @@ def save_volume(
     integer inputs keep their type, rounded and clipped to its range; an integer output reuses
     the input's scl_slope/scl_inter so the stored values decode to the right intensities.
 
-    Header: a copy of the input's NIfTI header (descrip, intent, xyzt_units, dim_info, TR are
+    Header: a copy of the input's NIfTI header (intent, xyzt_units, dim_info, TR are
     kept; NIfTI-2 stays NIfTI-2) with the new shape, voxel type, qform and sform each carried
     through the voxel map of the new grid (see ``form_affines``: a form that agreed with
     ``grid``'s source affine gives ``grid.affine``; pixdim follows), the input's qform/sform codes copied (both 0 in the
     input -> both written as 1, scanner, so readers do not ignore the new origin), cal_min/max
     set to the output range, slice-timing indices and extensions dropped. A grid with
-    ``forms`` (a --reference grid) gets those forms and codes instead. Inputs without a
-    NIfTI header get a fresh NIfTI-1 header with codes 1 and units mm/s.
+    ``forms`` (a --reference grid) gets those forms and codes instead. ``descrip`` (from
+    ``provenance.describe``) replaces the input's descrip, which is appended when both fit in
+    80 bytes; None keeps the input's. Inputs without a NIfTI header get a fresh NIfTI-1 header
+    with codes 1 and units mm/s.
 
     The file is written to a hidden temp file in the output folder (same suffix, so nibabel
     picks gzip for .nii.gz) and renamed over ``path``; on any failure the temp file is removed
@@ -150,10 +157,10 @@ def save_volume(
     suffix = output_suffix(p)
     if not all_finite(np.asarray(data)):
         raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
-    return write_image(p, nifti_image(data, grid, source, dtype), suffix)
+    return write_image(p, nifti_image(data, grid, source, dtype, descrip), suffix)
 
 
-def nifti_image(data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None):
+def nifti_image(data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None, descrip: str | None = None):
     """The image ``save_volume`` writes, in memory (the Python API returns it): voxel type,
     scaling and header by the rules in ``save_volume``; NIfTI-2 for a NIfTI-2 header. A 4-D
     ``data`` (grid.shape + (T,)) is a series: pixdim beyond the spatial axes (TR) is kept."""
@@ -168,7 +175,7 @@ def nifti_image(data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str |
     decoded_min = stored_min * slope + inter
     decoded_max = stored_max * slope + inter
     forms = form_affines(source, grid)
-    header = output_header(source, grid, out_dtype, slope, inter, (decoded_min, decoded_max), forms)
+    header = output_header(source, grid, out_dtype, slope, inter, (decoded_min, decoded_max), forms, descrip)
     if data.ndim == 4:
         kept = np.array(header["pixdim"][4:], copy=True)
         header.set_data_shape(data.shape)

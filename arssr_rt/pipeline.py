@@ -11,6 +11,7 @@ and chunk sizes, not by the volume (see memory.py).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from . import windowed_sinc
 from .errors import BackendError, InputError, ModelError, OutputError
 from .geometry import OutputGrid, Triplet
 from .intensity import Normalizer
+from .progress import WorkMeter, network_costs
 from .labels import check_intensity_image
 from .params import flag, setting
 from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_buffer, plan_memory, release_pages,
@@ -40,7 +42,7 @@ DEFAULT_CHUNK = 1 << 14
 DEFAULT_MAX_MEMORY = 2 * 1024**3  # peak bytes the whole run may use (see memory.py)
 DEFAULT_MAX_OUTPUT_VOXELS = 1024**3  # refuse outputs larger than this (4 GiB as float32)
 
-ProgressFn = Callable[[int], None]
+ProgressFn = Callable[[int], None]  # receives output voxels done (encoder work included: progress.WorkMeter)
 
 
 class Upsampler:
@@ -137,20 +139,25 @@ class Upsampler:
         base = self.bundle.spec.get("base", "none")
         if base not in windowed_sinc.BASES:
             raise ModelError(f"model.json: spec.base must be one of {', '.join(windowed_sinc.BASES)}, got {base!r}")
-        for t in plan_tiles(lr.shape, out_shape, tile, radius):
+        tiles = plan_tiles(lr.shape, out_shape, tile, radius)
+        # progress counts output voxels, spread over encoder and decoder work (progress.WorkMeter)
+        meter = WorkMeter([_extent(t.encode) for t in tiles], [_extent(t.output) for t in tiles], out.size,
+                          network_costs(self.bundle), progress)
+        for index, t in enumerate(tiles):
             features, offset = self._encode(lr, t)
+            meter.encoded(index)
             on_device = self.backend.decodes_boxes_on_device
             block = features if on_device else np.ascontiguousarray(np.moveaxis(features, 0, -1))
             boxes = [tuple(zip(*t.output))] if on_device else output_chunks(t.output, self.chunk)
             for start, stop in boxes:
                 values = self._decode(block, offset, lr.shape, out.shape, start, stop, on_device)
                 out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = values
-                if progress:
-                    progress(values.size)
+                meter.decoded(values.size)
             del features, block
             if base != "none":  # residual bundles: decoder output + windowed-sinc base of the tile's outputs
                 windowed_sinc.add_base(out, lr, t.output)
             release_pages(out)
+        meter.finish()
         return out
 
     def _encode(self, lr: np.ndarray, tile: Tile) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -200,6 +207,10 @@ class Upsampler:
             feature_scale=self.bundle.feature_scale,
         )
         return plan if self.tile is None else MemoryPlan(self.tile, plan.output_in_memory, plan.encoder_budget)
+
+
+def _extent(box: Sequence[tuple[int, int]]) -> int:
+    return math.prod(int(b) - int(a) for a, b in box)
 
 
 @dataclass
@@ -304,6 +315,7 @@ def upsample_file(
     upsampler: Upsampler | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
     on_backend: Callable[[str], None] | None = None,
+    on_plan: Callable[[dict[str, Any]], None] | None = None,
     progress: Callable[[OutputGrid], ProgressFn] | None = None,
     as_intensity: bool = False,
     keep_acquired: str | None = None,
@@ -317,7 +329,10 @@ def upsample_file(
 
     Every check that can fail (input, size options or reference, output path, model) runs
     before compute, so a bad call costs nothing and leaves nothing behind. ``progress(grid)``
-    may return a callable that receives the number of output voxels done after each chunk.
+    may return a callable that receives the number of output voxels done (after each tile's
+    encoder call and each decoded chunk: ``progress.WorkMeter``). ``on_plan(info)`` is told,
+    just before compute, the input/output shapes and spacing, volumes, backend and model (or
+    interp method).
     ``output_format``: auto (from the suffix), nifti, mgh, or dicom (a series folder).
     ``reference``: an image whose grid the output takes (instead of scale / voxel_size /
     shape; see reference.py).
@@ -325,7 +340,8 @@ def upsample_file(
     from .intensity import choose_output_dtype
     from .options import check_grid_options
     from .render import plan_target, read_input, render_and_write
-    from .writers import check_volume_output, output_format as format_for
+    from .provenance import describe
+    from .writers import check_volume_output, output_format as format_for, reference_label, size_label
 
     t0 = time.perf_counter()
     in_path = Path(in_path)
@@ -347,10 +363,18 @@ def upsample_file(
                                     keep_samples=keep_samples)
         if on_backend:
             on_backend(up.backend.name)
+    label = reference_label(reference) if reference is not None else size_label(scale, voxel_size, shape)
+    descrip = describe(label, up.bundle.name if up is not None else None, method)
+    in_spacing = tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0))
+    if on_plan:
+        grid = target.grid
+        on_plan({"input": str(in_path), "output": str(out), "in_shape": tuple(volume.shape), "in_spacing": in_spacing,
+                 "out_shape": tuple(grid.shape), "out_spacing": tuple(grid.spacing), "volumes": series.count if series else 1,
+                 "backend": up.backend.name if up is not None else "numpy", "model": up.bundle.name if up is not None else f"interp {method}"})
     try:
         written, _ = render_and_write(volume, series, target, method, out, fmt, upsampler=up, dtype=dtype, force=force,
                                       inputs=[in_path], progress=progress, clip=clip_to_input_range,
-                                      max_memory=up.max_memory if up is not None else max_memory)
+                                      max_memory=up.max_memory if up is not None else max_memory, descrip=descrip)
     finally:
         if up is not None and upsampler is None:
             up.close()

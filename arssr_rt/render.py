@@ -124,11 +124,13 @@ def render(volume: Volume, target: Target, method: str, upsampler: "Upsampler | 
 def render_and_write(volume: Volume, series: "SeriesInput | None", target: Target, method: str, path: str | os.PathLike,
                      fmt: str, *, upsampler: "Upsampler | None" = None, dtype: str | None = None, force: bool = False,
                      inputs: Iterable[str | os.PathLike] = (), progress: Callable[[Any], "ProgressFn"] | None = None,
-                     clip: bool = False, max_memory: int | None = None, keep_first: bool = False) -> tuple[Path, np.ndarray | None]:
+                     clip: bool = False, max_memory: int | None = None, keep_first: bool = False,
+                     descrip: str | None = None) -> tuple[Path, np.ndarray | None]:
     """Render every volume and write one output (a 4-D series: one 4-D NIfTI, volume by volume).
 
     Returns the written path and, for QC, the rendered data (a series' first volume when
-    ``keep_first``; else None for a series)."""
+    ``keep_first``; else None for a series). ``descrip``: the provenance text of the file
+    (``provenance.describe``)."""
     from .pipeline import DEFAULT_MAX_MEMORY
     from .series import SeriesGrid, run_series
     from .writers import write_volume
@@ -136,7 +138,8 @@ def render_and_write(volume: Volume, series: "SeriesInput | None", target: Targe
     inputs = list(inputs)
     if series is None:
         data = render(volume, target, method, upsampler, progress(target.model_grid) if progress else None, clip, max_memory)
-        return write_volume(path, data, target.grid, volume, fmt, dtype=dtype, force=force, inputs=inputs, method=method), data
+        return write_volume(path, data, target.grid, volume, fmt, dtype=dtype, force=force, inputs=inputs, method=method,
+                            descrip=descrip), data
     if fmt != "nifti":
         raise OutputError(f"{series.path}: a 4-D series is written as one 4-D NIfTI (.nii/.nii.gz); {fmt} output takes 3-D volumes")
     step = progress(SeriesGrid(target.model_grid, series.count)) if progress else None  # type: ignore[arg-type]
@@ -149,5 +152,5 @@ def render_and_write(volume: Volume, series: "SeriesInput | None", target: Targe
         return result
 
     budget = max_memory or (upsampler.max_memory if upsampler is not None else DEFAULT_MAX_MEMORY)
-    written = run_series(series, target.grid, one, path, dtype=dtype, force=force, inputs=inputs, max_memory=budget)
+    written = run_series(series, target.grid, one, path, dtype=dtype, force=force, inputs=inputs, max_memory=budget, descrip=descrip)
     return written, first[0] if first else None

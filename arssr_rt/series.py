@@ -135,7 +135,8 @@ class SeriesGrid:
 
 
 def run_series(series: SeriesInput, grid: OutputGrid, run: Callable[[Volume], np.ndarray], path: str | os.PathLike,
-               *, dtype: str | None, force: bool, inputs: Iterable[str | os.PathLike], max_memory: int) -> Path:
+               *, dtype: str | None, force: bool, inputs: Iterable[str | os.PathLike], max_memory: int,
+               descrip: str | None = None) -> Path:
     """Super-resolve every volume with ``run`` and write one 4-D NIfTI at ``path`` atomically."""
     from .nifti_write import _scaling_for, check_output_path, form_affines, output_header, output_suffix, write_nifti_image
 
@@ -155,7 +156,7 @@ def run_series(series: SeriesInput, grid: OutputGrid, run: Callable[[Volume], np
         lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         del result, block
     forms = form_affines(series.first, grid)
-    header = output_header(series.first, grid, out_dtype, slope, inter, (lo * slope + inter, hi * slope + inter), forms)
+    header = output_header(series.first, grid, out_dtype, slope, inter, (lo * slope + inter, hi * slope + inter), forms, descrip)
     kept = np.array(header["pixdim"][4:], copy=True)
     header.set_data_shape(shape4)
     header["pixdim"][4:] = kept  # TR and the rest of pixdim beyond the spatial axes

@@ -110,10 +110,12 @@ def write_volume(
     force: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
     method: str = "model",
+    descrip: str | None = None,
 ) -> Path:
     """Write ``data`` on ``grid`` with the writer for ``fmt`` (through the output guard).
 
-    ``method`` (``model`` or the --interp name) is what a DICOM series' descriptions say was done.
+    ``method`` (``model`` or the --interp name) is what a DICOM series' descriptions say was done;
+    ``descrip`` (``provenance.describe``) goes into the NIfTI descrip / MGH command-line tag.
     """
     fmt = output_format(path, fmt)
     if fmt == "dicom":
@@ -123,7 +125,7 @@ def write_volume(
     if fmt == "mgh":
         from .io_mgh import save_mgh
 
-        return save_mgh(path, data, grid, source, dtype=dtype, force=force, inputs=inputs)
+        return save_mgh(path, data, grid, source, dtype=dtype, force=force, inputs=inputs, descrip=descrip)
     from .nifti_write import save_volume
 
-    return save_volume(path, data, grid, source, dtype=dtype, force=force, inputs=inputs)
+    return save_volume(path, data, grid, source, dtype=dtype, force=force, inputs=inputs, descrip=descrip)

@@ -346,6 +346,8 @@ def test_soak_50_files_with_5_broken_twice(tmp_path, tiny_bundle):
     first_seconds = time.perf_counter() - t0
     first = read_report(report_path)
     assert first["counts"] == {"done": 45, "skipped": 0, "failed": 5, "pending": 0}
+    assert {k: first["execution"][k] for k in ("runner", "jobs", "workers", "ray_address")} == {
+        "runner": "process pool", "jobs": 2, "workers": 2, "ray_address": None}
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     t0 = time.perf_counter()
     assert batch(*args) == 1
@@ -479,6 +481,9 @@ def test_ray_local_instance_ignores_a_stale_cluster_file(tmp_path, tiny_bundle, 
     assert proc.returncode == 1, proc.stderr[-2000:]  # c.nii.gz is junk
     report = read_report(tmp_path / "r.json")
     assert [i["status"] for i in report["items"]] == ["done", "done", "failed"] and report["complete"]
+    execution = report["execution"]
+    assert (execution["runner"], execution["ray_address"], execution["jobs"], execution["workers"]) == ("ray", "local", 2, 2)
+    assert execution["versions"]["ray"] == execution["ray_version"] and execution["ray_cluster"]["CPU"] >= 1
     assert_complete_output(tmp_path / "out" / "a_x2.nii.gz", (32, 32, 32))
 
 

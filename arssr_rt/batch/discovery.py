@@ -1,7 +1,8 @@
 """Turn command-line INPUTS (files, folders, CSV lists) into a sorted list of batch items.
 
 Folders are walked recursively, following symlinks but never entering a folder twice (a
-symlink loop cannot hang the walk). Anything that cannot be an input (a missing path, a
+symlink loop cannot hang the walk); in a BIDS dataset (a folder with dataset_description.json)
+derivatives/, sourcedata/ and code/ are not walked. Anything that cannot be an input (a missing path, a
 looping or broken symlink, an unreadable folder, a file of the wrong type given by name) is
 kept as an item with an ``error`` so the report shows it instead of silently dropping it.
 """
@@ -23,6 +24,8 @@ VOLUME_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".hdr": "nifti", ".hdr.g
                    ".mgz": "mgh", ".mgh": "mgh"}
 EXPLICIT_ONLY_SUFFIXES = {".img": "nifti", ".img.gz": "nifti"}
 CSV_COLUMNS = ("input", "output", "scale")
+# folders of a BIDS dataset root that hold no raw data to process (other pipelines' outputs, DICOMs)
+BIDS_NON_RAW = ("derivatives", "sourcedata", "code")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ def _walk(root: Path, exclude: Sequence[Path] = ()) -> Iterable[BatchItem]:
             yield _failed(folder, folder.relative_to(root), f"cannot list folder: {_describe_os_error(exc)}")
             continue
         has_dicom = False
+        bids_root = any(e.name == "dataset_description.json" for e in entries)
         for entry in entries:
             path = Path(entry.path)
             rel = path.relative_to(root)
@@ -109,6 +113,8 @@ def _walk(root: Path, exclude: Sequence[Path] = ()) -> Iterable[BatchItem]:
             if is_temp_name(entry.name):
                 continue
             if is_dir:
+                if bids_root and entry.name in BIDS_NON_RAW:
+                    continue  # a BIDS dataset's derivatives/ and sourcedata/ are not its raw data
                 if not is_batch_output(path, ""):  # a DICOM output series of an earlier run
                     stack.append(path)
             elif is_file:
@@ -126,16 +132,13 @@ def _walk(root: Path, exclude: Sequence[Path] = ()) -> Iterable[BatchItem]:
 
 def is_batch_output(path: Path, suffix: str) -> bool:
     """Whether ``path`` is an output of arssr-rt batch: its sidecar (``<stem>.json``) names it."""
-    import json
+    from .sidecar import read_sidecar
 
     side = path.with_name(path.name[: len(path.name) - len(suffix)] + ".json")
     if not side.is_file():
         return False
-    try:
-        record = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("output") == path.name and "input_sha256" in record
+    record = read_sidecar(side)
+    return record is not None and record.get("output") == path.name and "input_sha256" in record
 
 
 def _explicit(path: Path, exclude: Sequence[Path] = ()) -> list[BatchItem]:

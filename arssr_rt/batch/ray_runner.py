@@ -94,14 +94,18 @@ def run_on_ray(
     fail_fast: bool = False,
     address: str | None = None,
     workers: int = 1,
-) -> None:
-    """Process ``tasks`` on Ray (a local instance when no address and no $RAY_ADDRESS)."""
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Process ``tasks`` on Ray (a local instance when no address and no $RAY_ADDRESS).
+
+    Returns (and passes ``on_start`` once the actors exist) what the report records: the
+    address used (``"local"`` for an instance started here), actors, cluster resources, Ray's version."""
     ray = require("ray")
     from ray.util import ActorPool
 
     started_here = not ray.is_initialized()
+    target = ray_address(address) if started_here else "already initialised"
     if started_here:
-        target = ray_address(address)
         check_reachable(target)
         try:
             ray.init(address=target, include_dashboard=False, logging_level="ERROR", configure_logging=False)
@@ -112,6 +116,10 @@ def run_on_ray(
         resources = actor_resources(cluster, options)
         remote_actor = ray.remote(**resources)(BatchActor)
         actors = [remote_actor.remote(options) for _ in range(actor_count(cluster, options, workers, len(tasks)))]
+        info = {"ray_address": target, "workers": len(actors), "actor_resources": resources,
+                "ray_cluster": {k: cluster[k] for k in ("CPU", "GPU") if k in cluster}, "ray_version": getattr(ray, "__version__", None)}
+        if on_start:
+            on_start(info)
         pool = ActorPool(actors)
         try:
             for error, result in pool.map_unordered(lambda actor, task: actor.process.remote(task), list(tasks)):
@@ -127,3 +135,4 @@ def run_on_ray(
     finally:
         if started_here:
             ray.shutdown()
+    return info

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import platform
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ class BatchReport:
     model: dict[str, str]
     shard: str | None
     items: list[ItemResult]
+    execution: dict[str, Any] = field(default_factory=dict)  # where and how it ran (execution_context)
     started: str = field(default_factory=lambda: now_utc())
     finished: str | None = None
     complete: bool = False
@@ -55,9 +59,35 @@ class BatchReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": REPORT_SCHEMA, "tool": f"arssr-rt {__version__}", "started": self.started, "finished": self.finished,
-            "complete": self.complete, "shard": self.shard, "model": self.model, "options": self.options,
+            "complete": self.complete, "shard": self.shard, "execution": self.execution, "model": self.model, "options": self.options,
             "counts": self.counts(), "items": [asdict(i) for i in self.items],
         }
+
+
+VERSIONED = ("arssr-rt", "numpy", "nibabel", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch", "ray")
+SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_JOB_NODELIST",
+                   "SLURM_CPUS_PER_TASK")
+
+
+def execution_context(runner: str, jobs: int, workers: int, shard: str | None, ray_address: str | None = None) -> dict[str, Any]:
+    """Where and how a batch ran, for reading a report later: the runner (``in process``,
+    ``process pool`` or ``ray``), --jobs and the workers started, the Ray address (or None),
+    the shard, host, pid, Python, platform, SLURM job variables and installed versions."""
+    from importlib import metadata
+
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    versions.setdefault("arssr-rt", __version__)
+    slurm = {k: os.environ[k] for k in SLURM_VARIABLES if k in os.environ}
+    return {
+        "runner": runner, "jobs": jobs, "workers": workers, "ray_address": ray_address, "shard": shard,
+        "host": socket.gethostname(), "pid": os.getpid(), "python": platform.python_version(), "platform": platform.platform(),
+        "cpus": os.cpu_count(), **({"slurm": slurm} if slurm else {}), "versions": versions,
+    }
 
 
 def now_utc() -> str:

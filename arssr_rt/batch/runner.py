@@ -21,8 +21,9 @@ from ..atomic import remove_stale_temps
 from ..errors import ArssrError, InputError, OutputError
 from ..outputs import InputSet, is_inside, normalized
 from ..writers import check_volume_output, output_name, reference_label, size_label
+from .bids import BidsSource, bids_source, check_description, derivative_sidecar, res_label, resolution_text, write_description
 from .discovery import BatchItem, discover, select_shard
-from .report import BatchReport, ItemResult, Reporter, now_utc
+from .report import BatchReport, ItemResult, Reporter, execution_context, now_utc
 from .sidecar import (
     claim_path, input_sha256, model_sha256, output_size, owned_by, read_sidecar, sidecar_path, stale_reason, write_claim, write_sidecar,
 )
@@ -56,6 +57,7 @@ class BatchOptions:
     reference: str | None = None  # an image whose grid every output takes (a CSV row's scale overrides it)
     reference_sha256: str | None = None  # set by run_batch: a changed reference makes outputs stale
     keep_samples: bool = True
+    bids: bool = True  # BIDS-named NIfTI inputs get BIDS-derivative outputs (batch/bids.py)
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
@@ -87,16 +89,33 @@ class Task:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
+def item_label(item: BatchItem, options: BatchOptions) -> str:
+    """The name label of an item: its CSV row's scale, else --reference or the batch's size option."""
+    if options.reference_for(item.scale) is not None:
+        return reference_label(options.reference)  # type: ignore[arg-type]
+    if item.scale is not None:
+        return size_label(item.scale, None, None)
+    return size_label(options.scale, options.voxel_size, options.shape)
+
+
+def bids_place(item: BatchItem, options: BatchOptions) -> BidsSource | None:
+    """The item's BIDS source when its output is a BIDS derivative (a BIDS-named NIfTI, NIfTI
+    output, no CSV output, not --no-bids)."""
+    if not options.bids or item.output is not None or item.kind != "nifti" or options.output_format != "nifti":
+        return None
+    return bids_source(item.input)
+
+
 def output_for(item: BatchItem, out_dir: Path, options: BatchOptions) -> Path:
-    """Where an item's output goes: the CSV's output (relative to OUT_DIR), else
-    OUT_DIR/<relative folder>/<stem>_<label>[.nii.gz] (``writers.output_name``)."""
+    """Where an item's output goes: the CSV's output (relative to OUT_DIR); for a BIDS input
+    OUT_DIR/sub-<label>/[ses-<label>/]<datatype>/<entities>_res-<label>_<suffix>.nii.gz;
+    else OUT_DIR/<relative folder>/<stem>_<label>[.nii.gz] (``writers.output_name``)."""
     if item.output is not None:
         return item.output if item.output.is_absolute() else out_dir / item.output
-    scale_given = item.scale is not None
-    if options.reference_for(item.scale) is not None:
-        label = reference_label(options.reference)  # type: ignore[arg-type]
-    else:
-        label = size_label(item.scale or options.scale, None if scale_given else options.voxel_size, None if scale_given else options.shape)
+    label = item_label(item, options)
+    place = bids_place(item, options)
+    if place is not None:
+        return out_dir / place.output_relative(res_label(label))
     return out_dir / item.relative.parent / output_name(item.input, label, options.output_format)
 
 
@@ -132,6 +151,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
     The output may be replaced only when ``plan_tasks`` found it absent, made by an earlier
     run for this input (its sidecar says so), or ``--force`` was given."""
     from ..pipeline import DEFAULT_MAX_OUTPUT_VOXELS, choose_interp
+    from ..provenance import describe
     from ..qc import write_qc_montage
     from ..render import plan_target, read_input, render_and_write
 
@@ -154,11 +174,13 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         replace = options.force or owned_by(task.output, task.item.input, task.input_digest)
         check_volume_output(task.output, options.output_format, inputs=[task.item.input], force=replace)
         shown: list = []
+        label = item_label(task.item, options)
+        descrip = describe(label, upsampler.bundle.name if method == "model" else None, method)
 
         def write() -> None:
             _, data = render_and_write(volume, series, target, method, task.output, options.output_format, upsampler=upsampler,
                                        dtype=options.dtype, force=replace, inputs=[task.item.input],
-                                       clip=options.clip_to_input_range, keep_first=options.qc)
+                                       clip=options.clip_to_input_range, keep_first=options.qc, descrip=descrip)
             shown.append(data if options.qc else None)
 
         _write_claimed(task, write)
@@ -171,6 +193,11 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         shown.clear()
         result.backend = str(getattr(upsampler.backend, "name", "?")) if method == "model" else "numpy"
         result.seconds = round(time.perf_counter() - t0, 3)
+        place = bids_place(task.item, options)
+        bids_fields = None if place is None else derivative_sidecar(
+            place, task.item.input, res_label(label), resolution_text(res_label(label), result.in_shape, result.in_spacing,
+                                                                    result.out_shape, result.out_spacing),
+            f"ArSSR model {upsampler.bundle.name}" if method == "model" else f"{method} interpolation, no model")
         write_sidecar(sidecar_path(task.output), {
             "tool": f"arssr-rt {__version__}", "input": str(task.item.input), "input_path": os.path.realpath(task.item.input), "input_sha256": task.input_digest,
             "model": upsampler.bundle.name if method == "model" else f"interp {method}", "model_sha256": task.model_digest,
@@ -179,7 +206,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
             "in_spacing": result.in_spacing, "out_spacing": result.out_spacing, "backend": result.backend, "seconds": result.seconds,
             **({"volumes": series.count} if series is not None else {}),
             **({"reference": str(options.reference_for(task.scale))} if options.reference_for(task.scale) else {}),
-        })
+        }, bids=bids_fields)
         claim_path(task.output).unlink(missing_ok=True)
         result.status = "done"
         result.message = "; ".join(notes) or None
@@ -366,14 +393,21 @@ def run_batch(
         check_report_path(Path(report_path), out_dir, [i.input for i in items if not i.error], options.force)
     bundle = resolve_model(options.model)
     model_digest = model_sha256(bundle.path)
+    bids_roots = [p.root for p in (bids_place(i, options) for i in items if not i.error) if p is not None]
+    description = check_description(out_dir, bids_roots, options.force) if bids_roots else None
     tasks, known = plan_tasks(items, out_dir, options, model_digest)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if bids_roots:  # OUT_DIR is a BIDS derivative dataset from the start: a killed run leaves one too
+        write_description(out_dir, bids_roots, bundle.name, model_digest, description)
     pending = [ItemResult(input=str(t.item.input), status="pending", output=str(t.output)) for t in tasks]
     by_input = {r.input: r for r in known + pending}
     report = BatchReport(
         options={k: v for k, v in asdict(options).items()}, model={"name": bundle.name, "path": str(bundle.path), "sha256": model_digest},
         shard=f"{shard[0]}/{shard[1]}" if shard else None, items=[by_input[str(i.input)] for i in items],
     )
+    runner = "ray" if executor == "ray" else "in process" if min(jobs, len(tasks)) <= 1 else "process pool"
+    workers = 0 if executor == "ray" or not tasks else max(1, min(jobs, len(tasks)))  # Ray: filled in once its actors exist
+    report.execution = execution_context(runner, jobs, workers, report.shard, _planned_ray_address(ray_address) if executor == "ray" else None)
     reporter = Reporter(report, Path(report_path) if report_path else None, on_result)
     if on_plan:
         on_plan(report)
@@ -386,7 +420,9 @@ def run_batch(
             if executor == "ray":
                 from .ray_runner import run_on_ray
 
-                run_on_ray(tasks, options, reporter.record, fail_fast=fail_fast, address=ray_address, workers=jobs)
+                ray_info = run_on_ray(tasks, options, reporter.record, fail_fast=fail_fast, address=ray_address, workers=jobs,
+                                      on_start=lambda info: (report.execution.update(info), reporter.flush()))
+                report.execution.update(ray_info)
             elif min(jobs, len(tasks)) <= 1:
                 _run_here(tasks, options, reporter.record, fail_fast)
             else:
@@ -398,6 +434,12 @@ def run_batch(
         report.finished = now_utc()
         reporter.flush()
     return report
+
+
+def _planned_ray_address(given: str | None) -> str:
+    from .ray_runner import ray_address
+
+    return ray_address(given)
 
 
 def _stop_after(result: ItemResult, fail_fast: bool) -> bool:

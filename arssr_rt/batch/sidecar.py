@@ -2,6 +2,9 @@
 made it (input sha256, model sha256, options). A rerun skips an output only when its sidecar
 matches the current input, model and options and the output is still there at its recorded
 size, so a killed run resumes and a changed input or model is redone.
+
+A BIDS derivative's sidecar is a BIDS sidecar (Description, Sources, Resolution, ...) with
+that record under one key, ``ArssrRTBatch``; ``read_sidecar`` reads either layout.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from ..atomic import atomic_write_text
 
 SIDECAR_SCHEMA = 1
+TOOL_KEY = "ArssrRTBatch"  # the record's key inside a BIDS sidecar (bids.TOOL_KEY)
 _OUTPUT_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -61,10 +65,12 @@ def output_size(output: Path) -> int:
     return output.stat().st_size
 
 
-def write_sidecar(path: Path, record: dict[str, Any]) -> None:
-    """Atomically write ``record`` (plus schema and time) as the sidecar at ``path``."""
+def write_sidecar(path: Path, record: dict[str, Any], bids: dict[str, Any] | None = None) -> None:
+    """Atomically write ``record`` (plus schema and time) as the sidecar at ``path``; with
+    ``bids`` fields, a BIDS sidecar holding the record under ``TOOL_KEY``."""
     record = {"schema": SIDECAR_SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **record}
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    document = record if bids is None else {**bids, TOOL_KEY: record}
+    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=bids is None) + "\n")
 
 
 def claim_path(output: Path) -> Path:
@@ -99,6 +105,8 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if isinstance(record, dict) and isinstance(record.get(TOOL_KEY), dict):
+        record = record[TOOL_KEY]
     return record if isinstance(record, dict) and record.get("schema") == SIDECAR_SCHEMA else None
 
 

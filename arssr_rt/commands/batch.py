@@ -21,7 +21,13 @@ if any input failed, 0 otherwise. Each output gets a sidecar JSON (input sha256,
 sha256, options) written last, so a rerun skips complete, up-to-date outputs and a killed
 run resumes where it stopped. Outputs mirror the input folders under OUT_DIR as
 <name>_<label>.nii.gz (label: x2, x1x1x3, 0.5mm, 256x256x100) or, with --output-format
-dicom, as a new derived DICOM series folder. The report (default OUT_DIR/batch_report.json)
+dicom, as a new derived DICOM series folder.
+
+BIDS inputs (sub-<label>[_ses-<label>]..._<suffix>.nii[.gz]) make OUT_DIR a BIDS derivative
+dataset: sub-01/[ses-1/]anat/sub-01[_ses-1]_res-x2_T1w.nii.gz (res label: the size label
+with . written p, e.g. res-0p5mm), a BIDS sidecar (Sources, Resolution, SkullStripped) and
+OUT_DIR/dataset_description.json (GeneratedBy, SourceDatasets); --no-bids for plain names.
+A BIDS dataset's derivatives/, sourcedata/ and code/ folders are not walked. The report (default OUT_DIR/batch_report.json)
 lists every input with its status, output, shapes, spacing, backend, time and error.
 
 Nothing is overwritten without --force except this batch's own earlier outputs (their sidecar
@@ -34,6 +40,7 @@ Examples:
 \b
   arssr-rt batch scans/ -o sr/ --scale 2 --jobs 2 --qc
   arssr-rt batch list.csv -o sr/ --voxel-size 0.7 --report sr/report.json
+  arssr-rt batch bids_dataset/ -o bids_dataset/derivatives/arssr-rt --voxel-size 0.5
   arssr-rt batch dicom_study/ -o sr/ --scale 1,1,3 --output-format dicom
   arssr-rt batch scans/ -o sr/ --scale 2 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
   arssr-rt batch scans/ -o sr/ --scale 2 --ray --ray-address ray://head:10001
@@ -96,12 +103,12 @@ def register(app: typer.Typer) -> None:
         qc: bool = typer.Option(False, "--qc", help="Write a QC montage PNG next to each output."),
         output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
         as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve inputs that look like label maps as intensities anyway."),
+        no_bids: bool = typer.Option(False, "--no-bids", help="Plain <name>_<label>.nii.gz outputs for BIDS inputs too (no BIDS derivative dataset)."),
         ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 (implies --ray)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (failed inputs) on stderr: no progress, no per-file lines, no summary."),
     ) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
         from ..batch.discovery import parse_shard
@@ -109,6 +116,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import InputError
         from ..options import check_grid_options, check_tile
         from ..resample import parse_interp
+        from ..progress import ProgressDisplay, utc_stamp
 
         check_grid_options(scale, voxel_size, shape, reference)  # one bad option fails the batch once, not every file
         parse_interp(interp)
@@ -126,20 +134,23 @@ def register(app: typer.Typer) -> None:
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
             allow_outside=allow_outside,
             as_intensity=as_intensity, interp=interp, clip_to_input_range=clip_to_input_range,
-            reference=str(reference) if reference is not None else None, keep_samples=keep_samples,
+            reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids,
         )
         console = Console(stderr=True, highlight=False)
-        progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=console, disable=quiet, transient=True)
-        task_id = None
+        # a bar on a terminal; plain timestamped lines in SLURM logs and pipes (progress.py)
+        display = ProgressDisplay("batch", console, unit="inputs", quiet=quiet)
 
         def on_plan(plan) -> None:
-            nonlocal task_id
-            task_id = progress.add_task("batch", total=len(plan.items))
+            ex = plan.execution
+            where = f", Ray {ex['ray_address']}" if ex.get("ray_address") else ""
+            display.start(len(plan.items), f"start: {len(plan.items)} inputs -> {out_dir}, {ex.get('runner')}, --jobs {ex.get('jobs')}"
+                          f"{where}{f', shard {plan.shard}' if plan.shard else ''}, model {plan.model['name']}, host {ex.get('host')}")
 
         def on_result(result) -> None:
-            if task_id is not None:
-                progress.advance(task_id)
+            print_result(result)
+            display.advance(1)  # after the file's own line: the percentage line follows it
+
+        def print_result(result) -> None:
             if quiet and result.status != "failed":  # --quiet: only errors reach stderr
                 return
             detail = f" -> {result.output}" if result.output and result.status != "failed" else ""
@@ -149,11 +160,12 @@ def register(app: typer.Typer) -> None:
                 message = message[len(result.input) + 2:]
             why = f": {message}" if result.status in ("failed", "done") and message else ""  # done: notes (e.g. --interp nearest chosen)
             # paths and messages are plain text: an install hint's "arssr-rt[eval]" is not markup
-            line = Text(f"{result.status:>7}", style=STATUS_STYLE.get(result.status, ""))
+            line = Text(f"{utc_stamp()} " if display.plain else "")
+            line.append(f"{result.status:>7}", style=STATUS_STYLE.get(result.status, ""))
             line.append(f" {result.input}{detail}{timing}{why}")
             console.print(line, soft_wrap=True)
 
-        with progress:
+        with display:
             outcome = run_batch(
                 inputs, out_dir, options, jobs=jobs, shard=shard_pair, report_path=report, fail_fast=fail_fast,
                 on_plan=on_plan, on_result=on_result, executor="ray" if (ray or ray_address) else "process",
@@ -161,6 +173,7 @@ def register(app: typer.Typer) -> None:
             )
         counts = outcome.counts()
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        display.finish(summary or "nothing to do")
         if not quiet:
             console.print(f"{len(outcome.items)} inputs: {summary or 'nothing to do'}; report: {report}", soft_wrap=True, markup=False)
         if counts.get("failed") or counts.get("pending"):

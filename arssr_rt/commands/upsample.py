@@ -69,11 +69,11 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from ..consistency import check_slice_profile
         from ..options import check_grid_options, check_tile, parse_max_memory
         from ..pipeline import upsample_file
+        from ..progress import ProgressDisplay
         from ..resample import parse_interp
 
         check_grid_options(scale, voxel_size, shape, reference)  # bad option text fails before the volume is read
@@ -84,15 +84,23 @@ def register(app: typer.Typer) -> None:
         max_memory_bytes = parse_max_memory(max_memory)
         console = Console(stderr=True)
         options = BackendOptions(device=device, threads=threads, precision=precision)
-        # the cheap checks inside upsample_file run before the model loads: load it lazily
-        bar = Progress(TextColumn("[bold]upsampling"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=True)
+        # a bar on a terminal; plain timestamped lines in SLURM logs and pipes (progress.py)
+        display = ProgressDisplay("upsampling", console, unit="voxels", quiet=quiet)
 
         def progress(grid):
-            task = bar.add_task("up", total=grid.voxels)
-            return lambda n: bar.advance(task, n)
+            display.start(grid.voxels)
+            return display.advance
 
-        with bar:
+        def on_plan(info) -> None:
+            if not quiet:  # scripts read this line (which backend "auto" chose)
+                console.print(f"backend: {info['backend']}", highlight=False, markup=False)
+            if display.plain:
+                display.line(f"start: {info['input']} {_shape(info['in_shape'])} ({_mm(info['in_spacing'])} mm) -> "
+                             f"{info['output']} {_shape(info['out_shape'])} ({_mm(info['out_spacing'])} mm)"
+                             + (f" x {info['volumes']} volumes" if info["volumes"] > 1 else "")
+                             + f", backend {info['backend']}, model {info['model']}")
+
+        with display:
             result = upsample_file(
                 input, output, scale=scale, voxel_size=voxel_size, shape=shape, reference=reference, model=model, backend=backend,
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
@@ -101,8 +109,9 @@ def register(app: typer.Typer) -> None:
                 keep_acquired=slice_profile if keep_acquired else None, slice_gap=slice_gap,
                 interp=interp, clip_to_input_range=clip_to_input_range, keep_samples=keep_samples,
                 on_note=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
-                on_backend=None if quiet else lambda name: console.print(f"backend: {name}", highlight=False),
+                on_plan=on_plan,
             )
+        display.finish(f"{result.out_path}")
         if not quiet:
             i, o = result.in_shape, result.out_shape
             isp = ",".join(f"{v:.3g}" for v in result.in_spacing)
@@ -112,3 +121,11 @@ def register(app: typer.Typer) -> None:
                 f"in {result.seconds:.1f} s [{result.backend}, model {result.model}]",
                 file=sys.stderr,
             )
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
+def _mm(spacing) -> str:
+    return ",".join(f"{v:.3g}" for v in spacing)
