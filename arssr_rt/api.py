@@ -307,10 +307,12 @@ def _run(x: Any, affine: Any, size: dict[str, Any], dtype: str | None, interp: s
     finally:
         stop()
     from .provenance import describe
-    from .writers import size_label
+    from .writers import reference_label, size_label
 
     # an image comes back with the descrip the CLI writes into its file
-    descrip = describe(size_label(size["scale"], size["voxel_size"], size["shape"]), up.bundle.name if up is not None else None, methods[0])
+    label = (reference_label(getattr(reference, "get_filename", lambda: None)() or "reference" if _nibabel_image(reference) else reference)
+             if reference is not None else size_label(size["scale"], size["voxel_size"], size["shape"]))
+    descrip = describe(label, up.bundle.name if up is not None else None, methods[0])
     return _give_back(given, results, grid, out_dtype, dtype, descrip)
 
 
