@@ -49,6 +49,16 @@ class ModelBundle:
         return str(self.meta.get("name", self.path.name))
 
     @property
+    def version(self) -> str:
+        """The bundle's own version (model.json ``version``; bundles before it: ``"1"``)."""
+        return str(self.meta.get("version", "1"))
+
+    @property
+    def label(self) -> str:
+        """``<name> version <version>``: how outputs' provenance names the model."""
+        return f"{self.name} version {self.version}"
+
+    @property
     def spec(self) -> dict[str, Any]:
         return dict(self.meta["spec"])
 

@@ -259,8 +259,11 @@ def _source_slices(source: Volume, grid: OutputGrid, k: int, count: int) -> rang
     return range(lo, hi + 1) if lo <= hi else range(0)
 
 
-def _derivation_text(source: Volume, grid: OutputGrid, method: str, quantisation: str, from_dicom: bool) -> str:
+def _derivation_text(source: Volume, grid: OutputGrid, method: str, quantisation: str, from_dicom: bool,
+                     model: str | None = None) -> str:
     how = "ArSSR super-resolution" if method == "model" else f"{method} interpolation"
+    if method == "model" and model:
+        how += f" (model {model})"
     before = "x".join(str(n) for n in source.shape)
     after = "x".join(str(n) for n in grid.shape)
     src_spacing = "x".join(_number(float(s)) for s in np.linalg.norm(np.asarray(source.affine)[:3, :3], axis=0))
@@ -281,10 +284,12 @@ def write_dicom_series(
     force: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
     dtype: str | None = None,
+    model: str | None = None,
 ) -> Path:
     """Write ``data`` (on ``grid``) as a new derived single-frame series in ``folder``.
 
     ``method``: what made the values (``model`` or an --interp name), for the descriptions;
+    ``model``: the bundle's name and version (model.json), named in DerivationDescription;
     ``dtype``: --dtype, the voxel type whose values are stored (see ``pixel_encoding``).
     One file per slice along the grid's third axis, named IM0001.dcm ...; the folder appears
     under its final name only when every file is complete (``atomic.atomic_write_folder``),
@@ -342,7 +347,7 @@ def write_dicom_series(
     base.SeriesDate = base.ContentDate = base.InstanceCreationDate = date
     base.SeriesTime = base.ContentTime = base.InstanceCreationTime = time
     base.ImageType = _image_type(reference)
-    base.DerivationDescription = _derivation_text(source, grid, method, quantisation, reference is not None)
+    base.DerivationDescription = _derivation_text(source, grid, method, quantisation, reference is not None, model)
     base.DerivationCodeSequence = pydicom.Sequence([_code_item(codes.cid7203.SpatialResampling)])
     equipment = Dataset()
     equipment.Manufacturer = TOOL

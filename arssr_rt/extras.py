@@ -15,7 +15,7 @@ HINTS: dict[str, tuple[str, str]] = {
     "scipy": ("tricubic interpolation and evaluation", 'pip install "arssr-rt[eval]"'),
     "matplotlib": ("figures and QC pictures", 'pip install "arssr-rt[eval]"'),
     "pydicom": ("DICOM input/output", 'pip install "arssr-rt[io]"'),
-    "nrrd": ("NRRD input", 'pip install "arssr-rt[io]"'),
+    "nrrd": ("NRRD input/output", 'pip install "arssr-rt[io]"'),
     "openvino": ("the openvino backend", 'pip install "arssr-rt[openvino]"'),
     "tensorrt": ("the tensorrt backend", "pip install tensorrt --extra-index-url https://pypi.nvidia.com"),
     "cuda": ("CUDA kernels", 'pip install "arssr-rt[gpu]"'),

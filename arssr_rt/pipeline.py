@@ -280,7 +280,7 @@ def plan_grid(volume: Volume, scale: Any = None, voxel_size: Any = None, shape: 
 
 def default_output_path(in_path: Path, scale: Any = None, voxel_size: Any = None, shape: Any = None, fmt: str = "nifti",
                         reference: Any = None) -> Path:
-    """``<stem>_<label>.nii.gz`` (or a DICOM folder ``<stem>_<label>``) next to the input."""
+    """``<stem>_<label>.nii.gz`` (.mgz, .nrrd, or a DICOM folder ``<stem>_<label>``) next to the input."""
     from .writers import output_name, reference_label, size_label
 
     label = reference_label(reference) if reference is not None else size_label(scale, voxel_size, shape)
@@ -333,7 +333,7 @@ def upsample_file(
     encoder call and each decoded chunk: ``progress.WorkMeter``). ``on_plan(info)`` is told,
     just before compute, the input/output shapes and spacing, volumes, backend and model (or
     interp method).
-    ``output_format``: auto (from the suffix), nifti, mgh, or dicom (a series folder).
+    ``output_format``: auto (from the suffix), nifti, mgh, nrrd, or dicom (a series folder).
     ``reference``: an image whose grid the output takes (instead of scale / voxel_size /
     shape; see reference.py).
     """

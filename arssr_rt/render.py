@@ -138,8 +138,9 @@ def render_and_write(volume: Volume, series: "SeriesInput | None", target: Targe
     inputs = list(inputs)
     if series is None:
         data = render(volume, target, method, upsampler, progress(target.model_grid) if progress else None, clip, max_memory)
+        model = upsampler.bundle.label if method == "model" and upsampler is not None else None  # provenance (DICOM)
         return write_volume(path, data, target.grid, volume, fmt, dtype=dtype, force=force, inputs=inputs, method=method,
-                            descrip=descrip), data
+                            descrip=descrip, model=model), data
     if fmt != "nifti":
         raise OutputError(f"{series.path}: a 4-D series is written as one 4-D NIfTI (.nii/.nii.gz); {fmt} output takes 3-D volumes")
     step = progress(SeriesGrid(target.model_grid, series.count)) if progress else None  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from ..atomic import atomic_write_text
 
 SIDECAR_SCHEMA = 1
 TOOL_KEY = "ArssrRTBatch"  # the record's key inside a BIDS sidecar (bids.TOOL_KEY)
-_OUTPUT_SUFFIXES = (".nii.gz", ".nii")
+_OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".nrrd")
 
 
 def sidecar_path(output: Path) -> Path:

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         allow_outside: bool = typer.Option(False, "--allow-outside-output-dir", help="Let a CSV's output column name paths outside OUT_DIR."),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
         qc: bool = typer.Option(False, "--qc", help="Write a QC montage PNG next to each output."),
-        output_format: str = typer.Option("nifti", "--output-format", help="nifti | dicom (a new derived series)."),
+        output_format: str = typer.Option("nifti", "--output-format", help="nifti | mgh (.mgz) | nrrd | dicom (a new derived series)."),
         as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve inputs that look like label maps as intensities anyway."),
         no_bids: bool = typer.Option(False, "--no-bids", help="Plain <name>_<label>.nii.gz outputs for BIDS inputs too (no BIDS derivative dataset)."),
         ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
@@ -121,8 +121,10 @@ def register(app: typer.Typer) -> None:
         check_grid_options(scale, voxel_size, shape, reference)  # one bad option fails the batch once, not every file
         parse_interp(interp)
         check_tile(tile)
-        if output_format not in ("nifti", "dicom"):
-            raise InputError(f"--output-format must be nifti or dicom, got {output_format!r}")
+        from ..writers import FORMATS
+
+        if output_format not in FORMATS[1:]:  # no "auto": OUT_DIR names have no suffix to go by
+            raise InputError(f"--output-format must be one of {', '.join(FORMATS[1:])}, got {output_format!r}")
         if jobs < 1:
             raise InputError(f"--jobs must be >= 1, got {jobs}")
         shard_pair = parse_shard(shard) if shard else None

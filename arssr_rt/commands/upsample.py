@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Output voxel type (default: follow the input), e.g. float32."),
         max_output_voxels: int = typer.Option(DEFAULT_MAX_OUTPUT_VOXELS, "--max-output-voxels", help="Refuse outputs with more voxels than this."),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
-        output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | mgh | dicom (a new derived series folder)."),
+        output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | mgh | nrrd | dicom (a new derived series folder)."),
         as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve an image that looks like a label map (intent label, or piecewise-constant whole numbers) as intensities anyway."),
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Data consistency for thick-slice scans: project the output so that its average over each acquired voxel's slice profile equals that voxel (exact in float output: use --dtype float32)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="box | gaussian: the acquired slice profile for --keep-acquired."),
