@@ -131,6 +131,19 @@ def test_series_from_a_nifti_source_gets_a_new_study(tmp_path):
     write_dicom_series(tmp_path / "s", volume.data, _same_grid(volume), volume)
     ds = pydicom.dcmread(next((tmp_path / "s").iterdir()))
     assert ds.StudyInstanceUID and ds.FrameOfReferenceUID and ds.Modality == "MR"
+    assert "(model " not in ds.DerivationDescription  # no model named when none was given
+
+
+def test_derivation_description_names_the_model_bundle(tmp_path, tiny_bundle):
+    """The model path names the bundle (model.json name and version); --interp names the method."""
+    from arssr_rt.pipeline import upsample_file
+
+    done = upsample_file(FIXTURE, tmp_path / "m", output_format="dicom", scale=(1, 1, 1.25), model=tiny_bundle,
+                         backend="onnxruntime")
+    text = pydicom.dcmread(next(done.out_path.iterdir())).DerivationDescription
+    assert text.startswith("ArSSR super-resolution (model tiny-random-test version 1) by arssr-rt ")
+    done = upsample_file(FIXTURE, tmp_path / "c", output_format="dicom", scale=(1, 1, 1.25), interp="cubic")
+    assert pydicom.dcmread(next(done.out_path.iterdir())).DerivationDescription.startswith("cubic interpolation by arssr-rt ")
 
 
 def test_existing_output_needs_force(series, tmp_path):
