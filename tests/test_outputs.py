@@ -162,7 +162,13 @@ def test_format_follows_the_suffix_and_dicom_is_asked_for():
     assert output_name("t1.mgz", "x2", "mgh") == "t1_x2.mgz" and output_name("t1.mgz", "x2") == "t1_x2.nii.gz"
     with pytest.raises(OutputError, match=r"\.mgz or \.mgh"):
         output_format("a.nii.gz", "mgh")
-    with pytest.raises(OutputError, match=r"\.nii, \.nii\.gz, \.mgz or \.mgh.*--output-format dicom"):
+    assert output_format("a.nrrd") == output_format("a.NRRD") == output_format("b.nrrd", "nrrd") == "nrrd"
+    assert output_name("t1.nii.gz", "x2", "nrrd") == "t1_x2.nrrd"
+    with pytest.raises(OutputError, match=r"must end in \.nrrd"):
+        output_format("a.nii.gz", "nrrd")
+    with pytest.raises(OutputError, match=r"detached NRRD header"):
+        output_format("a.nhdr")
+    with pytest.raises(OutputError, match=r"\.nii, \.nii\.gz, \.mgz, \.mgh or \.nrrd.*--output-format dicom"):
         output_format("a.png")
     with pytest.raises(OutputError, match="is a folder"):
         output_format("a.nii.gz", "dicom")
