@@ -29,8 +29,9 @@ from .volume import Volume
 
 NRRD_SUFFIX = ".nrrd"
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-# zlib's default: most of level 9's size at a fraction of its time (a 256^3 float32 volume)
-COMPRESSION_LEVEL = 6
+# nibabel's .nii.gz level: on a 256^3 output, level 6 was 17 % smaller for uint8 but 2.6x
+# slower, and for float32 1 % smaller and 1.4x slower; level 1 writes as fast as the NIfTI does
+COMPRESSION_LEVEL = 1
 
 
 def scaled_integers(source: Volume) -> bool:
