@@ -20,8 +20,9 @@ The model loads once per worker. A broken input is reported and skipped; the exi
 if any input failed, 0 otherwise. Each output gets a sidecar JSON (input sha256, model
 sha256, options) written last, so a rerun skips complete, up-to-date outputs and a killed
 run resumes where it stopped. Outputs mirror the input folders under OUT_DIR as
-<name>_<label>.nii.gz (label: x2, x1x1x3, 0.5mm, 256x256x100) or, with --output-format
-dicom, as a new derived DICOM series folder.
+<name>_<label>.nii.gz (label: x2, x1x1x3, 0.5mm, 256x256x100), .mgz or .nrrd with
+--output-format mgh or nrrd, or, with --output-format dicom, as a new derived DICOM series
+folder.
 
 BIDS inputs (sub-<label>[_ses-<label>]..._<suffix>.nii[.gz]) make OUT_DIR a BIDS derivative
 dataset: sub-01/[ses-1/]anat/sub-01[_ses-1]_res-x2_T1w.nii.gz (res label: the size label

@@ -34,6 +34,7 @@ Examples:
   arssr-rt upsample t1.nii.gz --scale 2 --backend onnxruntime --threads 2 --tile 64
   arssr-rt upsample t1.nii.gz --scale 1,1,2 --output-format dicom -o t1_sr_dicom
   arssr-rt upsample flair.nii.gz --reference t1.nii.gz -o flair_on_t1.nii.gz
+  arssr-rt upsample t1.nii.gz --scale 2 -o t1_x2.nrrd   # 3D Slicer: gzip NRRD in LPS
 """
 
 
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
     @app.command("upsample", help=HELP)
     def upsample_cmd(
         input: Path = typer.Argument(..., help="Input volume (.nii, .nii.gz, 4-D series, .mgz, .mgh; .nrrd or a DICOM series folder with arssr-rt[io])."),
-        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nii/.nii.gz or .mgz/.mgh, or a DICOM series folder with --output-format dicom (default <stem>_<label>.nii.gz next to the input)."),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .nii/.nii.gz, .mgz/.mgh or .nrrd (with arssr-rt[io]), or a DICOM series folder with --output-format dicom (default <stem>_<label>.nii.gz next to the input)."),
         scale: Optional[str] = typer.Option(None, "--scale", "-s", help="Scale factor: S or SX,SY,SZ (array axes)."),
         voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="Target spacing in mm: V or V1,V2,V3."),
         shape: Optional[str] = typer.Option(None, "--shape", help="Output shape N1,N2,N3."),
