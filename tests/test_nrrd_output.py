@@ -170,6 +170,10 @@ def test_missing_pynrrd_is_one_line_naming_the_extra(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert code != 0 and "arssr-rt[io]" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+    code = main(["batch", str(FIXTURE_PATH), "-o", str(tmp_path / "out"), "--scale", "2", "--output-format", "nrrd", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "arssr-rt[io]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_4d_series_to_nrrd_is_refused(tmp_path, capsys):

@@ -122,10 +122,13 @@ def register(app: typer.Typer) -> None:
         check_grid_options(scale, voxel_size, shape, reference)  # one bad option fails the batch once, not every file
         parse_interp(interp)
         check_tile(tile)
-        from ..writers import FORMATS
+        from ..extras import require
+        from ..writers import FORMATS, NEEDS
 
         if output_format not in FORMATS[1:]:  # no "auto": OUT_DIR names have no suffix to go by
             raise InputError(f"--output-format must be one of {', '.join(FORMATS[1:])}, got {output_format!r}")
+        if output_format in NEEDS:  # a missing writer fails the batch once, not every file
+            require(NEEDS[output_format])
         if jobs < 1:
             raise InputError(f"--jobs must be >= 1, got {jobs}")
         shard_pair = parse_shard(shard) if shard else None
