@@ -50,10 +50,20 @@ def nrrd_dtype(source: Volume, requested: str | None) -> np.dtype:
     return dt
 
 
-def nrrd_header(affine: np.ndarray) -> dict:
-    """The geometry fields of a 3-D scalar NRRD for a RAS+ ``affine`` (written in LPS, mm)."""
+def content_text(method: str, model: str | None) -> str:
+    """NRRD ``content`` (the file's one-line description): what made the values, by which tool."""
+    from . import __version__
+
+    how = "ArSSR super-resolution" + (f" (model {model})" if model else "") if method == "model" else f"{method} interpolation"
+    text = f"{how} by arssr-rt {__version__}"
+    return "".join(c if " " <= c <= "~" else "?" for c in text)  # one printable ASCII line
+
+
+def nrrd_header(affine: np.ndarray, content: str | None = None) -> dict:
+    """The fields of a 3-D scalar NRRD for a RAS+ ``affine`` (geometry written in LPS, mm)."""
     lps = RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
     return {
+        **({"content": content} if content else {}),
         "encoding": "gzip",
         "space": "left-posterior-superior",
         "space directions": lps[:3, :3].T.copy(),  # row a = the world vector of voxel axis a
@@ -64,8 +74,10 @@ def nrrd_header(affine: np.ndarray) -> dict:
 
 
 def save_nrrd(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None,
-              force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write ``data`` on ``grid`` as a gzip-encoded ``.nrrd`` through the output guard, atomically."""
+              force: bool = False, inputs: Iterable[str | os.PathLike] = (), method: str = "model",
+              model: str | None = None) -> Path:
+    """Write ``data`` on ``grid`` as a gzip-encoded ``.nrrd`` through the output guard, atomically
+    (``method``/``model``: what made the values, for the ``content`` field)."""
     nrrd = require("nrrd")
     protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
     p = check_output(path, inputs=protected, force=force)
@@ -78,7 +90,7 @@ def save_nrrd(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, sourc
         raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
     out_dtype = nrrd_dtype(source, dtype)
     stored = convert_in_slabs(data, lambda slab: to_output_dtype(slab, out_dtype), out_dtype)
-    header = nrrd_header(grid.affine)
+    header = nrrd_header(grid.affine, content_text(method, model))
 
     def write(tmp: Path) -> None:
         nrrd.write(str(tmp), stored, header, compression_level=COMPRESSION_LEVEL, index_order="F")

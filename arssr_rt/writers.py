@@ -135,8 +135,9 @@ def write_volume(
     """Write ``data`` on ``grid`` with the writer for ``fmt`` (through the output guard).
 
     ``method`` (``model`` or the --interp name) and ``model`` (the bundle's name and version,
-    when the model made the values) are what a DICOM series' descriptions say was done;
-    ``descrip`` (``provenance.describe``) goes into the NIfTI descrip / MGH command-line tag.
+    when the model made the values) are what a DICOM series' descriptions and an NRRD's
+    ``content`` say was done; ``descrip`` (``provenance.describe``) goes into the NIfTI
+    descrip / MGH command-line tag.
     """
     fmt = output_format(path, fmt)
     if fmt == "dicom":
@@ -150,7 +151,7 @@ def write_volume(
     if fmt == "nrrd":
         from .nrrd_write import save_nrrd
 
-        return save_nrrd(path, data, grid, source, dtype=dtype, force=force, inputs=inputs)
+        return save_nrrd(path, data, grid, source, dtype=dtype, force=force, inputs=inputs, method=method, model=model)
     from .nifti_write import save_volume
 
     return save_volume(path, data, grid, source, dtype=dtype, force=force, inputs=inputs, descrip=descrip)

@@ -67,6 +67,7 @@ def test_cubic_nrrd_matches_the_nifti_output(tmp_path, kind, capsys):
     data, header = nrrd.read(str(out), index_order="F")
     assert out.read_bytes()[:8] == b"NRRD0005" and header["encoding"] == "gzip"
     assert list(header["kinds"]) == ["domain"] * 3 and list(header["space units"]) == ["mm"] * 3
+    assert header["content"].startswith("cubic interpolation by arssr-rt ")
     assert data.dtype == expected.dtype == np.uint8 and data.shape == (128, 96, 80)
     np.testing.assert_array_equal(data, expected)
     np.testing.assert_allclose(_raw_affine(header), nii.affine, atol=1e-6)
@@ -86,6 +87,7 @@ def test_model_path_nrrd_matches_the_nifti_output(tmp_path, tiny_bundle):
     _upsample(src, ref, *model)
     data, header = nrrd.read(str(out), index_order="F")
     nii = nib.load(ref)
+    assert header["content"].startswith("ArSSR super-resolution (model tiny-random-test version 1) by arssr-rt ")
     np.testing.assert_array_equal(data, np.asarray(nii.dataobj))
     np.testing.assert_allclose(_raw_affine(header), nii.affine, atol=1e-6)
 
