@@ -110,9 +110,11 @@ def _write_gzip_f_order(handle, stored: np.ndarray, level: int) -> None:
 
 def save_nrrd(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, source: Volume, dtype: str | None = None,
               force: bool = False, inputs: Iterable[str | os.PathLike] = (), method: str = "model",
-              model: str | None = None) -> Path:
-    """Write ``data`` on ``grid`` as a gzip-encoded ``.nrrd`` through the output guard, atomically
-    (``method``/``model``: what made the values, for the ``content`` field)."""
+              model: str | None = None, descrip: str | None = None) -> Path:
+    """Write ``data`` on ``grid`` as a gzip-encoded ``.nrrd`` through the output guard, atomically.
+
+    ``content`` (the file's description) is ``descrip`` (``provenance.describe``: the text the
+    NIfTI descrip and MGH tag of the same request carry), else made from ``method``/``model``."""
     require("nrrd")  # its formatters write the header's numbers
     protected = [*inputs, *([source.source_path] if source.source_path is not None else [])]
     p = check_output(path, inputs=protected, force=force)
@@ -125,7 +127,8 @@ def save_nrrd(path: str | os.PathLike, data: np.ndarray, grid: OutputGrid, sourc
         raise OutputError(f"{p}: the result has NaN/Inf voxels (model or backend fault); nothing was written")
     out_dtype = nrrd_dtype(source, dtype)
     stored = convert_in_slabs(data, lambda slab: to_output_dtype(slab, out_dtype), out_dtype)
-    header = nrrd_header(stored.shape, out_dtype, grid.affine, content_text(method, model))
+    content = "".join(c if " " <= c <= "~" else "?" for c in descrip) if descrip else content_text(method, model)
+    header = nrrd_header(stored.shape, out_dtype, grid.affine, content)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:

@@ -135,9 +135,9 @@ def write_volume(
     """Write ``data`` on ``grid`` with the writer for ``fmt`` (through the output guard).
 
     ``method`` (``model`` or the --interp name) and ``model`` (the bundle's name and version,
-    when the model made the values) are what a DICOM series' descriptions and an NRRD's
-    ``content`` say was done; ``descrip`` (``provenance.describe``) goes into the NIfTI
-    descrip / MGH command-line tag.
+    when the model made the values) are what a DICOM series' descriptions say was done;
+    ``descrip`` (``provenance.describe``) goes into the NIfTI descrip, the MGH command-line tag
+    and the NRRD content field.
     """
     fmt = output_format(path, fmt)
     if fmt == "dicom":
@@ -151,7 +151,8 @@ def write_volume(
     if fmt == "nrrd":
         from .nrrd_write import save_nrrd
 
-        return save_nrrd(path, data, grid, source, dtype=dtype, force=force, inputs=inputs, method=method, model=model)
+        return save_nrrd(path, data, grid, source, dtype=dtype, force=force, inputs=inputs, method=method, model=model,
+                         descrip=descrip)
     from .nifti_write import save_volume
 
     return save_volume(path, data, grid, source, dtype=dtype, force=force, inputs=inputs, descrip=descrip)
