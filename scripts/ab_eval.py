@@ -79,7 +79,7 @@ def main() -> None:
     for ck in args.checkpoints:
         state = torch.load(ck, map_location="cpu", weights_only=True)
         m = build_model(state["spec"])
-        m.load_state_dict(state["model"])
+        m.load_state_dict(state["model"] if "model" in state else state["state_dict"])  # a run checkpoint or a bundle's weights.pt
         models[ck] = m.eval()
     rows = []
     for path in args.volumes:
