@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_bu
 from .sampling import box_coords, sample_box
 from .tiling import Tile, cap_tile, output_chunks, plan_tiles
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .adapt.plan import AdaptOptions
 
 # output points sampled per step: 8 MB of decoder input at F=128 stays in cache between the
 # trilinear blends and the decoder (1 << 17 points spent 4x longer sampling, measured)
@@ -309,6 +312,11 @@ def upsample_file(
     interp: str | None = None,
     clip_to_input_range: bool = False,
     on_note: Callable[[str], None] | None = None,
+    adapt: "AdaptOptions | None" = None,
+    save_adapted: str | Path | None = None,
+    on_adapt_step: Callable[[int, int | None, float], None] | None = None,
+    on_adapt_info: Callable[[str], None] | None = None,
+    base_model: Any = None,
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
@@ -316,6 +324,9 @@ def upsample_file(
     so a bad call costs nothing and leaves nothing behind. ``progress(grid)`` may return a
     callable that receives the number of output voxels done after each chunk.
     ``output_format``: auto (from the suffix), nifti, or dicom (a series folder).
+    ``adapt``: fine-tune a copy of the model on this scan first (thick-slice scans, see
+    arssr_rt/adapt) and run the adapted copy; ``save_adapted`` also writes it as a bundle;
+    ``base_model`` is the bundle's torch model when the caller loaded it already (batch).
     """
     from .intensity import choose_output_dtype
     from .readers import input_format, read_volume
@@ -335,6 +346,8 @@ def upsample_file(
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     method = choose_interp(volume, interp, as_intensity, on_note)
     warn_downsampling(volume.shape, grid.shape, on_note)
+    if adapt is not None and method != "model":
+        raise InputError(f"--adapt fine-tunes the model; it does not apply to --interp {method}")
     if method != "model" and series is not None:
         raise InputError(f"{in_path}: --interp {method} takes 3-D volumes; a 4-D series goes through the model (--interp model)")
     if method != "model":  # classical resampling: no model, no backend
@@ -346,8 +359,19 @@ def upsample_file(
                               in_spacing=tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0)),  # type: ignore[arg-type]
                               out_spacing=grid.spacing, seconds=time.perf_counter() - t0, backend="numpy", model=f"interp {method}")
     owner = upsampler is None
-    up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
-                                as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap)
+    if adapt is not None:  # the adapted copy runs through this same path, in its own Upsampler
+        if series is not None:
+            raise InputError(f"{in_path}: --adapt takes 3-D volumes, not a 4-D series")
+        bundle = upsampler.bundle if upsampler is not None else (model if isinstance(model, ModelBundle) else resolve_model(model))
+        adapted = _adapt(volume, bundle, adapt, save_adapted, force, in_path, normalization, options, on_adapt_step, on_adapt_info, base_model)
+        profile = None if keep_acquired is None else adapted.plan.profile
+        up = Upsampler(bundle, adapted.backend, options, tile=tile, chunk=chunk, normalization=normalization,
+                       max_memory=upsampler.max_memory if upsampler is not None else max_memory, as_intensity=as_intensity,
+                       keep_acquired=profile, slice_gap=adapted.plan.gap)
+        owner = True
+    else:
+        up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
+                                    as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap)
     if on_backend:
         on_backend(up.backend.name)
     try:
@@ -369,6 +393,31 @@ def upsample_file(
         out_spacing=grid.spacing,
         seconds=time.perf_counter() - t0,
         backend=up.backend.name,
-        model=up.bundle.name,
+        model=up.bundle.name + (" (adapted)" if adapt is not None else ""),
         timings=up.backend.timings(),
     )
+
+
+def _adapt(volume: Volume, bundle: ModelBundle, adapt: "AdaptOptions", save_adapted: str | Path | None, force: bool,
+           in_path: Path, normalization: str, options: BackendOptions | None, on_step: Any, on_note: Any, base_model: Any) -> Any:
+    """Plan (refusing a scan that is not thick-slice), check the --save-adapted folder, adapt, save."""
+    from .adapt.plan import plan_adaptation
+    from .adapt.session import adapt_volume, check_save_target, require_torch
+    from .geometry import spacing_of
+
+    plan = plan_adaptation(spacing_of(volume.affine), volume.shape, adapt, str(in_path))
+    require_torch()
+    if save_adapted is not None:
+        check_save_target(Path(save_adapted), force, [in_path])
+    if on_note:
+        on_note(f"adapting {bundle.name} to {in_path}: {plan.describe()}")
+    adapted = adapt_volume(volume, bundle, adapt, normalization=normalization, threads=options.threads if options else None,
+                           on_step=on_step, plan=plan, base_model=base_model)
+    if on_note:
+        on_note(f"adapted in {adapted.steps} steps, {adapted.seconds:.0f} s (L1 {adapted.loss_first:.4f} -> {adapted.loss_last:.4f})")
+    if save_adapted is not None:
+        real = volume.data if bundle.axis_order == "xyz" else volume.data.transpose(2, 1, 0)
+        path = adapted.save(save_adapted, force=force, inputs=[in_path], real_input=real)
+        if on_note:
+            on_note(f"wrote the adapted model to {path} (reuse it with --model {path})")
+    return adapted

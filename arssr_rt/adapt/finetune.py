@@ -52,11 +52,10 @@ def finetune(
     batch: int = 4,
     tune: str = "all",
     seed: int = 0,
-    on_start: Callable[[int], None] | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int | None, float], None] | None = None,
 ) -> FinetuneResult:
-    """A fine-tuned deep copy of ``base`` (left untouched). ``on_start(total)`` once the step
-    count is known, ``on_step(step, total, loss_ema)`` after each step."""
+    """A fine-tuned deep copy of ``base`` (left untouched). ``on_step(step, total, loss_ema)``
+    after each step; ``total`` is None until a time budget has been turned into a step count."""
     torch.manual_seed(seed)
     model = copy.deepcopy(base).float().train()
     params = trainable(model, tune)
@@ -65,14 +64,12 @@ def finetune(
     t0 = time.perf_counter()
     first = ema = float("nan")
     step = 0
-    if steps is not None and on_start:
-        on_start(total)
+    planned = steps is not None
     while step < total:
         if steps is None and step == WARMUP_STEPS:  # plan the schedule from the measured speed
             per_step = (time.perf_counter() - t0) / step
             total = max(step + 1, int((budget_seconds or 0) / per_step))
-            if on_start:
-                on_start(total)
+            planned = True
         frac = step / max(1, total - 1) if step >= WARMUP_STEPS or steps is not None else 0.0
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
@@ -87,7 +84,7 @@ def finetune(
         first = value if step == 1 else first
         ema = value if step == 1 else 0.9 * ema + 0.1 * value
         if on_step:
-            on_step(step, total, ema)
+            on_step(step, total if planned else None, ema)
         if budget_seconds is not None and time.perf_counter() - t0 >= budget_seconds:
             break
     for p in model.parameters():

@@ -137,11 +137,14 @@ def adapt_volume(
     *,
     normalization: str = "minmax",
     threads: int | None = None,
-    on_start: Callable[[int], None] | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int | None, float], None] | None = None,
     plan: AdaptPlan | None = None,
+    base_model: Any = None,
 ) -> Adapted:
-    """Fine-tune a copy of ``bundle``'s model on ``volume`` (a thick-slice scan)."""
+    """Fine-tune a copy of ``bundle``'s model on ``volume`` (a thick-slice scan).
+
+    ``base_model``: the bundle's torch model, already loaded (a batch loads it once); it is
+    copied, never changed. ``on_step(step, total, loss)`` reports progress (see finetune)."""
     torch = require_torch()
     from ..backends.torch_backend import load_bundle_model
     from ..geometry import spacing_of
@@ -160,14 +163,14 @@ def adapt_volume(
     mplan = model_order(plan, bundle.axis_order)
     if threads:
         torch.set_num_threads(int(threads))
-    base = load_bundle_model(bundle)
+    base = base_model if base_model is not None else load_bundle_model(bundle)
     spec = base.spec
     pairs = PairConfig(**{"context": options.context, "coords": spec.coords, "feature_scale": spec.feature_scale,
                           "base": spec.base, **options.extra})
     sampler = ScanPairSampler(data, mplan, pairs, seed=options.seed)
     t0 = time.perf_counter()
     result = finetune(base, sampler, steps=options.steps, budget_seconds=options.budget_seconds, lr=options.lr,
-                      batch=options.batch, tune=options.tune, seed=options.seed, on_start=on_start, on_step=on_step)
+                      batch=options.batch, tune=options.tune, seed=options.seed, on_step=on_step)
     source: dict[str, Any] = {}
     if volume.source_path is not None:
         source = {"file": Path(volume.source_path).name, "sha256": file_sha256(Path(volume.source_path))}
