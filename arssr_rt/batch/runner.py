@@ -50,13 +50,17 @@ class BatchOptions:
     max_output_voxels: int | None = None
     allow_outside: bool = False  # CSV outputs may resolve outside OUT_DIR (--allow-outside-output-dir)
     as_intensity: bool = False  # take label-map-like inputs as intensities
+    adapt: Any = None  # adapt.AdaptOptions: fine-tune a copy of the model on each input first
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
-        return {
+        out = {
             "scale": scale, "voxel_size": self.voxel_size, "shape": self.shape, "precision": self.precision,
             "normalization": self.normalization, "dtype": self.dtype, "output_format": self.output_format, "qc": self.qc,
         }
+        if self.adapt is not None:
+            out["adapt"] = asdict(self.adapt)
+        return out
 
 
 @dataclass
@@ -99,8 +103,9 @@ def make_upsampler(options: BatchOptions):
     from ..backends.base import BackendOptions
     from ..pipeline import Upsampler
 
+    # --adapt: the torch backend holds the base weights, loaded once; each input adapts a copy
     return Upsampler(
-        options.model, options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
+        options.model, "torch" if options.adapt is not None else options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
         tile=options.tile, chunk=options.chunk, normalization=options.normalization,
         as_intensity=options.as_intensity,
     )
@@ -130,7 +135,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         task.output.parent.mkdir(parents=True, exist_ok=True)
         replace = options.force or owned_by(task.output, task.item.input, task.input_digest)
         check_volume_output(task.output, options.output_format, inputs=[task.item.input], force=replace)
-        data = upsampler.run(volume, grid)
+        data = upsampler.run(volume, grid) if options.adapt is None else adapted_run(volume, grid, options, upsampler, task.item.input)
         _write_claimed(task, lambda: write_volume(task.output, data, grid, volume, options.output_format, dtype=options.dtype,
                                                   force=replace, inputs=[task.item.input]))
         if options.qc:
@@ -155,6 +160,23 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
     if result.seconds is None:
         result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def adapted_run(volume, grid, options: BatchOptions, upsampler, where: Path):
+    """--adapt: fine-tune a copy of the worker's base model on this input, run it on the same pipeline."""
+    from ..adapt.plan import plan_adaptation
+    from ..adapt.session import adapt_volume
+    from ..backends.base import BackendOptions
+    from ..geometry import spacing_of
+    from ..pipeline import Upsampler
+
+    plan = plan_adaptation(spacing_of(volume.affine), volume.shape, options.adapt, str(where))
+    adapted = adapt_volume(volume, upsampler.bundle, options.adapt, normalization=options.normalization, threads=options.threads,
+                           plan=plan, base_model=getattr(upsampler.backend, "model", None))
+    with Upsampler(upsampler.bundle, adapted.backend, BackendOptions(threads=options.threads), tile=options.tile,
+                   chunk=options.chunk, normalization=options.normalization, max_memory=upsampler.max_memory,
+                   as_intensity=options.as_intensity) as up:
+        return up.run(volume, grid)
 
 
 def _write_claimed(task: Task, write: Callable[[], object]) -> None:
