@@ -118,16 +118,18 @@ def register(app: typer.Typer) -> None:
         def on_adapt_step(step: int, total: Optional[int], loss: float) -> None:
             nonlocal adapt_task
             if adapt_task is None:
+                bar.start()
                 adapt_task = bar.add_task("adapting", total=None, info="")
             bar.update(adapt_task, completed=step, total=total, info=f"step {step}/{total or '?'}  L1 {loss:.4f}")
 
         def progress(grid):
+            bar.start()  # started on first use: an error before any work prints its one line alone
             if adapt_task is not None:
                 bar.remove_task(adapt_task)
             task = bar.add_task("upsampling", total=grid.voxels, info="")
             return lambda n: bar.advance(task, n)
 
-        with bar:
+        try:
             result = upsample_file(
                 input, output, scale=scale, voxel_size=voxel_size, shape=shape, model=model, backend=backend,
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
@@ -140,6 +142,9 @@ def register(app: typer.Typer) -> None:
                 adapt=adapt_opts, save_adapted=save_adapted, on_adapt_step=on_adapt_step if adapt else None,
                 on_adapt_info=None if quiet else lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
             )
+        finally:
+            if bar.live.is_started:  # rich prints a newline when a never-started bar stops
+                bar.stop()
         if not quiet:
             i, o = result.in_shape, result.out_shape
             isp = ",".join(f"{v:.3g}" for v in result.in_spacing)
