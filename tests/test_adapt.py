@@ -79,9 +79,11 @@ def test_pairs_put_the_degraded_axis_where_the_thick_axis_is(thick):
     plan = plan_adaptation((1.0, 1.0, 4.0), lr.shape, AdaptOptions())
     sampler = ScanPairSampler(lr / lr.max(), plan, PairConfig(lr_thick=6, fine=20, native=6, points=64), seed=1)
     for _ in range(4):
-        x, coords, dec, target, _ = sampler.batch(2)
-        assert x.shape[2:][2] == 6 and sorted(x.shape[2:4]) == [6, 20]
-        assert coords.shape == (2, 64, 3) and target.shape == (2, 64, 1) and np.all(np.abs(coords) < 1)
+        b = sampler.batch(2)
+        assert b.lr.shape[2:][2] == 6 and sorted(b.lr.shape[2:4]) == [6, 20] and b.hr_shape[2] == 24
+        assert b.coords.shape == (2, 64, 3) and b.target.shape == (2, 64, 1) and np.all(np.abs(b.coords) < 1)
+        hr_of = [b.hr_shape[k] for k in range(3)]
+        assert np.all(b.picks < np.array(hr_of)) and np.all(b.picks >= 0)
 
 
 def test_cli_refuses_an_isotropic_scan_before_any_work(cli, tmp_path):
@@ -160,3 +162,22 @@ def test_batch_adapts_each_input(cli, thick, tmp_path):
     one, two = _load(out / "one_1mm.nii.gz"), _load(out / "two_1mm.nii.gz")
     assert one.shape == two.shape == (64, 64, 64)
     assert json.loads((out / "one_1mm.json").read_text())["options"]["adapt"]["steps"] == 2
+
+
+def test_dense_query_equals_the_models_trilinear_query(thick):
+    """The fine-tuning's matrix-per-axis feature query gives what model.forward (grid_sample) gives."""
+    import torch
+
+    from arssr_rt.adapt.finetune import dense_forward
+    from arssr_rt.adapt.pairs import PairConfig, ScanPairSampler
+    from arssr_rt.backends.torch_backend import load_bundle_model
+    from arssr_rt.bundle import resolve_model
+
+    _, lr = thick
+    plan = plan_adaptation((1.0, 1.0, 4.0), lr.shape, AdaptOptions())
+    pairs = ScanPairSampler(lr / lr.max(), plan, PairConfig(points=256), seed=2).batch(2)
+    model = load_bundle_model(resolve_model(None)).eval()
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(a) for a in (pairs.lr, pairs.coords, pairs.dec, pairs.base)))
+        got = dense_forward(model, pairs)
+    assert float((ref - got).abs().max()) < 1e-5

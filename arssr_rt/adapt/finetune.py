@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pairs import ScanPairSampler
+from .pairs import PairBatch, ScanPairSampler
 
 WARMUP_STEPS = 3  # steps timed before a time budget is turned into a step count
 
@@ -30,6 +30,43 @@ class FinetuneResult:
     seconds: float
     loss_first: float
     loss_last: float  # exponential moving average at the end
+
+
+def axis_matrix(h: int, H: int) -> np.ndarray:
+    """(H, h) trilinear weights of one axis: the runtime sampler's corners (``sampling.axis_corners``)."""
+    from ..sampling import axis_corners
+
+    c = axis_corners(np.arange(H), h, H)
+    m = np.zeros((H, h + 2), dtype=np.float32)  # columns -1 .. h: the zero-weight outside corners land in the pads
+    rows = np.arange(H)
+    np.add.at(m, (rows, c.lower + 1), c.w_lower)
+    np.add.at(m, (rows, c.lower + 2), c.w_upper)
+    return m[:, 1:-1]
+
+
+def dense_forward(model: torch.nn.Module, pairs: PairBatch) -> torch.Tensor:
+    """The model's output at the supervised points, with the feature query as per-axis matrices.
+
+    Equal to ``model(lr, coords, dec, base)`` (the trilinear grid_sample query), but the blend
+    is a dense matrix product per up-sampled axis followed by a gather, whose backward is a
+    matrix product too: grid_sample's scattered backward was most of a CPU step.
+    """
+    lr = torch.from_numpy(pairs.lr)
+    feats = model.encoder(lr)  # (B, C, l0, l1, l2)
+    for axis, H in enumerate(pairs.hr_shape):
+        h = feats.shape[2 + axis]
+        if h != H:
+            w = torch.from_numpy(axis_matrix(h, H))
+            feats = torch.movedim(torch.tensordot(feats, w, dims=([2 + axis], [1])), -1, 2 + axis)
+    b, c = feats.shape[:2]
+    picks = torch.from_numpy(pairs.picks)  # (B, K, 3)
+    s1, s2 = pairs.hr_shape[1], pairs.hr_shape[2]
+    flat = (picks[..., 0] * s1 + picks[..., 1]) * s2 + picks[..., 2]  # (B, K)
+    sampled = torch.gather(feats.reshape(b, c, -1), 2, flat[:, None, :].expand(b, c, flat.shape[1])).permute(0, 2, 1)
+    out = model.decode(sampled, torch.from_numpy(pairs.dec))
+    if model.spec.base != "none":
+        out = out + torch.from_numpy(pairs.base)
+    return out
 
 
 def trainable(model: torch.nn.Module, tune: str) -> list[torch.nn.Parameter]:
@@ -73,9 +110,9 @@ def finetune(
         frac = step / max(1, total - 1) if step >= WARMUP_STEPS or steps is not None else 0.0
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-        lr_t, coords_t, dec_t, target_t, base_t = (torch.from_numpy(np.ascontiguousarray(a)) for a in sampler.batch(batch))
-        pred = model(lr_t, coords_t, dec_t, base_t)
-        loss = F.l1_loss(pred, target_t)
+        pairs = sampler.batch(batch)
+        pred = dense_forward(model, pairs)
+        loss = F.l1_loss(pred, torch.from_numpy(pairs.target))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

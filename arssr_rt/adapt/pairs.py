@@ -120,15 +120,31 @@ class ScanPairSampler:
         else:
             pos = np.stack([input_index_of_output(picks[k], lr_shape[k], n) for k, n in enumerate(hr_shape)], axis=1)
             base = windowed_sinc.sample_points(lr, pos)
-        return lr, coords.astype(np.float32), dec.astype(np.float32), target.astype(np.float32), base.astype(np.float32)
+        return (lr, coords.astype(np.float32), dec.astype(np.float32), target.astype(np.float32), base.astype(np.float32),
+                np.stack(picks, axis=1).astype(np.int64), hr_shape)
 
-    def batch(self, n: int) -> tuple[np.ndarray, ...]:
-        """(lr (n,1,...), coords (n,K,3), decoder coords (n,K,3), target (n,K,1), base (n,K,1));
-        one layout per batch so the patches stack."""
+    def batch(self, n: int) -> PairBatch:
+        """``n`` pairs in one layout (so the patches stack)."""
         layout = self._layout()
         samples = [self._sample(*layout) for _ in range(n)]
-        lr = np.stack([s[0] for s in samples])[:, None]
-        coords, dec = np.stack([s[1] for s in samples]), np.stack([s[2] for s in samples])
-        target = np.stack([s[3] for s in samples])[..., None]
-        base = np.stack([s[4] for s in samples])[..., None]
-        return lr, coords, dec, target, base
+        return PairBatch(
+            lr=np.stack([s[0] for s in samples])[:, None], coords=np.stack([s[1] for s in samples]),
+            dec=np.stack([s[2] for s in samples]), target=np.stack([s[3] for s in samples])[..., None],
+            base=np.stack([s[4] for s in samples])[..., None], picks=np.stack([s[5] for s in samples]),
+            hr_shape=tuple(samples[0][6]),
+        )
+
+
+@dataclass
+class PairBatch:
+    """A batch of pairs: LR patches (n,1,l0,l1,l2), the supervised HR voxels of each patch as
+    network coordinates (n,K,3) and as integer indices into its HR grid ``hr_shape`` (n,K,3),
+    their decoder coordinates (n,K,3), targets and residual bases (n,K,1)."""
+
+    lr: np.ndarray
+    coords: np.ndarray
+    dec: np.ndarray
+    target: np.ndarray
+    base: np.ndarray
+    picks: np.ndarray
+    hr_shape: tuple[int, ...]
