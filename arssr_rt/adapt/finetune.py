@@ -85,7 +85,7 @@ def finetune(
     *,
     steps: int | None,
     budget_seconds: float | None,
-    lr: float = 2e-4,
+    lr: float = 5e-4,
     batch: int = 4,
     tune: str = "all",
     seed: int = 0,

