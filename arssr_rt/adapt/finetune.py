@@ -89,6 +89,7 @@ def finetune(
     batch: int = 4,
     tune: str = "all",
     seed: int = 0,
+    precision: str = "fp32",
     on_step: Callable[[int, int | None, float], None] | None = None,
 ) -> FinetuneResult:
     """A fine-tuned deep copy of ``base`` (left untouched). ``on_step(step, total, loss_ema)``
@@ -111,8 +112,9 @@ def finetune(
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         pairs = sampler.batch(batch)
-        pred = dense_forward(model, pairs)
-        loss = F.l1_loss(pred, torch.from_numpy(pairs.target))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):  # fp32 master weights either way
+            pred = dense_forward(model, pairs)
+        loss = F.l1_loss(pred.float(), torch.from_numpy(pairs.target))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

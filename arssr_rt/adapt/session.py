@@ -102,6 +102,7 @@ class Adapted:
             "slice_profile": self.plan.profile, "slice_gap": round(self.plan.gap, 6),
             "steps": self.steps, "seconds": round(self.seconds, 1), "seed": self.options.seed, "lr": self.options.lr,
             "batch": self.options.batch, "tune": self.options.tune, "context": self.options.context,
+            "precision": self.options.precision,
             "loss_first": round(self.loss_first, 6), "loss_last": round(self.loss_last, 6),
         }
 
@@ -170,7 +171,8 @@ def adapt_volume(
     sampler = ScanPairSampler(data, mplan, pairs, seed=options.seed)
     t0 = time.perf_counter()
     result = finetune(base, sampler, steps=options.steps, budget_seconds=options.budget_seconds, lr=options.lr,
-                      batch=options.batch, tune=options.tune, seed=options.seed, on_step=on_step)
+                      batch=options.batch, tune=options.tune, seed=options.seed, precision=options.precision,
+                      on_step=on_step)
     source: dict[str, Any] = {}
     if volume.source_path is not None:
         source = {"file": Path(volume.source_path).name, "sha256": file_sha256(Path(volume.source_path))}
