@@ -40,7 +40,7 @@ class AdaptOptions:
     batch: int = 4
     tune: str = "all"  # "all" layers or the "decoder" only
     context: str = "3d"  # natively thick axis in the patch: "3d" (native slices) | "slab" (one slice, repeated)
-    precision: str = "fp32"  # fine-tuning arithmetic: fp32 | bf16 (autocast; fp32 weights)
+    precision: str = "auto"  # fine-tuning arithmetic: auto (bf16 on CPUs with native bf16) | fp32 | bf16 (autocast; fp32 weights)
     extra: dict = field(default_factory=dict)  # pair-sampler overrides (experiments)
 
     @property
@@ -99,8 +99,8 @@ def check_adapt_options(opts: AdaptOptions) -> None:
         raise InputError("--slice-profile FWHM_MM sets the slice thickness itself; drop --slice-gap")
     if opts.tune not in TUNE_CHOICES:
         raise InputError(f"adapt tune must be one of {', '.join(TUNE_CHOICES)}, got {opts.tune!r}")
-    if opts.precision not in ("fp32", "bf16"):
-        raise InputError(f"adapt precision must be fp32 or bf16, got {opts.precision!r}")
+    if opts.precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"adapt precision must be auto, fp32 or bf16, got {opts.precision!r}")
     if opts.context not in CONTEXT_CHOICES:
         raise InputError(f"adapt context must be one of {', '.join(CONTEXT_CHOICES)}, got {opts.context!r}")
 

@@ -74,6 +74,7 @@ class Adapted:
     seconds: float
     loss_first: float
     loss_last: float
+    precision: str = "fp32"  # the fine-tuning arithmetic actually used
     source: dict[str, Any] = field(default_factory=dict)
 
     def backend(self, bundle: "ModelBundle", options: "BackendOptions") -> "BackendRunner":
@@ -102,7 +103,7 @@ class Adapted:
             "slice_profile": self.plan.profile, "slice_gap": round(self.plan.gap, 6),
             "steps": self.steps, "seconds": round(self.seconds, 1), "seed": self.options.seed, "lr": self.options.lr,
             "batch": self.options.batch, "tune": self.options.tune, "context": self.options.context,
-            "precision": self.options.precision,
+            "precision": self.precision,
             "loss_first": round(self.loss_first, 6), "loss_last": round(self.loss_last, 6),
         }
 
@@ -177,4 +178,5 @@ def adapt_volume(
     if volume.source_path is not None:
         source = {"file": Path(volume.source_path).name, "sha256": file_sha256(Path(volume.source_path))}
     return Adapted(model=result.model, base=bundle, plan=plan, options=options, steps=result.steps,
-                   seconds=time.perf_counter() - t0, loss_first=result.loss_first, loss_last=result.loss_last, source=source)
+                   seconds=time.perf_counter() - t0, loss_first=result.loss_first, loss_last=result.loss_last,
+                   precision=result.precision, source=source)
