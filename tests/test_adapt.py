@@ -181,3 +181,12 @@ def test_dense_query_equals_the_models_trilinear_query(thick):
         ref = model(*(torch.from_numpy(a) for a in (pairs.lr, pairs.coords, pairs.dec, pairs.base)))
         got = dense_forward(model, pairs)
     assert float((ref - got).abs().max()) < 1e-5
+
+
+def test_evaluate_adapt_usage_errors_come_before_any_work(cli, tmp_path):
+    code, err = cli("evaluate", FIXTURE_PATH, "-s", "1,1,4", "-d", "cubic", "--adapt")
+    assert code == 2 and err.count("\n") == 1 and "--degradation slice" in err
+    code, err = cli("evaluate", FIXTURE_PATH, "-s", "1,1,4", "-d", "slice", "--adapt-steps", "3")
+    assert code == 2 and "--adapt only" in err
+    code, err = cli("evaluate", FIXTURE_PATH, "-s", "1,1,4", "-d", "slice", "--adapt", "--baseline-only")
+    assert code == 2 and "--baseline-only" in err
