@@ -346,8 +346,10 @@ def upsample_file(
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     method = choose_interp(volume, interp, as_intensity, on_note)
     warn_downsampling(volume.shape, grid.shape, on_note)
-    if adapt is not None and method != "model":
-        raise InputError(f"--adapt fine-tunes the model; it does not apply to --interp {method}")
+    if adapt is not None:
+        from .adapt.plan import check_adapt_input
+
+        check_adapt_input(str(in_path), series is not None, method)
     if method != "model" and series is not None:
         raise InputError(f"{in_path}: --interp {method} takes 3-D volumes; a 4-D series goes through the model (--interp model)")
     if method != "model":  # classical resampling: no model, no backend
@@ -360,8 +362,6 @@ def upsample_file(
                               out_spacing=grid.spacing, seconds=time.perf_counter() - t0, backend="numpy", model=f"interp {method}")
     owner = upsampler is None
     if adapt is not None:  # the adapted copy runs through this same path, in its own Upsampler
-        if series is not None:
-            raise InputError(f"{in_path}: --adapt takes 3-D volumes, not a 4-D series")
         bundle = upsampler.bundle if upsampler is not None else (model if isinstance(model, ModelBundle) else resolve_model(model))
         adapted = _adapt(volume, bundle, adapt, save_adapted, force, in_path, normalization, options, on_adapt_step, on_adapt_info, base_model)
         profile = None if keep_acquired is None else adapted.plan.profile

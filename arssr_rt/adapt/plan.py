@@ -105,6 +105,14 @@ def check_adapt_options(opts: AdaptOptions) -> None:
         raise InputError(f"adapt context must be one of {', '.join(CONTEXT_CHOICES)}, got {opts.context!r}")
 
 
+def check_adapt_input(where: str, series: bool, method: str) -> None:
+    """What --adapt cannot do: a 4-D series (one scan, one adaptation) or classical --interp."""
+    if series:
+        raise InputError(f"{where}: --adapt takes 3-D volumes, not a 4-D series")
+    if method != "model":
+        raise InputError(f"--adapt fine-tunes the model; it does not apply to --interp {method}")
+
+
 def plan_adaptation(spacing: Sequence[float], shape: Sequence[int], opts: AdaptOptions, where: str = "input") -> AdaptPlan:
     """The thick axis and ratios for a scan of ``spacing`` (mm) and ``shape``; InputError if it is not thick-slice."""
     check_adapt_options(opts)
