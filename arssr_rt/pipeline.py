@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_bu
 from .sampling import box_coords, sample_box
 from .tiling import Tile, cap_tile, output_chunks, plan_tiles
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .adapt.plan import AdaptOptions
 
 # output points sampled per step: 8 MB of decoder input at F=128 stays in cache between the
 # trilinear blends and the decoder (1 << 17 points spent 4x longer sampling, measured)
@@ -324,6 +327,11 @@ def upsample_file(
     interp: str | None = None,
     clip_to_input_range: bool = False,
     on_note: Callable[[str], None] | None = None,
+    adapt: "AdaptOptions | None" = None,
+    save_adapted: str | Path | None = None,
+    on_adapt_step: Callable[[int, int | None, float], None] | None = None,
+    on_adapt_info: Callable[[str], None] | None = None,
+    base_model: Any = None,
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
@@ -336,6 +344,9 @@ def upsample_file(
     ``output_format``: auto (from the suffix), nifti, mgh, nrrd, or dicom (a series folder).
     ``reference``: an image whose grid the output takes (instead of scale / voxel_size /
     shape; see reference.py).
+    ``adapt``: fine-tune a copy of the model on this scan first (thick-slice scans, see
+    arssr_rt/adapt) and run the adapted copy; ``save_adapted`` also writes it as a bundle;
+    ``base_model`` is the bundle's torch model when the caller loaded it already (batch).
     """
     from .intensity import choose_output_dtype
     from .options import check_grid_options
@@ -356,13 +367,26 @@ def upsample_file(
     out = Path(out_path) if out_path is not None else default_output_path(in_path, scale, voxel_size, shape, fmt, reference)
     check_volume_output(out, fmt, inputs=[in_path], force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
+    if adapt is not None:
+        from .adapt.plan import check_adapt_input
+
+        check_adapt_input(str(in_path), series is not None, method)
     up = None
-    if method == "model":
+    owner = upsampler is None
+    if method == "model" and adapt is not None:  # the adapted copy runs through this same path, in its own Upsampler
+        bundle = upsampler.bundle if upsampler is not None else (model if isinstance(model, ModelBundle) else resolve_model(model))
+        adapted = _adapt(volume, bundle, adapt, save_adapted, force, in_path, normalization, options, on_adapt_step, on_adapt_info, base_model)
+        profile = None if keep_acquired is None else adapted.plan.profile
+        up = Upsampler(bundle, adapted.backend, options, tile=tile, chunk=chunk, normalization=normalization,
+                       max_memory=upsampler.max_memory if upsampler is not None else max_memory, as_intensity=as_intensity,
+                       keep_acquired=profile, slice_gap=adapted.plan.gap, keep_samples=keep_samples)
+        owner = True
+    elif method == "model":
         up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
                                     as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap,
                                     keep_samples=keep_samples)
-        if on_backend:
-            on_backend(up.backend.name)
+    if up is not None and on_backend:
+        on_backend(up.backend.name)
     label = reference_label(reference) if reference is not None else size_label(scale, voxel_size, shape)
     descrip = describe(label, up.bundle.name if up is not None else None, method)
     in_spacing = tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0))
@@ -376,7 +400,7 @@ def upsample_file(
                                       inputs=[in_path], progress=progress, clip=clip_to_input_range,
                                       max_memory=up.max_memory if up is not None else max_memory, descrip=descrip)
     finally:
-        if up is not None and upsampler is None:
+        if up is not None and owner:
             up.close()
     return UpsampleResult(
         out_path=written,
@@ -386,6 +410,32 @@ def upsample_file(
         out_spacing=target.grid.spacing,
         seconds=time.perf_counter() - t0,
         backend=up.backend.name if up is not None else "numpy",
-        model=up.bundle.name if up is not None else f"interp {method}",
+        model=(up.bundle.name + (" (adapted)" if adapt is not None else "")) if up is not None else f"interp {method}",
         timings=up.backend.timings() if up is not None else None,
     )
+
+
+def _adapt(volume: Volume, bundle: ModelBundle, adapt: "AdaptOptions", save_adapted: str | Path | None, force: bool,
+           in_path: Path, normalization: str, options: BackendOptions | None, on_step: Any, on_note: Any, base_model: Any) -> Any:
+    """Plan (refusing a scan that is not thick-slice), check the --save-adapted folder, adapt, save."""
+    from .adapt.plan import plan_adaptation
+    from .adapt.session import adapt_volume, check_save_target, require_torch
+    from .geometry import spacing_of
+
+    plan = plan_adaptation(spacing_of(volume.affine), volume.shape, adapt, str(in_path))
+    require_torch()
+    if save_adapted is not None:
+        check_save_target(Path(save_adapted), force, [in_path])
+    if on_note:
+        on_note(f"adapting {bundle.name} to {in_path}: {plan.describe()}")
+    adapted = adapt_volume(volume, bundle, adapt, normalization=normalization, threads=options.threads if options else None,
+                           on_step=on_step, plan=plan, base_model=base_model)
+    if on_note:
+        on_note(f"adapted in {adapted.steps} steps ({adapted.precision}), {adapted.seconds:.0f} s "
+                f"(L1 {adapted.loss_first:.4f} -> {adapted.loss_last:.4f})")
+    if save_adapted is not None:
+        real = volume.data if bundle.axis_order == "xyz" else volume.data.transpose(2, 1, 0)
+        path = adapted.save(save_adapted, force=force, inputs=[in_path], real_input=real)
+        if on_note:
+            on_note(f"wrote the adapted model to {path} (reuse it with --model {path})")
+    return adapted

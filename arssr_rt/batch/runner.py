@@ -10,6 +10,7 @@ worker; a worker that dies (OOM killer) is replaced and its file retried once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,7 @@ class BatchOptions:
     reference_sha256: str | None = None  # set by run_batch: a changed reference makes outputs stale
     keep_samples: bool = True
     bids: bool = True  # BIDS-named NIfTI inputs get BIDS-derivative outputs (batch/bids.py)
+    adapt: Any = None  # adapt.AdaptOptions: fine-tune a copy of the model on each input first
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
@@ -70,6 +72,8 @@ class BatchOptions:
                  "reference_sha256": self.reference_sha256 if scale is None else None,
                  "keep_samples": None if self.keep_samples else False}
         out.update({k: v for k, v in extra.items() if v is not None})
+        if self.adapt is not None:
+            out["adapt"] = asdict(self.adapt)
         return out
 
     def reference_for(self, scale: str | None) -> str | None:
@@ -137,8 +141,9 @@ def make_upsampler(options: BatchOptions):
     from ..backends.base import BackendOptions
     from ..pipeline import Upsampler
 
+    # --adapt: the torch backend holds the base weights, loaded once; each input adapts a copy
     return Upsampler(
-        options.model, options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
+        options.model, "torch" if options.adapt is not None else options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
         tile=options.tile, chunk=options.chunk, normalization=options.normalization,
         as_intensity=options.as_intensity, keep_samples=options.keep_samples,
     )
@@ -178,9 +183,10 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         descrip = describe(label, upsampler.bundle.name if method == "model" else None, method)
 
         def write() -> None:
-            _, data = render_and_write(volume, series, target, method, task.output, options.output_format, upsampler=upsampler,
-                                       dtype=options.dtype, force=replace, inputs=[task.item.input],
-                                       clip=options.clip_to_input_range, keep_first=options.qc, descrip=descrip)
+            with adapted_upsampler(volume, options, upsampler, task.item.input, method, series is not None) as up:
+                _, data = render_and_write(volume, series, target, method, task.output, options.output_format, upsampler=up,
+                                           dtype=options.dtype, force=replace, inputs=[task.item.input],
+                                           clip=options.clip_to_input_range, keep_first=options.qc, descrip=descrip)
             shown.append(data if options.qc else None)
 
         _write_claimed(task, write)
@@ -217,6 +223,29 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
     if result.seconds is None:
         result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+@contextlib.contextmanager
+def adapted_upsampler(volume, options: BatchOptions, upsampler, where: Path, method: str, is_series: bool = False):
+    """The worker's Upsampler, or with --adapt a copy of its base model fine-tuned on this
+    input, run on the same pipeline (closed after this input)."""
+    if options.adapt is None or method != "model":
+        yield upsampler
+        return
+    from ..adapt.plan import check_adapt_input, plan_adaptation
+    from ..adapt.session import adapt_volume
+    from ..backends.base import BackendOptions
+    from ..geometry import spacing_of
+    from ..pipeline import Upsampler
+
+    check_adapt_input(str(where), is_series, method)
+    plan = plan_adaptation(spacing_of(volume.affine), volume.shape, options.adapt, str(where))
+    adapted = adapt_volume(volume, upsampler.bundle, options.adapt, normalization=options.normalization, threads=options.threads,
+                           plan=plan, base_model=getattr(upsampler.backend, "model", None))
+    with Upsampler(upsampler.bundle, adapted.backend, BackendOptions(threads=options.threads), tile=options.tile,
+                   chunk=options.chunk, normalization=options.normalization, max_memory=upsampler.max_memory,
+                   as_intensity=options.as_intensity, keep_samples=options.keep_samples) as up:
+        yield up
 
 
 def _write_claimed(task: Task, write: Callable[[], object]) -> None:

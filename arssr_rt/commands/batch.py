@@ -107,6 +107,13 @@ def register(app: typer.Typer) -> None:
         no_bids: bool = typer.Option(False, "--no-bids", help="Plain <name>_<label>.nii.gz outputs for BIDS inputs too (no BIDS derivative dataset)."),
         ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (local instance, or $RAY_ADDRESS / --ray-address)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 (implies --ray)."),
+        adapt: bool = typer.Option(False, "--adapt", help="Thick-slice scans: fine-tune a copy of the model on each input first (upsample --adapt; needs arssr-rt[train]; the base model loads once)."),
+        adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="--adapt: exactly this many fine-tuning steps per input (default: --adapt-minutes)."),
+        adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per input in minutes (default 3)."),
+        thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing)."),
+        slice_profile: str = typer.Option("box", "--slice-profile", help="--adapt: box | gaussian | a Gaussian FWHM in mm."),
+        slice_gap: float = typer.Option(0.0, "--slice-gap", help="--adapt: gap between slices as a fraction of the slice spacing, in [0, 1)."),
+        seed: int = typer.Option(0, "--seed", help="--adapt: seed of the fine-tuning."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (failed inputs) on stderr: no progress, no per-file lines, no summary."),
     ) -> None:
         from rich.console import Console
@@ -131,6 +138,21 @@ def register(app: typer.Typer) -> None:
             require(NEEDS[output_format])
         if jobs < 1:
             raise InputError(f"--jobs must be >= 1, got {jobs}")
+        adapt_opts = None
+        if adapt:
+            from ..adapt.plan import AdaptOptions, check_adapt_options
+            from ..adapt.session import require_torch
+
+            adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
+                                      gap=slice_gap, seed=seed)
+            check_adapt_options(adapt_opts)
+            if backend not in ("auto", "torch") or precision != "fp32":
+                raise InputError("--adapt runs each adapted model on the torch backend in fp32; drop --backend/--precision")
+            if ray or ray_address:
+                raise InputError("--adapt runs in local workers; drop --ray")
+            require_torch("batch")
+        elif adapt_steps is not None or adapt_minutes is not None or thick_axis is not None:
+            raise InputError("--adapt-steps/--adapt-minutes/--thick-axis apply to --adapt only; add --adapt or drop them")
         shard_pair = parse_shard(shard) if shard else None
         if report is None:
             name = f"batch_report.shard-{shard_pair[0]}-of-{shard_pair[1]}.json" if shard_pair else "batch_report.json"
@@ -140,7 +162,7 @@ def register(app: typer.Typer) -> None:
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
             allow_outside=allow_outside,
             as_intensity=as_intensity, interp=interp, clip_to_input_range=clip_to_input_range,
-            reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids,
+            reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids, adapt=adapt_opts,
         )
         console = Console(stderr=True, highlight=False)
         # a bar on a terminal; plain timestamped lines in SLURM logs and pipes (progress.py)

@@ -35,6 +35,11 @@ Examples:
   arssr-rt evaluate hr.nii.gz -s 2 --model ./my-bundle --csv q.csv --figure q.png --montage m.png
   arssr-rt evaluate hr.nii.gz -s 2 -s 1,1,4 -d kspace -d kspace-noise --snr 30 -d slice --slice-gap 0.2
   arssr-rt evaluate hr.nii.gz -s 2 -s 4 --baseline-only      # tricubic and sinc numbers, no model
+  arssr-rt evaluate hr.nii.gz -s 1,1,4 -s 1,1,6 -d slice --adapt --markdown   # + the model adapted to each LR
+
+--adapt (needs arssr-rt[train]; --degradation slice only): for each case, fine-tune a copy of
+the model on the simulated thick-slice LR itself, as upsample --adapt does with a real scan
+(the degradation's slice profile and gap), and score it next to the shipped model.
 """
 
 
@@ -62,6 +67,10 @@ def register(app: typer.Typer) -> None:
         markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table instead of the terminal table."),
         region: str = typer.Option("both", "--region", help="Table lines: both | head | whole (files always hold both)."),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing --csv/--json/--figure/--montage files."),
+        adapt: bool = typer.Option(False, "--adapt", help="Also score the model adapted to each simulated LR volume (upsample --adapt); slice only."),
+        adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="--adapt: fine-tuning steps per case (default: --adapt-minutes)."),
+        adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per case in minutes (default 3)."),
+        adapt_seed: int = typer.Option(0, "--adapt-seed", help="--adapt: seed of the fine-tuning."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
     ) -> None:
         from rich.console import Console
@@ -85,6 +94,20 @@ def register(app: typer.Typer) -> None:
             raise InputError("--slice-profile/--slice-gap apply to --degradation slice only; add it or drop them")
         specs = [DegradationSpec(k, snr=snr if k == "kspace-noise" else None, seed=seed,
                                  profile=slice_profile if k == "slice" else None, gap=slice_gap if k == "slice" else None) for k in kinds]
+        adapt_opts = None
+        if adapt:
+            from ..adapt.plan import AdaptOptions, check_adapt_options
+            from ..adapt.session import require_torch
+
+            if baseline_only:
+                raise InputError("--adapt fine-tunes the model; it does not go with --baseline-only")
+            if kinds != ["slice"]:
+                raise InputError("--adapt evaluates thick-slice scans: use --degradation slice (only)")
+            adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, seed=adapt_seed)
+            check_adapt_options(adapt_opts)
+            require_torch("evaluate")
+        elif adapt_steps is not None or adapt_minutes is not None:
+            raise InputError("--adapt-steps/--adapt-minutes apply to --adapt only; add --adapt or drop them")
         shown = scale_label(parse_scales([montage_scale])[0]) if montage_scale else scale_label(scales[0])
         regions = {"both": ("head", "whole"), "head": ("head",), "whole": ("whole",)}.get(region)
         if regions is None:
@@ -125,12 +148,20 @@ def register(app: typer.Typer) -> None:
             for path in hr:
                 if not quiet:
                     err.print(f"evaluating {path} ({', '.join(sp.label() for sp in specs)})")
-                rows += evaluate_volume(path, scales, specs, upsampler, keep)
+                rows += evaluate_volume(path, scales, specs, upsampler, keep, adapt=adapt_opts)
         finally:
             if upsampler is not None:
                 upsampler.close()
 
-        if markdown:
+        if adapt_opts is not None:
+            from ..evaluation.adapt_report import adapt_markdown, adapt_rich
+
+            if markdown:
+                sys.stdout.write(adapt_markdown(rows, regions[0]))
+            else:
+                out = Console() if Console().is_terminal else Console(width=320)
+                out.print(adapt_rich(rows, regions[0]))
+        elif markdown:
             sys.stdout.write(markdown_table(rows, regions))
             if not quiet:
                 err.print(describe_setup(rows))
@@ -154,6 +185,9 @@ def register(app: typer.Typer) -> None:
             "head_mask": "HR > min + 10% of range, dilated 2 voxels, holes filled",
             "arssr_rt_version": __version__,
         }
+        if adapt_opts is not None:
+            meta["adapt"] = {"steps": adapt_steps, "minutes": adapt_minutes, "seed": adapt_seed, "lr": adapt_opts.lr,
+                             "batch": adapt_opts.batch, "tune": adapt_opts.tune, "context": adapt_opts.context}
         if upsampler is not None:
             meta["model_meta"] = {k: upsampler.bundle.meta.get(k) for k in ("name", "version", "spec", "training")}
         written = []

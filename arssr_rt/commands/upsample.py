@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -35,6 +36,12 @@ Examples:
   arssr-rt upsample t1.nii.gz --scale 1,1,2 --output-format dicom -o t1_sr_dicom
   arssr-rt upsample flair.nii.gz --reference t1.nii.gz -o flair_on_t1.nii.gz
   arssr-rt upsample t1.nii.gz --scale 2 -o t1_x2.nrrd   # 3D Slicer: gzip NRRD in LPS
+  arssr-rt upsample thick.nii.gz --voxel-size 0.8 --adapt --save-adapted thick_model   # learn from this scan
+  arssr-rt upsample thick_run2.nii.gz --voxel-size 0.8 --model thick_model              # its other series
+
+--adapt (thick-slice scans; needs arssr-rt[train]): fine-tune a copy of the model on the scan
+itself (in-plane crops degraded along one in-plane axis with --slice-profile and --slice-gap
+at the through-plane ratio), then super-resolve with it on the torch backend.
 """
 
 
@@ -62,8 +69,14 @@ def register(app: typer.Typer) -> None:
         output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | mgh | nrrd | dicom (a new derived series folder)."),
         as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve an image that looks like a label map (intent label, or piecewise-constant whole numbers) as intensities anyway."),
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Data consistency for thick-slice scans: project the output so that its average over each acquired voxel's slice profile equals that voxel (exact in float output: use --dtype float32)."),
-        slice_profile: str = typer.Option("box", "--slice-profile", help="box | gaussian: the acquired slice profile for --keep-acquired."),
-        slice_gap: float = typer.Option(0.0, "--slice-gap", help="Gap between acquired slices, as a fraction of the slice spacing (0 <= gap < 1), for --keep-acquired."),
+        slice_profile: str = typer.Option("box", "--slice-profile", help="box | gaussian (FWHM = slice thickness): the acquired slice profile for --keep-acquired and --adapt; with --adapt also a number, the Gaussian FWHM in mm."),
+        slice_gap: float = typer.Option(0.0, "--slice-gap", help="Gap between acquired slices, as a fraction of the slice spacing (0 <= gap < 1), for --keep-acquired and --adapt."),
+        adapt: bool = typer.Option(False, "--adapt", help="Thick-slice scans: fine-tune a copy of the model on this scan's in-plane detail first (needs arssr-rt[train])."),
+        adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="--adapt: exactly this many fine-tuning steps (reproducible with --seed; default: as many as --adapt-minutes allow)."),
+        adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: time budget of the fine-tuning in minutes (default 3, sized for 2 CPU cores)."),
+        thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing, if >= 1.5x the in-plane one)."),
+        save_adapted: Optional[Path] = typer.Option(None, "--save-adapted", help="--adapt: also write the adapted model as a bundle folder (reuse with --model DIR)."),
+        seed: int = typer.Option(0, "--seed", help="--adapt: seed of the patch draws and the fine-tuning."),
         interp: Optional[str] = typer.Option(None, "--interp", help="model (default) | nearest | linear | cubic: classical resampling on the same grid, no model (nearest: label maps, the default for a NIfTI with intent label)."),
         keep_samples: bool = typer.Option(True, "--keep-samples/--no-keep-samples", help="Model path: output voxels whose centre is an input voxel centre keep the acquired value (default; off: the network's estimate everywhere)."),
         clip_to_input_range: bool = typer.Option(False, "--clip-to-input-range", help="Clip the output to [input min, input max] (a non-negative input gives a non-negative output)."),
@@ -72,6 +85,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from ..consistency import check_slice_profile
+        from ..errors import InputError
         from ..options import check_grid_options, check_tile, parse_max_memory
         from ..pipeline import upsample_file
         from ..progress import ProgressDisplay
@@ -80,17 +94,32 @@ def register(app: typer.Typer) -> None:
         check_grid_options(scale, voxel_size, shape, reference)  # bad option text fails before the volume is read
         check_tile(tile)
         parse_interp(interp)
-        if keep_acquired:
-            check_slice_profile(slice_profile, slice_gap)
+        adapt_opts = None
+        if adapt:
+            from ..adapt.plan import AdaptOptions, check_adapt_options
+
+            adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
+                                      gap=slice_gap, seed=seed)
+            check_adapt_options(adapt_opts)
+            if interp not in (None, "model"):
+                raise InputError(f"--adapt fine-tunes the model; it does not apply to --interp {interp}")
+            if backend not in ("auto", "torch"):
+                raise InputError(f"--adapt runs the adapted model on the torch backend, not {backend}; save it with "
+                                 "--save-adapted and run that bundle with --model DIR --backend " + backend)
+            if precision != "fp32":
+                raise InputError("--adapt runs in fp32; drop --precision (or run the --save-adapted bundle with it)")
+        else:
+            given = [flag for flag, v in (("--adapt-steps", adapt_steps), ("--adapt-minutes", adapt_minutes),
+                                          ("--thick-axis", thick_axis), ("--save-adapted", save_adapted)) if v is not None]
+            if given:
+                raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --adapt only; add --adapt or drop {'it' if len(given) == 1 else 'them'}")
+            if keep_acquired:
+                check_slice_profile(slice_profile, slice_gap)
         max_memory_bytes = parse_max_memory(max_memory)
         console = Console(stderr=True)
         options = BackendOptions(device=device, threads=threads, precision=precision)
         # a bar on a terminal; plain timestamped lines in SLURM logs and pipes (progress.py)
         display = ProgressDisplay("upsampling", console, unit="voxels", quiet=quiet)
-
-        def progress(grid):
-            display.start(grid.voxels)
-            return display.advance
 
         def on_plan(info) -> None:
             if not quiet:  # scripts read this line (which backend "auto" chose)
@@ -101,7 +130,38 @@ def register(app: typer.Typer) -> None:
                              + (f" x {info['volumes']} volumes" if info["volumes"] > 1 else "")
                              + f", backend {info['backend']}, model {info['model']}")
 
-        with display:
+        # --adapt: the fine-tuning's own display (steps and L1), closed when up-sampling starts
+        adapting = ProgressDisplay("adapting", console, unit="steps", quiet=quiet) if adapt else None
+        adapt_state = {"open": False, "loss": None, "shown": False}
+
+        def on_adapt_step(step: int, total: Optional[int], loss: float) -> None:
+            adapt_state["loss"] = loss
+            if total is None or adapting is None:
+                return  # a time budget: the step count is known after the first timed steps
+            if not adapt_state["open"]:
+                adapting.__enter__()  # before the upsampling display is entered (progress below)
+                adapting.start(total)
+                adapt_state["open"] = True
+            adapting.advance(step - adapting.done)
+
+        def close_adapting() -> None:
+            if adapt_state["open"] and adapting is not None:
+                adapting.finish(f"L1 {adapt_state['loss']:.4f}" if adapt_state["loss"] is not None else None)
+                adapting.__exit__(None, None, None)
+                adapt_state["open"] = False
+
+        stack = contextlib.ExitStack()  # one live display at a time: adapting, then upsampling
+        stack.callback(lambda: adapting.__exit__(None, None, None) if adapt_state["open"] and adapting is not None else None)
+
+        def progress(grid):
+            close_adapting()
+            if not adapt_state["shown"]:
+                stack.enter_context(display)
+                adapt_state["shown"] = True
+            display.start(grid.voxels)
+            return display.advance
+
+        with stack:
             result = upsample_file(
                 input, output, scale=scale, voxel_size=voxel_size, shape=shape, reference=reference, model=model, backend=backend,
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
@@ -111,7 +171,10 @@ def register(app: typer.Typer) -> None:
                 interp=interp, clip_to_input_range=clip_to_input_range, keep_samples=keep_samples,
                 on_note=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
                 on_plan=on_plan,
+                adapt=adapt_opts, save_adapted=save_adapted, on_adapt_step=on_adapt_step if adapt else None,
+                on_adapt_info=None if quiet else lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
             )
+            close_adapting()
         display.finish(f"{result.out_path}")
         if not quiet:
             i, o = result.in_shape, result.out_shape

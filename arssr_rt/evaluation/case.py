@@ -130,8 +130,10 @@ def run_case(
     mask: np.ndarray,
     data_range: float,
     name: str = "volume",
+    extra: dict[str, ModelFn] | None = None,
 ) -> CaseOutputs:
-    """Degrade ``hr``, reconstruct with both baselines (and ``model_fn``), score every method."""
+    """Degrade ``hr``, reconstruct with both baselines (and ``model_fn``, and each of
+    ``extra``'s named functions, e.g. "adapted"), score every method."""
     spec = as_spec(degradation)
     lr = degrade(hr, scale, spec.kind, **spec.options()).astype(np.float32, copy=False)
     if min(lr.shape) < MIN_LR_VOXELS:
@@ -143,6 +145,8 @@ def run_case(
         t0 = time.perf_counter()
         images["model"] = np.asarray(model_fn(lr, tuple(hr.shape)), dtype=np.float32)
         seconds = time.perf_counter() - t0
+    for method, fn in (extra or {}).items():
+        images[method] = np.asarray(fn(lr, tuple(hr.shape)), dtype=np.float32)
     scores = {method: score(hr, image, mask, data_range) for method, image in images.items()}
     return CaseOutputs(lr=lr, images=images, scores=scores, model_seconds=seconds)
 

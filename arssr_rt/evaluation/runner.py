@@ -10,7 +10,7 @@ inside ``head_mask(HR)`` (``case.run_case`` does the work on arrays).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -24,9 +24,10 @@ from .case import MIN_LR_VOXELS, DegradationSpec, MethodScores, as_spec, best_ba
 from .metrics import default_data_range, head_mask
 
 if TYPE_CHECKING:
+    from ..adapt.plan import AdaptOptions
     from ..pipeline import Upsampler
 
-METHODS = ("tricubic", "sinc", "model")
+METHODS = ("tricubic", "sinc", "model", "adapted")
 __all__ = ["DegradationSpec", "EvalRow", "MIN_LR_VOXELS", "MethodScores", "ScaleOutputs", "evaluate_scale", "evaluate_volume",
            "lr_volume", "parse_scales", "scale_label", "score", "volume_name"]  # MethodScores, score: re-exported from case
 
@@ -73,6 +74,9 @@ class EvalRow:
     seed: int | None = None
     slice_profile: str | None = None
     slice_gap: float | None = None
+    adapted: MethodScores | None = None  # evaluate --adapt: the model fine-tuned on the LR itself
+    adapt_steps: int | None = None
+    adapt_seconds: float | None = None
 
     def baseline(self, metric: str, which: str = "best") -> float | None:
         """A baseline's value of ``metric``: ``tricubic``, ``sinc`` or ``best`` (the higher of the two)."""
@@ -107,6 +111,12 @@ class EvalRow:
             out[f"{metric}_best"] = self.best_method(metric)
             out[f"{metric}_gain_sinc"] = self.gain(metric, "sinc")
             out[f"{metric}_gain_best"] = self.gain(metric, "best")
+        if self.adapted is not None:
+            for metric in MethodScores.__dataclass_fields__:
+                value = float(getattr(self.adapted, metric))
+                out[f"{metric}_adapted"] = value
+                out[f"{metric}_adapted_gain_model"] = value - float(getattr(self.model, metric)) if self.model else None
+                out[f"{metric}_adapted_gain_best"] = value - float(self.baseline(metric, "best"))  # type: ignore[arg-type]
         return out
 
 
@@ -121,6 +131,7 @@ class ScaleOutputs:
     tricubic: np.ndarray
     model: np.ndarray | None
     sinc: np.ndarray | None = None
+    adapted: np.ndarray | None = None
 
 
 def lr_volume(hr: Volume, lr_data: np.ndarray) -> Volume:
@@ -140,6 +151,25 @@ def upsampler_fn(hr: Volume, upsampler: "Upsampler") -> Callable[[np.ndarray, tu
     return run
 
 
+def adapted_fn(hr: Volume, upsampler: "Upsampler", adapt: "AdaptOptions", stats: dict[str, Any],
+               on_step: Callable[[int, int | None, float], None] | None = None, base_model: Any = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
+    """``model_fn`` that first adapts a copy of the upsampler's model to the LR volume itself
+    (what ``upsample --adapt`` does with a real scan), then runs it onto the HR grid."""
+    from ..adapt.session import adapt_volume
+    from ..pipeline import Upsampler, plan_grid
+
+    def run(lr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        low = lr_volume(hr, lr)
+        adapted = adapt_volume(low, upsampler.bundle, adapt, normalization=upsampler.normalization, on_step=on_step,
+                               base_model=base_model)
+        stats.update(steps=adapted.steps, seconds=adapted.seconds)
+        with Upsampler(upsampler.bundle, adapted.backend, tile=upsampler.tile, chunk=upsampler.chunk,
+                       normalization=upsampler.normalization, max_memory=upsampler.max_memory) as up:
+            return up.run(low, plan_grid(low, shape=list(shape)))
+
+    return run
+
+
 def evaluate_scale(
     hr: Volume,
     scale: Triplet,
@@ -147,12 +177,21 @@ def evaluate_scale(
     upsampler: "Upsampler | None",
     mask: np.ndarray,
     name: str,
+    adapt: "AdaptOptions | None" = None,
+    on_adapt_step: Callable[[int, int | None, float], None] | None = None,
+    base_model: Any = None,
 ) -> ScaleOutputs:
-    """Degrade, reconstruct with tricubic, sinc (and the model), score all."""
+    """Degrade, reconstruct with tricubic, sinc (and the model; with ``adapt`` also the model
+    adapted to the LR, using the degradation's own slice profile and gap), score all."""
     spec = as_spec(degradation)
     data_range = default_data_range(hr.data)
     model_fn = upsampler_fn(hr, upsampler) if upsampler is not None else None
-    out = run_case(hr.data, scale, spec, model_fn, mask, data_range, name)
+    extra, stats = {}, {}  # type: ignore[var-annotated]
+    if adapt is not None and upsampler is not None:
+        fields = spec.fields()
+        adapt = replace(adapt, profile=fields["slice_profile"] or "box", gap=fields["slice_gap"] or 0.0)
+        extra["adapted"] = adapted_fn(hr, upsampler, adapt, stats, on_adapt_step, base_model)
+    out = run_case(hr.data, scale, spec, model_fn, mask, data_range, name, extra=extra)
     row = EvalRow(
         volume=name,
         scale=scale_label(scale),
@@ -168,9 +207,12 @@ def evaluate_scale(
         model_seconds=out.model_seconds,
         sinc=out.scores["sinc"],
         **spec.fields(),
+        adapted=out.scores.get("adapted"),
+        adapt_steps=stats.get("steps"),
+        adapt_seconds=stats.get("seconds"),
     )
     return ScaleOutputs(row=row, hr=hr.data, affine=hr.affine, lr=out.lr, tricubic=out.images["tricubic"],
-                        model=out.images.get("model"), sinc=out.images["sinc"])
+                        model=out.images.get("model"), sinc=out.images["sinc"], adapted=out.images.get("adapted"))
 
 
 def volume_name(path: Path) -> str:
@@ -188,6 +230,8 @@ def evaluate_volume(
     degradation: "str | DegradationSpec | Sequence[str | DegradationSpec]",
     upsampler: "Upsampler | None",
     on_outputs: Callable[[ScaleOutputs], None] | None = None,
+    adapt: "AdaptOptions | None" = None,
+    on_adapt_step: Callable[[int, int | None, float], None] | None = None,
 ) -> list[EvalRow]:
     """Rows for one HR volume, one per degradation and scale (degradation-major); ``upsampler=None``
     scores the baselines only.
@@ -206,10 +250,17 @@ def evaluate_volume(
     mask = head_mask(hr.data)
     triplets = parse_scales(scales)
     specs = [as_spec(d) for d in ([degradation] if isinstance(degradation, (str, DegradationSpec)) else degradation)]
+    base_model = None
+    if adapt is not None and upsampler is not None:  # the base weights load once per volume, each case adapts a copy
+        from ..adapt.session import require_torch
+        from ..backends.torch_backend import load_bundle_model
+
+        require_torch("evaluate")
+        base_model = load_bundle_model(upsampler.bundle)
     rows = []
     for spec in specs:
         for scale in triplets:
-            outputs = evaluate_scale(hr, scale, spec, upsampler, mask, volume_name(path))
+            outputs = evaluate_scale(hr, scale, spec, upsampler, mask, volume_name(path), adapt, on_adapt_step, base_model)
             if on_outputs is not None:
                 on_outputs(outputs)
             rows.append(outputs.row)
