@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("scales", nargs="+")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--passes", type=int, default=8)
+    ap.add_argument("--thick-flip", action="store_true", help="passes: identity, thick flip, in-plane flips, all three")
     args = ap.parse_args()
 
     from arssr_rt.adapt.plan import AdaptOptions
@@ -46,6 +47,12 @@ def main() -> None:
             grid = plan_grid(low, shape=list(hr.shape))
             adapted = adapt_volume(low, base.bundle, AdaptOptions(steps=args.steps, profile="box"), threads=1)
             syms = symmetries(args.passes, adapted.plan.in_plane)
+            if args.thick_flip:  # the sampler flips the thick position too; is that a useful extra pass?
+                from arssr_rt.tta import Symmetry
+
+                a, b = adapted.plan.in_plane
+                t = adapted.plan.thick_axis
+                syms = [Symmetry(), Symmetry((t,)), Symmetry((a, b)), Symmetry((a, b, t))][: args.passes]
             outs, secs = [], []
             for sym in syms:
                 with Upsampler(base.bundle, adapted.backend, tta=[sym]) as up:
