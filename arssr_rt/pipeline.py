@@ -33,11 +33,13 @@ from .params import flag, setting
 from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_buffer, plan_memory, release_pages,
                      restore_in_place, transposed)
 from .sampling import box_coords, sample_box
+from .tta import PassMeter
 from .tiling import Tile, cap_tile, output_chunks, plan_tiles
 from .volume import Volume
 
 if TYPE_CHECKING:
     from .adapt.plan import AdaptOptions
+    from .tta import Symmetry
 
 # output points sampled per step: 8 MB of decoder input at F=128 stays in cache between the
 # trilinear blends and the decoder (1 << 17 points spent 4x longer sampling, measured)
@@ -69,6 +71,7 @@ class Upsampler:
         keep_acquired: str | None = None,
         slice_gap: float = 0.0,
         keep_samples: bool = True,
+        tta: "Sequence[Symmetry]" = (),
     ):
         from .intensity import check_mode
 
@@ -91,6 +94,8 @@ class Upsampler:
         # output voxels on an input voxel centre get the acquired value (see consistency.keep_samples);
         # off for --keep-acquired, whose thick-slice averages are not point samples
         self.keep_samples = keep_samples
+        # test-time averaging (tta.py): the mean of one pass per symmetry, each undone; () = one plain pass
+        self.tta = tuple(tta)
 
     def __enter__(self) -> "Upsampler":
         return self
@@ -115,22 +120,35 @@ class Upsampler:
         if self.keep_acquired:
             self.check_keep_acquired_memory(volume.shape, grid.shape)
         lr = norm.normalize(volume.data)
-        out_shape = grid.shape
-        zyx = self.bundle.axis_order == "zyx"
-        if zyx:  # published weights saw SimpleITK (z, y, x) arrays
-            lr = np.ascontiguousarray(lr.transpose(2, 1, 0))
-            out_shape = out_shape[::-1]
-        out = self.infer(lr, out_shape, progress)
-        flatten_flat_background(lr, out)  # exactly-constant air stays exactly constant
+        if self.tta:  # each pass on a flipped / swapped copy, undone, averaged (tta.py)
+            meter = PassMeter(progress, len(self.tta))
+            out = self.tta[0].undo(self.infer_oriented(self.tta[0].apply(lr), self.tta[0].shape(grid.shape), meter))
+            for sym in self.tta[1:]:
+                out += sym.undo(self.infer_oriented(sym.apply(lr), sym.shape(grid.shape), meter))
+            if len(self.tta) > 1:
+                out *= np.float32(1.0 / len(self.tta))
+            if not isinstance(out, np.memmap):  # the first pass's undo may be a view (a lone symmetry)
+                out = np.ascontiguousarray(out)
+            meter.finish(math.prod(grid.shape))
+        else:
+            out = self.infer_oriented(lr, grid.shape, progress)
         del lr
-        if zyx:
-            out = transposed(out)
         if self.keep_acquired:  # each acquired voxel = the output averaged over its slice profile
             keep_acquired(out, norm.normalize(volume.data), self.keep_acquired, self.slice_gap)
         out = restore_in_place(norm, out)
         if self.keep_samples and not self.keep_acquired:  # after restore: the input's values exactly, not a round trip
             keep_samples(out, volume.data)
         return out
+
+    def infer_oriented(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
+        """Normalised LR in volume axis order -> normalised output, flat air kept flat."""
+        zyx = self.bundle.axis_order == "zyx"
+        if zyx:  # published weights saw SimpleITK (z, y, x) arrays
+            lr = np.ascontiguousarray(lr.transpose(2, 1, 0))
+            out_shape = tuple(out_shape)[::-1]
+        out = self.infer(lr, out_shape, progress)
+        flatten_flat_background(lr, out)  # exactly-constant air stays exactly constant
+        return transposed(out) if zyx else out
 
     def infer(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
         """Normalised LR (D,H,W) -> normalised output of ``out_shape``: encode each tile, then
@@ -379,7 +397,8 @@ def upsample_file(
         profile = None if keep_acquired is None else adapted.plan.profile
         up = Upsampler(bundle, adapted.backend, options, tile=tile, chunk=chunk, normalization=normalization,
                        max_memory=upsampler.max_memory if upsampler is not None else max_memory, as_intensity=as_intensity,
-                       keep_acquired=profile, slice_gap=adapted.plan.gap, keep_samples=keep_samples)
+                       keep_acquired=profile, slice_gap=adapted.plan.gap, keep_samples=keep_samples,
+                       tta=adapted.symmetries())
         owner = True
     elif method == "model":
         up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from ..degrade import SLICE_PROFILES
 from ..errors import InputError
+from ..tta import TTA_CHOICES
 
 MIN_RATIO = 1.5  # thick / finest in-plane spacing below this: not a thick-slice scan
 DEFAULT_MINUTES = 3.0  # 256x256x40 adapts in this and up-samples in the rest of 5 min on 2 cores
@@ -41,6 +42,7 @@ class AdaptOptions:
     tune: str = "all"  # "all" layers or the "decoder" only
     context: str = "3d"  # natively thick axis in the patch: "3d" (native slices) | "slab" (one slice, repeated)
     precision: str = "auto"  # fine-tuning arithmetic: auto (bf16 on CPUs with native bf16) | fp32 | bf16 (autocast; fp32 weights)
+    tta: int = 1  # inference passes averaged over the flips / in-plane swap adapted under (tta.py): 1, 2, 4 or 8
     extra: dict = field(default_factory=dict)  # pair-sampler overrides (experiments)
 
     @property
@@ -101,6 +103,8 @@ def check_adapt_options(opts: AdaptOptions) -> None:
         raise InputError(f"adapt tune must be one of {', '.join(TUNE_CHOICES)}, got {opts.tune!r}")
     if opts.precision not in ("auto", "fp32", "bf16"):
         raise InputError(f"adapt precision must be auto, fp32 or bf16, got {opts.precision!r}")
+    if opts.tta not in TTA_CHOICES:
+        raise InputError(f"--adapt-tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {opts.tta}")
     if opts.context not in CONTEXT_CHOICES:
         raise InputError(f"adapt context must be one of {', '.join(CONTEXT_CHOICES)}, got {opts.context!r}")
 

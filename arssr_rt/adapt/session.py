@@ -94,6 +94,12 @@ class Adapted:
 
         return AdaptedTorchBackend(self.model, bundle.feature_dim, options)
 
+    def symmetries(self) -> list[Any]:
+        """The inference passes to average (``Upsampler(tta=...)``): the flips / in-plane swap adapted under."""
+        from ..tta import symmetries
+
+        return symmetries(self.options.tta, self.plan.in_plane)
+
     def summary(self) -> dict[str, Any]:
         """What model.json's ``training`` says about this adaptation."""
         return {

@@ -111,6 +111,7 @@ def register(app: typer.Typer) -> None:
         adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="--adapt: exactly this many fine-tuning steps per input (default: --adapt-minutes)."),
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per input in minutes (default 3)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing)."),
+        adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="--adapt: box | gaussian | a Gaussian FWHM in mm."),
         slice_gap: float = typer.Option(0.0, "--slice-gap", help="--adapt: gap between slices as a fraction of the slice spacing, in [0, 1)."),
         seed: int = typer.Option(0, "--seed", help="--adapt: seed of the fine-tuning."),
@@ -144,15 +145,15 @@ def register(app: typer.Typer) -> None:
             from ..adapt.session import require_torch
 
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
-                                      gap=slice_gap, seed=seed)
+                                      gap=slice_gap, seed=seed, **({} if adapt_tta is None else {"tta": adapt_tta}))
             check_adapt_options(adapt_opts)
             if backend not in ("auto", "torch") or precision != "fp32":
                 raise InputError("--adapt runs each adapted model on the torch backend in fp32; drop --backend/--precision")
             if ray or ray_address:
                 raise InputError("--adapt runs in local workers; drop --ray")
             require_torch("batch")
-        elif adapt_steps is not None or adapt_minutes is not None or thick_axis is not None:
-            raise InputError("--adapt-steps/--adapt-minutes/--thick-axis apply to --adapt only; add --adapt or drop them")
+        elif adapt_steps is not None or adapt_minutes is not None or thick_axis is not None or adapt_tta is not None:
+            raise InputError("--adapt-steps/--adapt-minutes/--thick-axis/--adapt-tta apply to --adapt only; add --adapt or drop them")
         shard_pair = parse_shard(shard) if shard else None
         if report is None:
             name = f"batch_report.shard-{shard_pair[0]}-of-{shard_pair[1]}.json" if shard_pair else "batch_report.json"

@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="--adapt: fine-tuning steps per case (default: --adapt-minutes)."),
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per case in minutes (default 3)."),
         adapt_seed: int = typer.Option(0, "--adapt-seed", help="--adapt: seed of the fine-tuning."),
+        adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
     ) -> None:
         from rich.console import Console
@@ -103,11 +104,12 @@ def register(app: typer.Typer) -> None:
                 raise InputError("--adapt fine-tunes the model; it does not go with --baseline-only")
             if kinds != ["slice"]:
                 raise InputError("--adapt evaluates thick-slice scans: use --degradation slice (only)")
-            adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, seed=adapt_seed)
+            adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, seed=adapt_seed,
+                                      **({} if adapt_tta is None else {"tta": adapt_tta}))
             check_adapt_options(adapt_opts)
             require_torch("evaluate")
-        elif adapt_steps is not None or adapt_minutes is not None:
-            raise InputError("--adapt-steps/--adapt-minutes apply to --adapt only; add --adapt or drop them")
+        elif adapt_steps is not None or adapt_minutes is not None or adapt_tta is not None:
+            raise InputError("--adapt-steps/--adapt-minutes/--adapt-tta apply to --adapt only; add --adapt or drop them")
         shown = scale_label(parse_scales([montage_scale])[0]) if montage_scale else scale_label(scales[0])
         regions = {"both": ("head", "whole"), "head": ("head",), "whole": ("whole",)}.get(region)
         if regions is None:
@@ -187,7 +189,8 @@ def register(app: typer.Typer) -> None:
         }
         if adapt_opts is not None:
             meta["adapt"] = {"steps": adapt_steps, "minutes": adapt_minutes, "seed": adapt_seed, "lr": adapt_opts.lr,
-                             "batch": adapt_opts.batch, "tune": adapt_opts.tune, "context": adapt_opts.context}
+                             "batch": adapt_opts.batch, "tune": adapt_opts.tune, "context": adapt_opts.context,
+                             "tta": adapt_opts.tta}
         if upsampler is not None:
             meta["model_meta"] = {k: upsampler.bundle.meta.get(k) for k in ("name", "version", "spec", "training")}
         written = []

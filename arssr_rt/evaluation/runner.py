@@ -164,7 +164,7 @@ def adapted_fn(hr: Volume, upsampler: "Upsampler", adapt: "AdaptOptions", stats:
                                base_model=base_model)
         stats.update(steps=adapted.steps, seconds=adapted.seconds)
         with Upsampler(upsampler.bundle, adapted.backend, tile=upsampler.tile, chunk=upsampler.chunk,
-                       normalization=upsampler.normalization, max_memory=upsampler.max_memory) as up:
+                       normalization=upsampler.normalization, max_memory=upsampler.max_memory, tta=adapted.symmetries()) as up:
             return up.run(low, plan_grid(low, shape=list(shape)))
 
     return run

@@ -1,0 +1,84 @@
+"""Test-time averaging over the symmetries a model was trained under (numpy only).
+
+An adapted model (``--adapt``) is fine-tuned on patches flipped along every axis (the thick
+one included) and with the two non-thick array positions swapped at random, so it is (approximately) equivariant to
+those flips and that swap. Running it on a flipped / swapped copy of the input and undoing the
+transform on the output gives another estimate of the same image with different errors;
+averaging them cancels part of the error. Each pass costs one full up-sampling.
+
+On centre-aligned grids (``geometry``), a flip of an input axis is exactly a flip of the
+output axis, and a swap of two axes swaps the output shape's entries, so undoing a transform
+is exact array indexing: no resampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+TTA_CHOICES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """Flip ``flips`` (array axes), then (if ``swap``) exchange array axes ``swap[0]`` and ``swap[1]``."""
+
+    flips: tuple[int, ...] = ()
+    swap: tuple[int, int] | None = None
+
+    def shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The output shape the transformed input is up-sampled to."""
+        out = list(shape)
+        if self.swap:
+            a, b = self.swap
+            out[a], out[b] = out[b], out[a]
+        return tuple(out)
+
+    def apply(self, arr: np.ndarray) -> np.ndarray:
+        out = np.flip(arr, self.flips) if self.flips else arr
+        if self.swap:
+            out = np.swapaxes(out, *self.swap)
+        return np.ascontiguousarray(out)
+
+    def undo(self, arr: np.ndarray) -> np.ndarray:
+        """A view of ``arr`` (a transformed input's output) in the original orientation."""
+        out = np.swapaxes(arr, *self.swap) if self.swap else arr
+        return np.flip(out, self.flips) if self.flips else out
+
+
+def symmetries(passes: int, in_plane: tuple[int, int]) -> list[Symmetry]:
+    """The first ``passes`` of: identity, flip of the thick axis, flip of both in-plane axes,
+    flip of all three, then the same four with the in-plane axes swapped (``in_plane``: the two
+    array axes that are not thick). The thick flip comes first because it helps most (measured:
+    docs/quality/adapt/variants.md): the model up-samples that axis, and its errors there are
+    the least symmetric."""
+    if passes not in TTA_CHOICES:
+        raise ValueError(f"test-time averaging takes {', '.join(map(str, TTA_CHOICES))} passes, got {passes}")
+    a, b = in_plane
+    t = 3 - a - b
+    flips: list[tuple[int, ...]] = [(), (t,), (a, b), (a, b, t)]
+    group = [Symmetry(f) for f in flips] + [Symmetry(f, (a, b)) for f in flips]
+    return group[:passes]
+
+
+class PassMeter:
+    """Progress of ``passes`` up-samplings reported as one: each pass's voxel counts scaled by
+    1 / passes, so the bar's total (the output voxels) is reached once, at the end."""
+
+    def __init__(self, report: Callable[[int], None] | None, passes: int):
+        self.report, self.passes = report, passes
+        self.done, self.sent = 0.0, 0
+
+    def __call__(self, voxels: int) -> None:
+        self.done += voxels / self.passes
+        self._send(int(self.done))
+
+    def finish(self, total: int) -> None:
+        self._send(total)
+
+    def _send(self, upto: int) -> None:
+        if self.report is not None and upto > self.sent:
+            self.report(upto - self.sent)
+        self.sent = max(self.sent, upto)
