@@ -200,3 +200,15 @@ def phase_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def listing(folder: Path) -> list[str]:
     """Everything in ``folder`` (hidden temp files included), sorted."""
     return sorted(os.listdir(folder))
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*argv) -> (exit code, stderr)``: the CLI in-process (a module may define its own)."""
+    from arssr_rt.cli import main
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = main([str(a) for a in argv])
+        return code, capsys.readouterr().err
+
+    return run

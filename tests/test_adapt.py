@@ -32,17 +32,6 @@ def thick(tmp_path_factory):
     return path, lr
 
 
-@pytest.fixture
-def cli(capsys):
-    from arssr_rt.cli import main
-
-    def run(*argv: str) -> tuple[int, str]:
-        code = main([str(a) for a in argv])
-        return code, capsys.readouterr().err
-
-    return run
-
-
 def _load(path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
 

@@ -64,17 +64,6 @@ def test_pipeline_average_equals_the_passes_run_by_hand(thick):
         assert np.array_equal(one.run(thick, grid), single)  # one pass is the plain path, bit for bit
 
 
-@pytest.fixture
-def cli(capsys):
-    from arssr_rt.cli import main
-
-    def run(*argv: str) -> tuple[int, str]:
-        code = main([str(a) for a in argv])
-        return code, capsys.readouterr().err
-
-    return run
-
-
 def test_adapt_tta_keeps_acquired_slices_and_refuses_bad_counts(cli, thick, tmp_path):
     pytest.importorskip("torch")
     src = tmp_path / "thick.nii.gz"
