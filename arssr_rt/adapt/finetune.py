@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .pairs import PairBatch, ScanPairSampler
 
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 WARMUP_STEPS = 3  # steps timed before a time budget is turned into a step count
 
 
@@ -102,6 +103,8 @@ def finetune(
     tune: str = "all",
     seed: int = 0,
     precision: str = "fp32",
+    loss: str = "l1",
+    warmup: int = 0,
     on_step: Callable[[int, int | None, float], None] | None = None,
 ) -> FinetuneResult:
     """A fine-tuned deep copy of ``base`` (left untouched). ``on_step(step, total, loss_ema)``
@@ -122,17 +125,18 @@ def finetune(
             total = max(step + 1, int((budget_seconds or 0) / per_step))
             planned = True
         frac = step / max(1, total - 1) if step >= WARMUP_STEPS or steps is not None else 0.0
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0  # linear warm-up: Adam's first steps are large
         for g in opt.param_groups:
-            g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+            g["lr"] = ramp * lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         pairs = sampler.batch(batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):  # fp32 master weights either way
             pred = dense_forward(model, pairs)
-        loss = F.l1_loss(pred.float(), torch.from_numpy(pairs.target))
+        error = LOSSES[loss](pred.float(), torch.from_numpy(pairs.target))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        error.backward()
         opt.step()
         step += 1
-        value = float(loss.detach())
+        value = float(error.detach())
         first = value if step == 1 else first
         ema = value if step == 1 else 0.9 * ema + 0.1 * value
         if on_step:

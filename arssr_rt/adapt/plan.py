@@ -42,6 +42,8 @@ class AdaptOptions:
     tune: str = "all"  # "all" layers or the "decoder" only
     context: str = "3d"  # natively thick axis in the patch: "3d" (native slices) | "slab" (one slice, repeated)
     precision: str = "auto"  # fine-tuning arithmetic: auto (bf16 on CPUs with native bf16) | fp32 | bf16 (autocast; fp32 weights)
+    loss: str = "l1"  # fine-tuning loss: l1 (as training) | l2
+    warmup: int = 0  # linear learning-rate warm-up steps
     tta: int = 1  # inference passes averaged over the flips / in-plane swap adapted under (tta.py): 1, 2, 4 or 8
     extra: dict = field(default_factory=dict)  # pair-sampler overrides (experiments)
 

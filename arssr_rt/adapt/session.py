@@ -179,7 +179,7 @@ def adapt_volume(
     t0 = time.perf_counter()
     result = finetune(base, sampler, steps=options.steps, budget_seconds=options.budget_seconds, lr=options.lr,
                       batch=options.batch, tune=options.tune, seed=options.seed, precision=options.precision,
-                      on_step=on_step)
+                      loss=options.loss, warmup=options.warmup, on_step=on_step)
     source: dict[str, Any] = {}
     if volume.source_path is not None:
         source = {"file": Path(volume.source_path).name, "sha256": file_sha256(Path(volume.source_path))}
