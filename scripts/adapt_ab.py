@@ -19,7 +19,7 @@ from dataclasses import fields, replace
 
 import numpy as np
 
-PAIR_KEYS = {"lr_thick", "fine", "native", "points", "margin", "foreground_bias"}
+PAIR_KEYS = {"lr_thick", "fine", "native", "points", "margin", "foreground_bias", "consistency"}
 
 
 def parse_variant(text: str, base):

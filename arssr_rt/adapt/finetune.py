@@ -82,6 +82,17 @@ def dense_forward(model: torch.nn.Module, pairs: PairBatch) -> torch.Tensor:
     return out
 
 
+def project_columns(pred: torch.Tensor, target: torch.Tensor, pairs: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole columns along the degraded axis, projected onto the acquired samples (``Y + pinv(A)(X - AY)``),
+    and their targets, at the supervised (valid) positions."""
+    lr_cols, null, lift, valid = pairs.consistency
+    b, n_cols, h = lr_cols.shape
+    y = pred.reshape(b, n_cols, -1)
+    y = y @ torch.from_numpy(null).T + torch.from_numpy(lr_cols) @ torch.from_numpy(lift).T
+    keep = torch.from_numpy(valid)
+    return y[..., keep], target.reshape(b, n_cols, -1)[..., keep]
+
+
 def trainable(model: torch.nn.Module, tune: str) -> list[torch.nn.Parameter]:
     """The parameters to update: every layer, or the decoder only (encoder frozen)."""
     for p in model.parameters():
@@ -131,7 +142,10 @@ def finetune(
         pairs = sampler.batch(batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):  # fp32 master weights either way
             pred = dense_forward(model, pairs)
-        error = LOSSES[loss](pred.float(), torch.from_numpy(pairs.target))
+        pred, target = pred.float(), torch.from_numpy(pairs.target)
+        if pairs.consistency is not None:  # the output as --keep-acquired will make it: null-space part + lifted LR
+            pred, target = project_columns(pred, target, pairs)
+        error = LOSSES[loss](pred, target)
         opt.zero_grad(set_to_none=True)
         error.backward()
         opt.step()
