@@ -450,7 +450,7 @@ def _adapt(volume: Volume, bundle: ModelBundle, adapt: "AdaptOptions", save_adap
     adapted = adapt_volume(volume, bundle, adapt, normalization=normalization, threads=options.threads if options else None,
                            on_step=on_step, plan=plan, base_model=base_model)
     if on_note:
-        on_note(f"adapted in {adapted.steps} steps ({adapted.precision}), {adapted.seconds:.0f} s "
+        on_note(f"adapted in {adapted.steps} steps ({adapted.precision} on {adapted.device}), {adapted.seconds:.0f} s "
                 f"(L1 {adapted.loss_first:.4f} -> {adapted.loss_last:.4f})")
     if save_adapted is not None:
         real = volume.data if bundle.axis_order == "xyz" else volume.data.transpose(2, 1, 0)

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from ..degrade import SLICE_PROFILES
 from ..errors import InputError
+from .device import check_device_name
 from ..tta import TTA_CHOICES
 
 MIN_RATIO = 1.5  # thick / finest in-plane spacing below this: not a thick-slice scan
@@ -41,7 +42,8 @@ class AdaptOptions:
     batch: int = 4
     tune: str = "all"  # "all" layers or the "decoder" only
     context: str = "3d"  # natively thick axis in the patch: "3d" (native slices) | "slab" (one slice, repeated)
-    precision: str = "auto"  # fine-tuning arithmetic: auto (bf16 on CPUs with native bf16) | fp32 | bf16 (autocast; fp32 weights)
+    precision: str = "auto"  # fine-tuning arithmetic: auto (bf16 on CPUs with native bf16; on a GPU bf16, else fp16) | fp32 | bf16 | fp16 (GPU; autocast, fp32 weights)
+    device: str = "cpu"  # fine-tuning and inference: cpu | cuda | cuda:N (the CLI derives it from --backend, see adapt/device.py)
     loss: str = "l1"  # fine-tuning loss: l1 (as training) | l2
     warmup: int = 0  # linear learning-rate warm-up steps
     tta: int = 1  # inference passes averaged over the flips / in-plane swap adapted under (tta.py): 1, 2, 4 or 8
@@ -103,8 +105,11 @@ def check_adapt_options(opts: AdaptOptions) -> None:
         raise InputError("--slice-profile FWHM_MM sets the slice thickness itself; drop --slice-gap")
     if opts.tune not in TUNE_CHOICES:
         raise InputError(f"adapt tune must be one of {', '.join(TUNE_CHOICES)}, got {opts.tune!r}")
-    if opts.precision not in ("auto", "fp32", "bf16"):
-        raise InputError(f"adapt precision must be auto, fp32 or bf16, got {opts.precision!r}")
+    if opts.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise InputError(f"adapt precision must be auto, fp32, bf16 or fp16, got {opts.precision!r}")
+    check_device_name(opts.device)
+    if opts.precision == "fp16" and opts.device == "cpu":
+        raise InputError("adapt precision fp16 is for a CUDA device; use auto, fp32 or bf16 on the CPU")
     if opts.tta not in TTA_CHOICES:
         raise InputError(f"--adapt-tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {opts.tta}")
     if opts.context not in CONTEXT_CHOICES:

@@ -66,7 +66,7 @@ def model_order(plan: AdaptPlan, axis_order: str) -> AdaptPlan:
 class Adapted:
     """An adapted torch model, what it was adapted on, and how to run or save it."""
 
-    model: Any  # torch ArSSR in eval mode, CPU, fp32
+    model: Any  # torch ArSSR in eval mode, fp32, on ``device``
     base: "ModelBundle"
     plan: AdaptPlan
     options: AdaptOptions
@@ -76,9 +76,14 @@ class Adapted:
     loss_last: float
     precision: str = "fp32"  # the fine-tuning arithmetic actually used
     source: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # where it was fine-tuned and runs: "cpu" or "cuda:N"
 
     def backend(self, bundle: "ModelBundle", options: "BackendOptions") -> "BackendRunner":
-        """Backend factory for ``Upsampler``: the adapted weights on the torch backend."""
+        """Backend factory for ``Upsampler``: the adapted weights on the torch backend, or on a
+        GPU the torch-cuda backend on the adaptation's device (not ``options.device``: the
+        model is already there)."""
+        if self.device != "cpu":
+            return self.cuda_backend(bundle, options)
         from ..backends.torch_backend import TorchBackend
 
         class AdaptedTorchBackend(TorchBackend):
@@ -93,6 +98,27 @@ class Adapted:
                 self.feature_dim = feature_dim
 
         return AdaptedTorchBackend(self.model, bundle.feature_dim, options)
+
+    def cuda_backend(self, bundle: "ModelBundle", options: "BackendOptions") -> "BackendRunner":
+        """The adapted weights on the torch-cuda backend, on ``self.device`` (a GPU run's backend;
+        on "cpu" it runs the same torch-cuda logic on the CPU, which tests use)."""
+        from ..backends.torch_cuda_backend import TorchCudaBackend
+
+        class AdaptedTorchCudaBackend(TorchCudaBackend):
+            """torch-cuda (GPU sampling + decode_box, TF32 off in fp32) on the adapted weights."""
+
+            def __init__(self, model: Any, device: str, opts: "BackendOptions"):
+                super().__init__(bundle, opts, torch_device=device, model=model)
+
+        return AdaptedTorchCudaBackend(self.model, self.device, options)
+
+    def cpu_model(self) -> Any:
+        """The adapted model on the CPU (a copy when it lives on a GPU): what export writes."""
+        if self.device == "cpu":
+            return self.model
+        import copy
+
+        return copy.deepcopy(self.model).cpu()
 
     def symmetries(self) -> list[Any]:
         """The inference passes to average (``Upsampler(tta=...)``): the flips / in-plane swap adapted under."""
@@ -109,7 +135,7 @@ class Adapted:
             "slice_profile": self.plan.profile, "slice_gap": round(self.plan.gap, 6),
             "steps": self.steps, "seconds": round(self.seconds, 1), "seed": self.options.seed, "lr": self.options.lr,
             "batch": self.options.batch, "tune": self.options.tune, "context": self.options.context,
-            "precision": self.precision,
+            "precision": self.precision, "device": self.device.partition(":")[0],
             "loss_first": round(self.loss_first, 6), "loss_last": round(self.loss_last, 6),
         }
 
@@ -123,7 +149,7 @@ class Adapted:
             name += f"-{Path(self.source['file']).name.split('.')[0]}"
         meta = {"normalization": self.base.normalization, "training": self.summary(),
                 "intended_use": self.base.meta.get("intended_use", "research; not for diagnosis")}
-        return write_bundle(self.model, out_dir, name=name, axis_order=self.base.axis_order, extra_meta=meta,
+        return write_bundle(self.cpu_model(), out_dir, name=name, axis_order=self.base.axis_order, extra_meta=meta,
                             real_input=real_input, force=force, inputs=inputs)
 
 
@@ -156,11 +182,13 @@ def adapt_volume(
     torch = require_torch()
     from ..backends.torch_backend import load_bundle_model
     from ..geometry import spacing_of
+    from .device import torch_device
     from .finetune import finetune
     from .pairs import ScanPairSampler
 
     where = str(volume.source_path or "input")
     plan = plan or plan_adaptation(spacing_of(volume.affine), volume.shape, options, where)
+    device = torch_device(options.device, torch)  # a GPU torch cannot see: one line, before the weights load
     try:
         norm = Normalizer(mode=normalization).fit(volume.data)  # type: ignore[arg-type]
     except InputError as exc:
@@ -179,10 +207,10 @@ def adapt_volume(
     t0 = time.perf_counter()
     result = finetune(base, sampler, steps=options.steps, budget_seconds=options.budget_seconds, lr=options.lr,
                       batch=options.batch, tune=options.tune, seed=options.seed, precision=options.precision,
-                      loss=options.loss, warmup=options.warmup, on_step=on_step)
+                      loss=options.loss, warmup=options.warmup, device=device, on_step=on_step)
     source: dict[str, Any] = {}
     if volume.source_path is not None:
         source = {"file": Path(volume.source_path).name, "sha256": file_sha256(Path(volume.source_path))}
     return Adapted(model=result.model, base=bundle, plan=plan, options=options, steps=result.steps,
                    seconds=time.perf_counter() - t0, loss_first=result.loss_first, loss_last=result.loss_last,
-                   precision=result.precision, source=source)
+                   precision=result.precision, source=source, device=str(device))

@@ -40,7 +40,9 @@ class TorchCudaBackend(BackendRunner):
     precisions = ("fp32", "fp16")
     decodes_boxes_on_device = True  # type: ignore[assignment]
 
-    def __init__(self, bundle: "ModelBundle", options: BackendOptions, *, torch_device: str | None = None):
+    def __init__(self, bundle: "ModelBundle", options: BackendOptions, *, torch_device: str | None = None, model: Any = None):
+        """``model``: a torch model to run instead of the bundle's weights (the --adapt copy, already
+        on ``torch_device``); the bundle then gives feature_dim and coords mode only."""
         torch = self._torch = require("torch")
         self.check_precision(options.precision)
         from ..sampling import check_coords_mode
@@ -52,9 +54,10 @@ class TorchCudaBackend(BackendRunner):
             if not 0 <= options.device < torch.cuda.device_count():
                 raise BackendError(f"{setting('device', options.device)} does not exist; torch sees {torch.cuda.device_count()} CUDA GPU(s)")
             torch_device = f"cuda:{options.device}"
-        from .torch_backend import load_bundle_model
+        if model is None:
+            from .torch_backend import load_bundle_model
 
-        model = load_bundle_model(bundle)
+            model = load_bundle_model(bundle)
         self.device = torch.device(torch_device)
         self.model = model.to(self.device).eval()
         self.fp16 = options.precision == "fp16"

@@ -141,17 +141,22 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--jobs must be >= 1, got {jobs}")
         adapt_opts = None
         if adapt:
+            from dataclasses import replace
+
+            from ..adapt.device import adapt_device
             from ..adapt.plan import AdaptOptions, check_adapt_options
             from ..adapt.session import require_torch
+            from .upsample import ADAPT_BACKENDS
 
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
                                       gap=slice_gap, seed=seed, **({} if adapt_tta is None else {"tta": adapt_tta}))
             check_adapt_options(adapt_opts)
-            if backend not in ("auto", "torch") or precision != "fp32":
-                raise InputError("--adapt runs each adapted model on the torch backend in fp32; drop --backend/--precision")
+            if backend not in ADAPT_BACKENDS or precision != "fp32":
+                raise InputError("--adapt runs each adapted model on the torch or torch-cuda backend in fp32; drop --backend/--precision")
             if ray or ray_address:
                 raise InputError("--adapt runs in local workers; drop --ray")
             require_torch("batch")
+            adapt_opts = replace(adapt_opts, device=adapt_device(backend, device, "batch"))
         elif adapt_steps is not None or adapt_minutes is not None or thick_axis is not None or adapt_tta is not None:
             raise InputError("--adapt-steps/--adapt-minutes/--thick-axis/--adapt-tta apply to --adapt only; add --adapt or drop them")
         shard_pair = parse_shard(shard) if shard else None

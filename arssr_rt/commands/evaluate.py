@@ -97,6 +97,9 @@ def register(app: typer.Typer) -> None:
                                  profile=slice_profile if k == "slice" else None, gap=slice_gap if k == "slice" else None) for k in kinds]
         adapt_opts = None
         if adapt:
+            from dataclasses import replace
+
+            from ..adapt.device import adapt_device
             from ..adapt.plan import AdaptOptions, check_adapt_options
             from ..adapt.session import require_torch
 
@@ -108,6 +111,7 @@ def register(app: typer.Typer) -> None:
                                       **({} if adapt_tta is None else {"tta": adapt_tta}))
             check_adapt_options(adapt_opts)
             require_torch("evaluate")
+            adapt_opts = replace(adapt_opts, device=adapt_device(backend, device, "evaluate"))
         elif adapt_steps is not None or adapt_minutes is not None or adapt_tta is not None:
             raise InputError("--adapt-steps/--adapt-minutes/--adapt-tta apply to --adapt only; add --adapt or drop them")
         shown = scale_label(parse_scales([montage_scale])[0]) if montage_scale else scale_label(scales[0])
@@ -190,7 +194,7 @@ def register(app: typer.Typer) -> None:
         if adapt_opts is not None:
             meta["adapt"] = {"steps": adapt_steps, "minutes": adapt_minutes, "seed": adapt_seed, "lr": adapt_opts.lr,
                              "batch": adapt_opts.batch, "tune": adapt_opts.tune, "context": adapt_opts.context,
-                             "tta": adapt_opts.tta}
+                             "tta": adapt_opts.tta, "device": adapt_opts.device.partition(":")[0]}
         if upsampler is not None:
             meta["model_meta"] = {k: upsampler.bundle.meta.get(k) for k in ("name", "version", "spec", "training")}
         written = []

@@ -41,8 +41,13 @@ Examples:
 
 --adapt (thick-slice scans; needs arssr-rt[train]): fine-tune a copy of the model on the scan
 itself (in-plane crops degraded along one in-plane axis with --slice-profile and --slice-gap
-at the through-plane ratio), then super-resolve with it on the torch backend.
+at the through-plane ratio), then super-resolve with it on the torch backend. It runs on GPU
+--device with --backend torch-cuda (an error when torch sees no GPU) or --backend auto when
+torch sees one, else on the CPU.
 """
+
+
+ADAPT_BACKENDS = ("auto", "torch", "torch-cuda")  # where an adapted copy can run (adapt/device.py)
 
 
 def register(app: typer.Typer) -> None:
@@ -97,6 +102,9 @@ def register(app: typer.Typer) -> None:
         parse_interp(interp)
         adapt_opts = None
         if adapt:
+            from dataclasses import replace
+
+            from ..adapt.device import adapt_device
             from ..adapt.plan import AdaptOptions, check_adapt_options
 
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
@@ -104,11 +112,12 @@ def register(app: typer.Typer) -> None:
             check_adapt_options(adapt_opts)
             if interp not in (None, "model"):
                 raise InputError(f"--adapt fine-tunes the model; it does not apply to --interp {interp}")
-            if backend not in ("auto", "torch"):
-                raise InputError(f"--adapt runs the adapted model on the torch backend, not {backend}; save it with "
+            if backend not in ADAPT_BACKENDS:
+                raise InputError(f"--adapt runs the adapted model on the torch or torch-cuda backend, not {backend}; save it with "
                                  "--save-adapted and run that bundle with --model DIR --backend " + backend)
             if precision != "fp32":
                 raise InputError("--adapt runs in fp32; drop --precision (or run the --save-adapted bundle with it)")
+            adapt_opts = replace(adapt_opts, device=adapt_device(backend, device, "upsample"))
         else:
             given = [flag for flag, v in (("--adapt-steps", adapt_steps), ("--adapt-minutes", adapt_minutes),
                                           ("--thick-axis", thick_axis), ("--adapt-tta", adapt_tta), ("--save-adapted", save_adapted)) if v is not None]
