@@ -77,6 +77,7 @@ class EvalRow:
     adapted: MethodScores | None = None  # evaluate --adapt: the model fine-tuned on the LR itself
     adapt_steps: int | None = None
     adapt_seconds: float | None = None
+    keep_acquired: bool = False  # model arms projected onto the acquired slices (the degradation's own profile)
 
     def baseline(self, metric: str, which: str = "best") -> float | None:
         """A baseline's value of ``metric``: ``tricubic``, ``sinc`` or ``best`` (the higher of the two)."""
@@ -140,19 +141,31 @@ def lr_volume(hr: Volume, lr_data: np.ndarray) -> Volume:
     return Volume(data=np.ascontiguousarray(lr_data, dtype=np.float32), affine=affine, source_path=hr.source_path)
 
 
-def upsampler_fn(hr: Volume, upsampler: "Upsampler") -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
-    """``model_fn`` for ``run_case``: the LR array as a Volume, up-sampled onto exactly the HR grid."""
+def consistent(out: np.ndarray, lr: np.ndarray, acquisition: tuple[str, float] | None) -> np.ndarray:
+    """``out`` projected onto the acquired slices (``--keep-acquired`` with the simulation's own
+    profile and gap), or ``out`` itself when ``acquisition`` is None."""
+    if acquisition is None:
+        return out
+    from ..consistency import keep_acquired
+
+    return keep_acquired(np.asarray(out, dtype=np.float32), lr, *acquisition)
+
+
+def upsampler_fn(hr: Volume, upsampler: "Upsampler", acquisition: tuple[str, float] | None = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
+    """``model_fn`` for ``run_case``: the LR array as a Volume, up-sampled onto exactly the HR grid
+    (then kept consistent with the acquired slices when ``acquisition`` = (profile, gap))."""
     from ..pipeline import plan_grid
 
     def run(lr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         low = lr_volume(hr, lr)
-        return upsampler.run(low, plan_grid(low, shape=list(shape)))
+        return consistent(upsampler.run(low, plan_grid(low, shape=list(shape))), lr, acquisition)
 
     return run
 
 
 def adapted_fn(hr: Volume, upsampler: "Upsampler", adapt: "AdaptOptions", stats: dict[str, Any],
-               on_step: Callable[[int, int | None, float], None] | None = None, base_model: Any = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
+               on_step: Callable[[int, int | None, float], None] | None = None, base_model: Any = None,
+               acquisition: tuple[str, float] | None = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
     """``model_fn`` that first adapts a copy of the upsampler's model to the LR volume itself
     (what ``upsample --adapt`` does with a real scan), then runs it onto the HR grid."""
     from ..adapt.session import adapt_volume
@@ -165,7 +178,7 @@ def adapted_fn(hr: Volume, upsampler: "Upsampler", adapt: "AdaptOptions", stats:
         stats.update(steps=adapted.steps, seconds=adapted.seconds)
         with Upsampler(upsampler.bundle, adapted.backend, tile=upsampler.tile, chunk=upsampler.chunk,
                        normalization=upsampler.normalization, max_memory=upsampler.max_memory, tta=adapted.symmetries()) as up:
-            return up.run(low, plan_grid(low, shape=list(shape)))
+            return consistent(up.run(low, plan_grid(low, shape=list(shape))), lr, acquisition)
 
     return run
 
@@ -180,17 +193,24 @@ def evaluate_scale(
     adapt: "AdaptOptions | None" = None,
     on_adapt_step: Callable[[int, int | None, float], None] | None = None,
     base_model: Any = None,
+    keep_acquired: bool = False,
 ) -> ScaleOutputs:
     """Degrade, reconstruct with tricubic, sinc (and the model; with ``adapt`` also the model
-    adapted to the LR, using the degradation's own slice profile and gap), score all."""
+    adapted to the LR, using the degradation's own slice profile and gap), score all.
+    ``keep_acquired`` (slice degradations): the model arms are projected onto the acquired
+    slices with the degradation's own profile, as ``upsample --keep-acquired`` does."""
     spec = as_spec(degradation)
     data_range = default_data_range(hr.data)
-    model_fn = upsampler_fn(hr, upsampler) if upsampler is not None else None
+    acquisition = None
+    if keep_acquired and spec.kind == "slice":
+        fields = spec.fields()
+        acquisition = (fields["slice_profile"] or "box", fields["slice_gap"] or 0.0)
+    model_fn = upsampler_fn(hr, upsampler, acquisition) if upsampler is not None else None
     extra, stats = {}, {}  # type: ignore[var-annotated]
     if adapt is not None and upsampler is not None:
         fields = spec.fields()
         adapt = replace(adapt, profile=fields["slice_profile"] or "box", gap=fields["slice_gap"] or 0.0)
-        extra["adapted"] = adapted_fn(hr, upsampler, adapt, stats, on_adapt_step, base_model)
+        extra["adapted"] = adapted_fn(hr, upsampler, adapt, stats, on_adapt_step, base_model, acquisition)
     out = run_case(hr.data, scale, spec, model_fn, mask, data_range, name, extra=extra)
     row = EvalRow(
         volume=name,
@@ -210,6 +230,7 @@ def evaluate_scale(
         adapted=out.scores.get("adapted"),
         adapt_steps=stats.get("steps"),
         adapt_seconds=stats.get("seconds"),
+        keep_acquired=acquisition is not None,
     )
     return ScaleOutputs(row=row, hr=hr.data, affine=hr.affine, lr=out.lr, tricubic=out.images["tricubic"],
                         model=out.images.get("model"), sinc=out.images["sinc"], adapted=out.images.get("adapted"))
@@ -232,6 +253,7 @@ def evaluate_volume(
     on_outputs: Callable[[ScaleOutputs], None] | None = None,
     adapt: "AdaptOptions | None" = None,
     on_adapt_step: Callable[[int, int | None, float], None] | None = None,
+    keep_acquired: bool = False,
 ) -> list[EvalRow]:
     """Rows for one HR volume, one per degradation and scale (degradation-major); ``upsampler=None``
     scores the baselines only.
@@ -260,7 +282,8 @@ def evaluate_volume(
     rows = []
     for spec in specs:
         for scale in triplets:
-            outputs = evaluate_scale(hr, scale, spec, upsampler, mask, volume_name(path), adapt, on_adapt_step, base_model)
+            outputs = evaluate_scale(hr, scale, spec, upsampler, mask, volume_name(path), adapt, on_adapt_step, base_model,
+                                     keep_acquired)
             if on_outputs is not None:
                 on_outputs(outputs)
             rows.append(outputs.row)
