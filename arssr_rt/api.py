@@ -193,7 +193,8 @@ class Upsampler:
     ``max_memory`` (peak bytes, or text such as ``"2G"``), ``normalization`` (minmax |
     percentile), ``as_intensity`` (take a label-map-like image as intensities),
     ``keep_acquired`` (True or a slice profile "box" | "gaussian": data consistency for
-    thick slices; ``slice_gap`` as a fraction of the spacing).
+    thick slices, ``slice_gap`` as a fraction of the spacing; "kspace": for a band-limited
+    input, keep its own k-space inside the acquired band).
     """
 
     @python_api

@@ -12,6 +12,12 @@ that reproduces the input is ``Y + pinv(A) (X - A Y)``, and ``pinv(A)`` is separ
 whose centre coincides with an input voxel centre on all three axes gets that input value
 exactly, so ``--scale 1`` is the identity on that axis and an odd integer scale reproduces
 every acquired sample at its coinciding output voxel (centre-aligned even scales have none).
+
+``keep_kspace`` (``--acquisition kspace``) is the counterpart for a band-limited input (a
+smaller acquisition matrix, zero-filled or not): ``A`` is the central k-space crop onto the
+input grid (``fourier.fourier_resample``), ``pinv(A)`` its zero-filling, so the output keeps
+the input's own spectrum inside the acquired band and the model's detail outside it: the
+scanner's sinc interpolation plus what the model adds beyond the band.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from .degrade import slice_matrix  # the acquisition's own profile weights, shar
 from .geometry import input_index_of_output
 from .memory import release_pages
 
+KSPACE = "kspace"  # the acquisition "profile" of a band-limited input (keep_kspace)
 COINCIDE_TOLERANCE = 1e-6  # input voxels: an output centre this close to an input centre is on it
 SLAB_BYTES = 16 * 1024**2  # float64 slab of the output the projection holds at a time
 
@@ -33,6 +40,10 @@ def check_slice_profile(profile: str, gap: float) -> None:
     from .errors import InputError
     from .params import flag
 
+    if profile == KSPACE:
+        if gap:
+            raise InputError(f"{flag('slice_gap')} applies to thick slices, not to a k-space acquisition; drop it")
+        return
     try:
         slice_matrix(8, 4, profile, gap)
     except ValueError as exc:
@@ -65,9 +76,14 @@ def profiled_axes(out_shape: Sequence[int], in_shape: Sequence[int]) -> list[int
     return [a for a in range(3) if int(out_shape[a]) != int(in_shape[a])]
 
 
-def keep_acquired_bytes(out_shape: Sequence[int], in_shape: Sequence[int], slab_bytes: int = SLAB_BYTES) -> int:
+def keep_acquired_bytes(out_shape: Sequence[int], in_shape: Sequence[int], slab_bytes: int = SLAB_BYTES,
+                        profile: str = "box") -> int:
     """Peak bytes ``keep_acquired`` adds: two float64 arrays of the input's size (times the
-    scale of the slab axis when every axis is profiled) and a few slabs."""
+    scale of the slab axis when every axis is profiled) and a few slabs. ``kspace``: the
+    float32 up-sampled correction and the complex64 spectra of the per-axis transforms, about
+    three output-sized float32 arrays."""
+    if profile == KSPACE:
+        return 3 * 4 * int(np.prod([int(n) for n in out_shape])) + 4 * 4 * int(np.prod([int(n) for n in in_shape]))
     axes = profiled_axes(out_shape, in_shape)
     u = _slab_axis(out_shape, axes)
     rest = [int(in_shape[a]) for a in range(3) if a != u]
@@ -123,6 +139,25 @@ def keep_acquired(out: np.ndarray, acquired: np.ndarray, profile: str = "box", g
             block = _apply(m, block, axis)
         view[s] += block.astype(out.dtype)
         release_pages(out)
+    return out
+
+
+def keep_kspace(out: np.ndarray, acquired: np.ndarray) -> np.ndarray:
+    """Make ``out``'s spectrum inside the acquired band equal ``acquired``'s, in place.
+
+    ``out + pinv(A) (X - A out)`` with ``A`` the centre-aligned k-space crop onto the input grid
+    (``fourier_resample``): afterwards ``A out == X`` to float32 precision. Resized axes only
+    (an axis kept at its size is its own band). float32 work (~1e-6 of the range).
+    """
+    from .fourier import fourier_resample
+
+    if out.ndim != 3 or np.ndim(acquired) != 3:
+        raise ValueError("keep_kspace needs 3-D arrays")
+    for a in range(3):
+        if out.shape[a] < np.shape(acquired)[a]:
+            raise ValueError(f"axis {a}: keep_kspace needs an up-sampled axis, got {np.shape(acquired)[a]} -> {out.shape[a]}")
+    residual = np.asarray(acquired, dtype=np.float32) - fourier_resample(out, np.shape(acquired), dtype=np.float32)
+    out += fourier_resample(residual, out.shape, dtype=np.float32).astype(out.dtype, copy=False)
     return out
 
 

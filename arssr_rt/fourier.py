@@ -25,8 +25,17 @@ import numpy as np
 from .extras import require
 
 
+def _fft_module():
+    """scipy.fft where installed (keeps float32 as complex64), else numpy.fft: the runtime's
+    k-space consistency needs no scipy."""
+    try:
+        return require("scipy.fft")
+    except ImportError:
+        return np.fft
+
+
 def _resample_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    fft = require("scipy.fft")
+    fft = _fft_module()
     n_in = x.shape[axis]
     n = min(n_in, n_out)  # the band both grids share
     k = np.arange(n // 2 + 1)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .background import flatten_flat_background
-from .consistency import check_slice_profile, check_up_sampled, keep_acquired, keep_samples
+from .consistency import KSPACE, check_slice_profile, check_up_sampled, keep_acquired, keep_kspace, keep_samples
 from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
@@ -133,7 +133,9 @@ class Upsampler:
         else:
             out = self.infer_oriented(lr, grid.shape, progress)
         del lr
-        if self.keep_acquired:  # each acquired voxel = the output averaged over its slice profile
+        if self.keep_acquired == KSPACE:  # the input's own spectrum inside the acquired band
+            keep_kspace(out, norm.normalize(volume.data))
+        elif self.keep_acquired:  # each acquired voxel = the output averaged over its slice profile
             keep_acquired(out, norm.normalize(volume.data), self.keep_acquired, self.slice_gap)
         out = restore_in_place(norm, out)
         if self.keep_samples and not self.keep_acquired:  # after restore: the input's values exactly, not a round trip
@@ -214,7 +216,7 @@ class Upsampler:
         plan = self.memory_plan(in_shape, out_shape)
         in_bytes, out_bytes = 4 * int(np.prod(in_shape)), 4 * int(np.prod(out_shape))
         free = self.max_memory - RUNTIME_BASE_BYTES - 3 * in_bytes - (out_bytes if plan.output_in_memory else 0)
-        need = keep_acquired_bytes(out_shape, in_shape)
+        need = keep_acquired_bytes(out_shape, in_shape, profile=self.keep_acquired or "box")
         if need > free:
             raise InputError(f"{flag('keep_acquired')} needs {need / 2**30:.2f} GiB more for this grid, {max(free, 0) / 2**30:.2f} GiB of "
                              f"{flag('max_memory')} {self.max_memory / 2**30:.3g} is left: raise {flag('max_memory')}")

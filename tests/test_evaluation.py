@@ -266,6 +266,27 @@ def test_evaluate_keep_acquired_scores_the_projected_model(tiny_test_bundle, hr,
     assert dc["psnr_head_model"] == pytest.approx(psnr(hr, kept.model, mask), abs=1e-4)
 
 
+def test_evaluate_keep_acquired_keeps_the_kspace_band_and_leaves_cubic_alone(tiny_test_bundle, hr, tmp_path, capsys):
+    from arssr_rt.consistency import keep_kspace
+    from arssr_rt.evaluation.runner import evaluate_scale
+    from arssr_rt.fourier import fourier_resample
+    from arssr_rt.pipeline import Upsampler
+
+    rc = main(["evaluate", str(FIXTURE), "-s", "2", "-d", "kspace", "-d", "cubic", "--keep-acquired", "--model", str(tiny_test_bundle),
+               "--threads", "1", "-q", "--json", str(tmp_path / "r.json")])
+    assert rc == 0, capsys.readouterr().err
+    rows = {r["degradation"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert rows["kspace"]["keep_acquired"] is True and rows["cubic"]["keep_acquired"] is False
+    volume, mask = load_volume(FIXTURE), head_mask(hr)
+    with Upsampler(tiny_test_bundle, "torch") as up:
+        raw = evaluate_scale(volume, (2.0, 2.0, 2.0), "kspace", up, mask, "f")
+        cubic = evaluate_scale(volume, (2.0, 2.0, 2.0), "cubic", up, mask, "f")
+    kept = keep_kspace(raw.model.astype(np.float32).copy(), raw.lr)
+    assert np.abs(fourier_resample(kept, raw.lr.shape) - raw.lr).max() < 1e-4 * float(hr.max() - hr.min())
+    assert rows["kspace"]["psnr_head_model"] == pytest.approx(psnr(hr, kept, mask), abs=1e-4)
+    assert rows["cubic"]["psnr_head_model"] == pytest.approx(cubic.row.model.psnr_head, abs=1e-6)
+
+
 @pytest.mark.parametrize("args, reason", [
     (["-s", "2", "-d", "cubic", "--keep-acquired"], "--keep-acquired"),
     (["-s", "2", "-d", "blur"], "--degradation"),

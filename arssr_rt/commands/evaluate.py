@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per case in minutes (default 3)."),
         adapt_seed: int = typer.Option(0, "--adapt-seed", help="--adapt: seed of the fine-tuning."),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
-        keep_acquired: bool = typer.Option(False, "--keep-acquired", help="slice: project the model's (and --adapt's) output onto the acquired slices with the degradation's own profile, as upsample --keep-acquired does."),
+        keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Project the model's (and --adapt's) output onto the acquired data as upsample --keep-acquired does: slice with the degradation's own profile, kspace/kspace-noise with --acquisition kspace (cubic, gaussian: unchanged)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
     ) -> None:
         from rich.console import Console
@@ -96,8 +96,9 @@ def register(app: typer.Typer) -> None:
             raise InputError("--slice-profile/--slice-gap apply to --degradation slice only; add it or drop them")
         specs = [DegradationSpec(k, snr=snr if k == "kspace-noise" else None, seed=seed,
                                  profile=slice_profile if k == "slice" else None, gap=slice_gap if k == "slice" else None) for k in kinds]
-        if keep_acquired and ("slice" not in kinds or baseline_only):
-            raise InputError("--keep-acquired projects the model's output onto acquired slices: it needs --degradation slice and a model")
+        if keep_acquired and (not {"slice", "kspace", "kspace-noise"} & set(kinds) or baseline_only):
+            raise InputError("--keep-acquired projects the model's output onto the acquired data: it needs --degradation slice, "
+                             "kspace or kspace-noise and a model")
         adapt_opts = None
         if adapt:
             from dataclasses import replace
@@ -193,7 +194,7 @@ def register(app: typer.Typer) -> None:
             "ssim": "3-D Gaussian window sigma 1.5 (11^3), K1 0.01, K2 0.03",
             "head_mask": "HR > min + 10% of range, dilated 2 voxels, holes filled",
             "arssr_rt_version": __version__,
-            "keep_acquired": "slice cases: model arms projected onto the acquired slices" if keep_acquired else False,
+            "keep_acquired": "model arms projected onto the acquired data (slice: its profile; kspace: its band)" if keep_acquired else False,
         }
         if adapt_opts is not None:
             meta["adapt"] = {"steps": adapt_steps, "minutes": adapt_minutes, "seed": adapt_seed, "lr": adapt_opts.lr,

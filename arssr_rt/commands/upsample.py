@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
         output_format: str = typer.Option("auto", "--output-format", help="auto (from the -o suffix) | nifti | mgh | nrrd | dicom (a new derived series folder)."),
         as_intensity: bool = typer.Option(False, "--as-intensity", help="Super-resolve an image that looks like a label map (intent label, or piecewise-constant whole numbers) as intensities anyway."),
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Data consistency for thick-slice scans: project the output so that its average over each acquired voxel's slice profile equals that voxel (exact in float output: use --dtype float32)."),
+        acquisition: str = typer.Option("slices", "--acquisition", help="How the input was acquired, for --keep-acquired: slices (thick slices with --slice-profile/--slice-gap) | kspace (a smaller acquisition matrix, zero-filled or not: the output keeps the input's own k-space inside the acquired band, the model adds what lies beyond it)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="box | gaussian (FWHM = slice thickness): the acquired slice profile for --keep-acquired and --adapt; with --adapt also a number, the Gaussian FWHM in mm."),
         slice_gap: float = typer.Option(0.0, "--slice-gap", help="Gap between acquired slices, as a fraction of the slice spacing (0 <= gap < 1), for --keep-acquired and --adapt."),
         adapt: bool = typer.Option(False, "--adapt", help="Thick-slice scans: fine-tune a copy of the model on this scan's in-plane detail first (needs arssr-rt[train])."),
@@ -100,6 +101,12 @@ def register(app: typer.Typer) -> None:
         check_grid_options(scale, voxel_size, shape, reference)  # bad option text fails before the volume is read
         check_tile(tile)
         parse_interp(interp)
+        if acquisition not in ("slices", "kspace"):
+            raise InputError(f"--acquisition must be slices or kspace, got {acquisition!r}")
+        if acquisition == "kspace" and not keep_acquired:
+            raise InputError("--acquisition kspace says how to keep the acquired data: add --keep-acquired (or drop --acquisition)")
+        if acquisition == "kspace" and adapt:
+            raise InputError("--adapt learns from thick slices; it does not go with --acquisition kspace")
         adapt_opts = None
         if adapt:
             from dataclasses import replace
@@ -124,7 +131,7 @@ def register(app: typer.Typer) -> None:
             if given:
                 raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --adapt only; add --adapt or drop {'it' if len(given) == 1 else 'them'}")
             if keep_acquired:
-                check_slice_profile(slice_profile, slice_gap)
+                check_slice_profile("kspace" if acquisition == "kspace" else slice_profile, slice_gap)
         max_memory_bytes = parse_max_memory(max_memory)
         console = Console(stderr=True)
         options = BackendOptions(device=device, threads=threads, precision=precision)
@@ -177,7 +184,7 @@ def register(app: typer.Typer) -> None:
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
                 max_output_voxels=max_output_voxels, progress=progress,
                 max_memory=max_memory_bytes, as_intensity=as_intensity,
-                keep_acquired=slice_profile if keep_acquired else None, slice_gap=slice_gap,
+                keep_acquired=("kspace" if acquisition == "kspace" else slice_profile) if keep_acquired else None, slice_gap=slice_gap,
                 interp=interp, clip_to_input_range=clip_to_input_range, keep_samples=keep_samples,
                 on_note=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
                 on_plan=on_plan,

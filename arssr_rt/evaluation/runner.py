@@ -146,9 +146,10 @@ def consistent(out: np.ndarray, lr: np.ndarray, acquisition: tuple[str, float] |
     profile and gap), or ``out`` itself when ``acquisition`` is None."""
     if acquisition is None:
         return out
-    from ..consistency import keep_acquired
+    from ..consistency import KSPACE, keep_acquired, keep_kspace
 
-    return keep_acquired(np.asarray(out, dtype=np.float32), lr, *acquisition)
+    out = np.asarray(out, dtype=np.float32)
+    return keep_kspace(out, lr) if acquisition[0] == KSPACE else keep_acquired(out, lr, *acquisition)
 
 
 def upsampler_fn(hr: Volume, upsampler: "Upsampler", acquisition: tuple[str, float] | None = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
@@ -197,14 +198,18 @@ def evaluate_scale(
 ) -> ScaleOutputs:
     """Degrade, reconstruct with tricubic, sinc (and the model; with ``adapt`` also the model
     adapted to the LR, using the degradation's own slice profile and gap), score all.
-    ``keep_acquired`` (slice degradations): the model arms are projected onto the acquired
-    slices with the degradation's own profile, as ``upsample --keep-acquired`` does."""
+    ``keep_acquired``: the model arms are projected onto the acquired data as ``upsample
+    --keep-acquired`` does: slice degradations with their own profile and gap, k-space ones
+    with ``--acquisition kspace`` (cubic and Gaussian LRs are not a linear acquisition the
+    runtime models; their rows stay as without)."""
     spec = as_spec(degradation)
     data_range = default_data_range(hr.data)
     acquisition = None
     if keep_acquired and spec.kind == "slice":
         fields = spec.fields()
         acquisition = (fields["slice_profile"] or "box", fields["slice_gap"] or 0.0)
+    elif keep_acquired and spec.kind in ("kspace", "kspace-noise"):  # the LR's own band (noise and magnitude included)
+        acquisition = ("kspace", 0.0)
     model_fn = upsampler_fn(hr, upsampler, acquisition) if upsampler is not None else None
     extra, stats = {}, {}  # type: ignore[var-annotated]
     if adapt is not None and upsampler is not None:
