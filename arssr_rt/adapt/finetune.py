@@ -190,7 +190,8 @@ def finetune(
             total = max(step + 1, int((budget_seconds or 0) / per_step))
             planned = True
         frac = step / max(1, total - 1) if step >= WARMUP_STEPS or steps is not None else 0.0
-        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0  # linear warm-up: Adam's first steps are large
+        warm = min(warmup, max(1, total // 5))  # a short run warms up over its first fifth
+        ramp = min(1.0, (step + 1) / warm) if warmup else 1.0  # linear warm-up: Adam's first full-rate steps cost quality
         for g in opt.param_groups:
             g["lr"] = ramp * lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         pairs = sampler.batch(batch)

@@ -45,7 +45,7 @@ class AdaptOptions:
     precision: str = "auto"  # fine-tuning arithmetic: auto (bf16 on CPUs with native bf16; on a GPU bf16, else fp16) | fp32 | bf16 | fp16 (GPU; autocast, fp32 weights)
     device: str = "cpu"  # fine-tuning and inference: cpu | cuda | cuda:N (the CLI derives it from --backend, see adapt/device.py)
     loss: str = "l1"  # fine-tuning loss: l1 (as training) | l2
-    warmup: int = 0  # linear learning-rate warm-up steps
+    warmup: int = 100  # linear learning-rate warm-up steps (at most a fifth of the run); measured +0.07 dB at 600 steps
     tta: int = 1  # inference passes averaged over the flips / in-plane swap adapted under (tta.py): 1, 2, 4 or 8
     extra: dict = field(default_factory=dict)  # pair-sampler overrides (experiments)
 

@@ -136,6 +136,7 @@ class Adapted:
             "steps": self.steps, "seconds": round(self.seconds, 1), "seed": self.options.seed, "lr": self.options.lr,
             "batch": self.options.batch, "tune": self.options.tune, "context": self.options.context,
             "precision": self.precision, "device": self.device.partition(":")[0],
+            "warmup": self.options.warmup, "loss": self.options.loss,
             "loss_first": round(self.loss_first, 6), "loss_last": round(self.loss_last, 6),
         }
 
