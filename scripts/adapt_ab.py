@@ -19,7 +19,7 @@ from dataclasses import fields, replace
 
 import numpy as np
 
-PAIR_KEYS = {"lr_thick", "fine", "native", "points", "margin", "foreground_bias", "consistency"}
+PAIR_KEYS = {"lr_thick", "fine", "native", "points", "margin", "foreground_bias"}
 
 
 def parse_variant(text: str, base):

@@ -115,17 +115,6 @@ def dense_forward(model: torch.nn.Module, pairs: PairBatch, device: torch.device
     return out
 
 
-def project_columns(pred: torch.Tensor, target: torch.Tensor, pairs: PairBatch, device: "torch.device | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole columns along the degraded axis, projected onto the acquired samples (``Y + pinv(A)(X - AY)``),
-    and their targets, at the supervised (valid) positions."""
-    lr_cols, null, lift, valid = pairs.consistency
-    b, n_cols, h = lr_cols.shape
-    y = pred.reshape(b, n_cols, -1)
-    y = y @ to_device(null, device).T + to_device(lr_cols, device) @ to_device(lift, device).T
-    keep = to_device(valid, device)
-    return y[..., keep], target.reshape(b, n_cols, -1)[..., keep]
-
-
 def trainable(model: torch.nn.Module, tune: str) -> list[torch.nn.Parameter]:
     """The parameters to update: every layer, or the decoder only (encoder frozen)."""
     for p in model.parameters():
@@ -198,10 +187,7 @@ def finetune(
         with cuda_fp32(device):
             with torch.autocast(device.type, dtype=AUTOCAST.get(precision, torch.bfloat16), enabled=precision in AUTOCAST):
                 pred = dense_forward(model, pairs, device)  # fp32 master weights either way
-            pred, target = pred.float(), to_device(pairs.target, device)
-            if pairs.consistency is not None:  # the output as --keep-acquired will make it: null-space part + lifted LR
-                pred, target = project_columns(pred, target, pairs, device)
-            error = LOSSES[loss](pred, target)
+            error = LOSSES[loss](pred.float(), to_device(pairs.target, device))
             opt.zero_grad(set_to_none=True)
             if scaler is None:
                 error.backward()

@@ -43,7 +43,6 @@ class PairConfig:
     coords: str = "phase"  # the model's decoder coordinate mode
     feature_scale: int = 1
     base: str = "none"
-    consistency: bool = False  # supervise whole columns along the degraded axis, after the keep-acquired projection
 
 
 class ScanPairSampler:
@@ -111,12 +110,7 @@ class ScanPairSampler:
             m = min(c.margin, (n_lr - 1) // 2)
             ok = np.flatnonzero((pos >= m - 0.5) & (pos <= n_lr - m - 0.5))
             idx.append(ok if len(ok) else np.arange(n_hr))
-        if c.consistency:  # whole columns along t: the projection onto the acquired samples is per column
-            n_cols = max(1, c.points // hr_shape[t])
-            cols = [self.rng.choice(ix, size=n_cols) for ix in idx]
-            picks = [np.repeat(cols[k], hr_shape[t]) if k != t else np.tile(np.arange(hr_shape[t]), n_cols) for k in range(3)]
-        else:
-            picks = [self.rng.choice(ix, size=c.points) for ix in idx]
+        picks = [self.rng.choice(ix, size=c.points) for ix in idx]
         coords = np.stack([normalized_centres(n)[picks[k]] for k, n in enumerate(hr_shape)], axis=1)
         dec = np.stack([decoder_axis_coords(lr_shape[k], n, 0, n, c.coords, c.feature_scale)[picks[k]]
                         for k, n in enumerate(hr_shape)], axis=1)
@@ -126,18 +120,8 @@ class ScanPairSampler:
         else:
             pos = np.stack([input_index_of_output(picks[k], lr_shape[k], n) for k, n in enumerate(hr_shape)], axis=1)
             base = windowed_sinc.sample_points(lr, pos)
-        extra = None
-        if c.consistency:
-            valid = np.zeros(hr_shape[t], dtype=bool)
-            valid[idx[t]] = True
-            o = [k for k in range(3) if k != t]
-            lr_t = np.moveaxis(lr, t, -1)  # the non-degraded axes are at scale 1: LR index = HR index
-            lr_cols = lr_t[cols[o[0]], cols[o[1]]]  # (n_cols, h)
-            lift = np.linalg.pinv(op)
-            extra = (lr_cols.astype(np.float32), (np.eye(hr_shape[t]) - lift @ op).astype(np.float32),
-                     lift.astype(np.float32), valid)
         return (lr, coords.astype(np.float32), dec.astype(np.float32), target.astype(np.float32), base.astype(np.float32),
-                np.stack(picks, axis=1).astype(np.int64), hr_shape, extra)
+                np.stack(picks, axis=1).astype(np.int64), hr_shape)
 
     def batch(self, n: int) -> PairBatch:
         """``n`` pairs in one layout (so the patches stack)."""
@@ -148,7 +132,6 @@ class ScanPairSampler:
             dec=np.stack([s[2] for s in samples]), target=np.stack([s[3] for s in samples])[..., None],
             base=np.stack([s[4] for s in samples])[..., None], picks=np.stack([s[5] for s in samples]),
             hr_shape=tuple(samples[0][6]),
-            consistency=None if samples[0][7] is None else (np.stack([x[7][0] for x in samples]), *samples[0][7][1:]),
         )
 
 
@@ -165,5 +148,3 @@ class PairBatch:
     base: np.ndarray
     picks: np.ndarray
     hr_shape: tuple[int, ...]
-    # whole-column supervision: (LR columns (n,C,h), null-space (H,H), lift (H,h), valid (H,) bool) or None
-    consistency: tuple | None = None
