@@ -55,9 +55,13 @@ def plan_memory(
     chunk: int,
     model_bytes: int,
     feature_scale: int = 1,
+    outputs: int = 1,
 ) -> MemoryPlan:
-    """Split ``max_memory`` between fixed costs, the output and the encoder tile."""
-    out_bytes = 4 * int(np.prod(out_shape))
+    """Split ``max_memory`` between fixed costs, the output and the encoder tile.
+
+    ``outputs``: output-sized float32 buffers alive at once (test-time averaging holds the
+    running sum and the pass being decoded: 2); all in memory or all file-backed."""
+    out_bytes = 4 * int(np.prod(out_shape)) * max(1, int(outputs))
     in_bytes = 4 * int(np.prod(in_shape))
     in_memory = out_bytes <= OUTPUT_IN_MEMORY_FRACTION * max_memory
     decode_bytes = chunk * (SAMPLER_COPIES * feature_dim + 8) * 4

@@ -227,7 +227,7 @@ class Upsampler:
             shape, out_shape if out_shape is not None else shape, max_memory=self.max_memory,
             encoder_bytes_per_voxel=encoder_bytes_per_voxel(self.bundle.spec), receptive_radius=self.bundle.receptive_radius,
             feature_dim=self.bundle.feature_dim, chunk=self.chunk, model_bytes=model_bytes(self.bundle),
-            feature_scale=self.bundle.feature_scale,
+            feature_scale=self.bundle.feature_scale, outputs=2 if len(self.tta) > 1 else 1,
         )
         return plan if self.tile is None else MemoryPlan(self.tile, plan.output_in_memory, plan.encoder_budget)
 

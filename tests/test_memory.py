@@ -54,3 +54,26 @@ def test_an_in_memory_output_stays_in_memory():
     out = transposed(values.copy())
     assert not is_file_backed(out) and out.shape == (4, 3, 2)
     np.testing.assert_array_equal(out, values.transpose(2, 1, 0))
+
+
+def test_test_time_averaging_plans_two_output_buffers():
+    """--adapt-tta holds the running sum and the pass being decoded: the plan counts both, so an
+    output that fits in memory alone is file-backed with TTA, and the encoder gets less."""
+    kw = dict(encoder_bytes_per_voxel=encoder_bytes_per_voxel(RESCNN), receptive_radius=12, feature_dim=128, chunk=1 << 14,
+              model_bytes=5 << 20)
+    one = plan_memory((128, 128, 64), (384, 384, 192), max_memory=1 << 30, **kw)  # 108 MB output, 1/8 of 1 GiB = 134 MB
+    two = plan_memory((128, 128, 64), (384, 384, 192), max_memory=1 << 30, outputs=2, **kw)
+    assert one.output_in_memory and not two.output_in_memory
+    roomy = plan_memory((128, 128, 64), (384, 384, 192), max_memory=4 << 30, **kw)
+    roomy_two = plan_memory((128, 128, 64), (384, 384, 192), max_memory=4 << 30, outputs=2, **kw)
+    assert roomy_two.output_in_memory and roomy.encoder_budget - roomy_two.encoder_budget == 4 * 384 * 384 * 192
+
+
+def test_the_pipeline_plans_for_its_tta_passes():
+    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.tta import symmetries
+
+    with Upsampler("default", "onnxruntime", max_memory=1 << 30) as plain, \
+            Upsampler("default", "onnxruntime", max_memory=1 << 30, tta=symmetries(2, (0, 1))) as averaged:
+        assert plain.memory_plan((128, 128, 64), (384, 384, 192)).output_in_memory
+        assert not averaged.memory_plan((128, 128, 64), (384, 384, 192)).output_in_memory
