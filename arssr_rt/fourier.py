@@ -22,16 +22,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .extras import require
 
 
 def _fft_module():
     """scipy.fft where installed (keeps float32 as complex64), else numpy.fft: the runtime's
     k-space consistency needs no scipy."""
     try:
-        return require("scipy.fft")
+        import scipy.fft
     except ImportError:
         return np.fft
+    return scipy.fft
 
 
 def _resample_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
