@@ -103,7 +103,11 @@ def keep_acquired(out: np.ndarray, acquired: np.ndarray, profile: str = "box", g
     slabs along one axis (``_slab_axis``) with the other axes' factors applied per slab; only
     the residual (input-sized, see ``keep_acquired_bytes``) is whole, never an output-sized
     float64 copy (a file-backed ``out`` is never read whole).
+
+    ``profile="kspace"``: a band-limited acquisition instead (``keep_kspace``; no gap, all axes).
     """
+    if profile == KSPACE:
+        return keep_kspace(out, acquired)
     if out.ndim != 3 or acquired.ndim != 3:
         raise ValueError("keep_acquired needs 3-D arrays")
     axes = profiled_axes(out.shape, acquired.shape) if axes is None else list(axes)

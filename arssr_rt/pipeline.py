@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .background import flatten_flat_background
-from .consistency import KSPACE, check_slice_profile, check_up_sampled, keep_acquired, keep_kspace, keep_samples
+from .consistency import check_slice_profile, check_up_sampled, keep_acquired, keep_samples
 from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
@@ -133,9 +133,7 @@ class Upsampler:
         else:
             out = self.infer_oriented(lr, grid.shape, progress)
         del lr
-        if self.keep_acquired == KSPACE:  # the input's own spectrum inside the acquired band
-            keep_kspace(out, norm.normalize(volume.data))
-        elif self.keep_acquired:  # each acquired voxel = the output averaged over its slice profile
+        if self.keep_acquired:  # each acquired voxel = the output averaged over its profile (kspace: the band kept)
             keep_acquired(out, norm.normalize(volume.data), self.keep_acquired, self.slice_gap)
         out = restore_in_place(norm, out)
         if self.keep_samples and not self.keep_acquired:  # after restore: the input's values exactly, not a round trip

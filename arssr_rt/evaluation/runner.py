@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from ..consistency import KSPACE
 from ..errors import InputError
 from ..geometry import Triplet, output_affine
 from ..options import parse_triplet
@@ -142,14 +143,13 @@ def lr_volume(hr: Volume, lr_data: np.ndarray) -> Volume:
 
 
 def consistent(out: np.ndarray, lr: np.ndarray, acquisition: tuple[str, float] | None) -> np.ndarray:
-    """``out`` projected onto the acquired slices (``--keep-acquired`` with the simulation's own
-    profile and gap), or ``out`` itself when ``acquisition`` is None."""
+    """``out`` projected onto the acquired data (``--keep-acquired`` with the simulation's own
+    profile and gap, or its k-space band), or ``out`` itself when ``acquisition`` is None."""
     if acquisition is None:
         return out
-    from ..consistency import KSPACE, keep_acquired, keep_kspace
+    from ..consistency import keep_acquired
 
-    out = np.asarray(out, dtype=np.float32)
-    return keep_kspace(out, lr) if acquisition[0] == KSPACE else keep_acquired(out, lr, *acquisition)
+    return keep_acquired(np.asarray(out, dtype=np.float32), lr, *acquisition)
 
 
 def upsampler_fn(hr: Volume, upsampler: "Upsampler", acquisition: tuple[str, float] | None = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
@@ -204,16 +204,15 @@ def evaluate_scale(
     runtime models; their rows stay as without)."""
     spec = as_spec(degradation)
     data_range = default_data_range(hr.data)
+    fields = spec.fields()
     acquisition = None
     if keep_acquired and spec.kind == "slice":
-        fields = spec.fields()
         acquisition = (fields["slice_profile"] or "box", fields["slice_gap"] or 0.0)
     elif keep_acquired and spec.kind in ("kspace", "kspace-noise"):  # the LR's own band (noise and magnitude included)
-        acquisition = ("kspace", 0.0)
+        acquisition = (KSPACE, 0.0)
     model_fn = upsampler_fn(hr, upsampler, acquisition) if upsampler is not None else None
     extra, stats = {}, {}  # type: ignore[var-annotated]
     if adapt is not None and upsampler is not None:
-        fields = spec.fields()
         adapt = replace(adapt, profile=fields["slice_profile"] or "box", gap=fields["slice_gap"] or 0.0)
         extra["adapted"] = adapted_fn(hr, upsampler, adapt, stats, on_adapt_step, base_model, acquisition)
     out = run_case(hr.data, scale, spec, model_fn, mask, data_range, name, extra=extra)
