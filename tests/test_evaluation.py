@@ -266,6 +266,25 @@ def test_evaluate_keep_acquired_scores_the_projected_model(tiny_test_bundle, hr,
     assert dc["psnr_head_model"] == pytest.approx(psnr(hr, kept.model, mask), abs=1e-4)
 
 
+def test_evaluate_keep_acquired_at_an_odd_scale_is_upsample_keep_acquired(tiny_test_bundle, hr):
+    """At 1x1x3 of 63 slices every third output slice coincides with an acquired one; upsample
+    --keep-acquired projects the network's output (no point samples kept first), and evaluate
+    must score that."""
+    from arssr_rt.evaluation.runner import evaluate_scale, lr_volume
+    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.volume import Volume
+
+    whole = load_volume(FIXTURE)
+    volume = Volume(data=np.ascontiguousarray(whole.data[:, :, :63]), affine=whole.affine, source_path=whole.source_path)
+    mask = head_mask(volume.data)
+    with Upsampler(tiny_test_bundle, "torch") as up:
+        kept = evaluate_scale(volume, (1.0, 1.0, 3.0), "slice", up, mask, "f", keep_acquired=True)
+    low = lr_volume(volume, kept.lr)
+    with Upsampler(tiny_test_bundle, "torch", keep_acquired="box") as cli_like:
+        want = cli_like.run(low, plan_grid(low, shape=list(volume.shape)))
+    np.testing.assert_allclose(kept.model, want, atol=1e-3)
+
+
 def test_evaluate_keep_acquired_keeps_the_kspace_band_and_leaves_cubic_alone(tiny_test_bundle, hr, tmp_path, capsys):
     from arssr_rt.consistency import keep_kspace
     from arssr_rt.evaluation.runner import evaluate_scale

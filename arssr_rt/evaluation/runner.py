@@ -152,14 +152,29 @@ def consistent(out: np.ndarray, lr: np.ndarray, acquisition: tuple[str, float] |
     return keep_acquired(np.asarray(out, dtype=np.float32), lr, *acquisition)
 
 
+def for_acquisition(upsampler: "Upsampler", acquisition: tuple[str, float] | None) -> "Upsampler":
+    """``upsampler``, or a shallow copy (same backend, closed with the original) that does not
+    keep point samples: ``upsample --keep-acquired`` projects the network's output, not one
+    with coinciding samples already replaced (which moves an odd-scale result)."""
+    if acquisition is None:
+        return upsampler
+    import copy
+
+    plain = copy.copy(upsampler)
+    plain.keep_samples = False
+    return plain
+
+
 def upsampler_fn(hr: Volume, upsampler: "Upsampler", acquisition: tuple[str, float] | None = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
     """``model_fn`` for ``run_case``: the LR array as a Volume, up-sampled onto exactly the HR grid
     (then kept consistent with the acquired slices when ``acquisition`` = (profile, gap))."""
     from ..pipeline import plan_grid
 
+    up = for_acquisition(upsampler, acquisition)
+
     def run(lr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         low = lr_volume(hr, lr)
-        return consistent(upsampler.run(low, plan_grid(low, shape=list(shape))), lr, acquisition)
+        return consistent(up.run(low, plan_grid(low, shape=list(shape))), lr, acquisition)
 
     return run
 
@@ -178,7 +193,8 @@ def adapted_fn(hr: Volume, upsampler: "Upsampler", adapt: "AdaptOptions", stats:
                                base_model=base_model)
         stats.update(steps=adapted.steps, seconds=adapted.seconds)
         with Upsampler(upsampler.bundle, adapted.backend, tile=upsampler.tile, chunk=upsampler.chunk,
-                       normalization=upsampler.normalization, max_memory=upsampler.max_memory, tta=adapted.symmetries()) as up:
+                       normalization=upsampler.normalization, max_memory=upsampler.max_memory, tta=adapted.symmetries(),
+                       keep_samples=acquisition is None) as up:
             return consistent(up.run(low, plan_grid(low, shape=list(shape))), lr, acquisition)
 
     return run
