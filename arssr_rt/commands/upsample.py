@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from rich.console import Console
 
-        from ..consistency import check_slice_profile
+        from ..consistency import KSPACE, check_slice_profile
         from ..errors import InputError
         from ..options import check_grid_options, check_tile, parse_max_memory
         from ..pipeline import upsample_file
@@ -107,6 +107,7 @@ def register(app: typer.Typer) -> None:
             raise InputError("--acquisition kspace says how to keep the acquired data: add --keep-acquired (or drop --acquisition)")
         if acquisition == "kspace" and adapt:
             raise InputError("--adapt learns from thick slices; it does not go with --acquisition kspace")
+        profile = KSPACE if acquisition == "kspace" else slice_profile  # what --keep-acquired keeps
         adapt_opts = None
         if adapt:
             from dataclasses import replace
@@ -131,7 +132,7 @@ def register(app: typer.Typer) -> None:
             if given:
                 raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --adapt only; add --adapt or drop {'it' if len(given) == 1 else 'them'}")
             if keep_acquired:
-                check_slice_profile("kspace" if acquisition == "kspace" else slice_profile, slice_gap)
+                check_slice_profile(profile, slice_gap)
         max_memory_bytes = parse_max_memory(max_memory)
         console = Console(stderr=True)
         options = BackendOptions(device=device, threads=threads, precision=precision)
@@ -184,7 +185,7 @@ def register(app: typer.Typer) -> None:
                 options=options, tile=tile, chunk=chunk, normalization=normalization, dtype=dtype, force=force, output_format=output_format,
                 max_output_voxels=max_output_voxels, progress=progress,
                 max_memory=max_memory_bytes, as_intensity=as_intensity,
-                keep_acquired=("kspace" if acquisition == "kspace" else slice_profile) if keep_acquired else None, slice_gap=slice_gap,
+                keep_acquired=profile if keep_acquired else None, slice_gap=slice_gap,
                 interp=interp, clip_to_input_range=clip_to_input_range, keep_samples=keep_samples,
                 on_note=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
                 on_plan=on_plan,
