@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from arssr_rt.consistency import keep_kspace
 from arssr_rt.degrade import cubic_resample, lr_shape_for
 from arssr_rt.evaluation.metrics import head_mask, psnr, ssim3d
 from arssr_rt.network import build_model
@@ -73,7 +74,11 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--volumes", nargs="*", default=[str(DATA / v) for v in HELD_OUT])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cases", nargs="*", default=None, help="KIND:SCALE, e.g. kspace:2 slice:1,1,4 (default: all)")
+    ap.add_argument("--keep-kspace", action="store_true", help="also score each model with its band kept on kspace cases")
     args = ap.parse_args()
+    cases = CASES if args.cases is None else [(c.split(":")[0], tuple(float(v) for v in c.split(":")[1].split(","))) for c in args.cases]
+    cases = [(k, s * 3 if len(s) == 1 else s) for k, s in cases]
     torch.set_num_threads(args.threads)
     models = {}
     for ck in args.checkpoints:
@@ -85,7 +90,7 @@ def main() -> None:
     for path in args.volumes:
         hr = np.squeeze(np.asarray(nib.load(path).get_fdata(dtype=np.float32)))
         mask, rng = head_mask(hr), float(hr.max() - hr.min())
-        for kind, scale in CASES:
+        for kind, scale in cases:
             lr = acquire(hr, lr_shape_for(hr.shape, scale), kind, np.random.default_rng(0), noise_sigma=0.02 * float(np.percentile(hr[mask], 99.5)))
             lo, hi = float(lr.min()), float(lr.max())
             res = {"volume": Path(path).name.split(".")[0], "kind": kind, "scale": "x".join(f"{s:g}" for s in scale)}
@@ -95,10 +100,14 @@ def main() -> None:
                 with torch.no_grad():
                     pred = predict_volume(m, (lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo
                 res[ck] = (round(psnr(hr, pred, mask, rng), 3), round(ssim3d(hr, pred, mask, rng), 4))
+                if args.keep_kspace and kind.startswith("kspace"):
+                    kept = keep_kspace(pred, lr)
+                    res[ck + "+keep"] = (round(psnr(hr, kept, mask, rng), 3), round(ssim3d(hr, kept, mask, rng), 4))
             best = max(res["tricubic"][0], res["sinc"][0])
             line = f"{res['volume'][:12]:12s} {kind:13s} {res['scale']:7s} tricubic {res['tricubic'][0]:6.2f} sinc {res['sinc'][0]:6.2f}"
-            for ck in models:
-                line += f" | {Path(ck).parent.name[:14]} {res[ck][0] - best:+.2f} dB ssim {res[ck][1] - max(res['tricubic'][1], res['sinc'][1]):+.4f}"
+            for ck in [k for k in res if k in models or k.endswith("+keep")]:
+                label = Path(ck.removesuffix("+keep")).parent.name[:14] + ("+keep" if ck.endswith("+keep") else "")
+                line += f" | {label} {res[ck][0] - best:+.2f} dB ssim {res[ck][1] - max(res['tricubic'][1], res['sinc'][1]):+.4f}"
             print(line, flush=True)
             rows.append(res)
     json.dump(rows, sys.stderr if False else open("/tmp/ab_eval_last.json", "w"), indent=1)
