@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from arssr_rt.training.data import PatchSampler, SamplerConfig  # noqa: E402
+from arssr_rt.training.data import PatchSampler, SamplerConfig, TrainVolume  # noqa: E402
 from arssr_rt.network import PUBLISHED_SPECS, build_model, count_parameters  # noqa: E402
 from arssr_rt.training.train import TrainConfig, train  # noqa: E402
 
@@ -224,3 +224,19 @@ def test_a_real_run_exports_and_upsamples(tmp_path, capsys):
     assert img.shape == (128, 128, 128)
     np.testing.assert_allclose(np.abs(np.diag(img.affine)[:3]), 0.5)
     assert np.isfinite(np.asarray(img.dataobj, dtype=np.float32)).all()
+
+
+def test_hr_noise_is_rician_on_the_target_and_reaches_the_lr_through_the_degradation():
+    """hr_noise adds the noise before degrading: air in the target and in the LR alike has the
+    Rayleigh mean sigma * sqrt(pi / 2); without it both stay exactly 0."""
+    air = np.zeros((40, 40, 40), dtype=np.float32)
+    vol = TrainVolume("air", air, np.arange(0))
+    cfg = dict(lr_patch=8, points=2048, scale_min=2.0, scale_max=2.0, flips=False, degradations={"cubic": 1.0}, margin=0)
+    lr, _, _, target, _ = PatchSampler([vol], SamplerConfig(**cfg), seed=1).sample()
+    assert not target.any() and not lr.any()
+    sigma = 0.02
+    lr, _, _, target, _ = PatchSampler([vol], SamplerConfig(**cfg, hr_noise=1.0, hr_noise_sigma=(sigma, sigma)), seed=1).sample()
+    rayleigh_mean = sigma * np.sqrt(np.pi / 2)
+    assert abs(target.mean() / rayleigh_mean - 1) < 0.05
+    assert abs(lr.mean() / rayleigh_mean - 1) < 0.05  # cubic keeps the mean: the LR is made from the noisy HR
+    assert lr.std() < target.std()  # and averaged over it, not noised separately

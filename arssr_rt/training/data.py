@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import windowed_sinc
-from ..degrade import cubic_resample, degrade, gaussian_blur_down
+from ..degrade import add_rician_noise, cubic_resample, degrade, gaussian_blur_down
 from ..errors import InputError
 from ..geometry import input_index_of_output, normalized_centres
 from ..sampling import decoder_axis_coords
@@ -61,6 +61,11 @@ class SamplerConfig:
     slice_gap: float = 0.0  # gap ~ U(0, slice_gap) of the slice spacing
     slice_profiles: tuple[str, ...] = ("box",)
     contrast: float = 0.0  # probability of a gamma / bias-field change of the HR patch
+    # probability of Rician noise on the HR patch *before* the degradation (LR and target share
+    # it): a real single scan's target is noisy too, so the in-band noise the LR carries is part
+    # of the answer, not something to remove (templates and averages have none)
+    hr_noise: float = 0.0
+    hr_noise_sigma: tuple[float, float] = (0.005, 0.03)  # normalised units
     gamma: float = 0.2  # gamma ~ exp(U(-gamma, gamma))
     bias: float = 0.1  # bias field exp(sum c_k u_k), c_k ~ U(-bias, bias)
     coords: str = "global"  # decoder coordinate mode of the model being trained
@@ -211,6 +216,8 @@ class PatchSampler:
             hr = hr * np.float32(r.uniform(*c.intensity_gain)) + np.float32(r.uniform(*c.intensity_offset))
         if c.contrast and r.random() < c.contrast:
             hr = gamma_and_bias(hr, r, c.gamma, c.bias)
+        if c.hr_noise and r.random() < c.hr_noise:
+            hr = add_rician_noise(hr, float(r.uniform(*c.hr_noise_sigma)), r)
         lr = self.degrade(hr, [p, p, p], [H / p for H in hr_size])
         if c.noise and r.random() < c.noise:
             lr = lr + r.normal(0.0, r.uniform(0.005, 0.02), size=lr.shape).astype(np.float32)
