@@ -240,3 +240,29 @@ def test_hr_noise_is_rician_on_the_target_and_reaches_the_lr_through_the_degrada
     assert abs(target.mean() / rayleigh_mean - 1) < 0.05
     assert abs(lr.mean() / rayleigh_mean - 1) < 0.05  # cubic keeps the mean: the LR is made from the noisy HR
     assert lr.std() < target.std()  # and averaged over it, not noised separately
+
+
+def test_init_grows_the_rescnn_encoder_by_blocks_that_start_as_identity():
+    """A deeper ResCNN (blocks 2 -> 3) started from a trained one keeps every trained weight,
+    predicts what it did to ~1e-3, and its new block trains (its first convolution gets gradients)."""
+    from arssr_rt.training.train import load_init
+    from arssr_rt.errors import InputError
+
+    spec = {"encoder": "rescnn", "feature_dim": 8, "encoder_args": {"width": 8, "blocks": 2, "convs": 2},
+            "decoder_width": 16, "decoder_depth": 2, "coords": "phase", "decoder": "modulated"}
+    torch.manual_seed(0)
+    base = build_model(spec).eval()
+    grown = build_model({**spec, "encoder_args": {"width": 8, "blocks": 3, "convs": 2}}).eval()
+    load_init(grown, base.state_dict())
+    for name, value in base.state_dict().items():
+        torch.testing.assert_close(grown.state_dict()[name], value, rtol=0, atol=0)
+    x = torch.rand(1, 1, 12, 12, 12)
+    with torch.no_grad():
+        now, before = grown.encoder(x), base.encoder(x)
+    assert 0 < float((now - before).abs().max()) < 1e-2 * float(before.abs().max())
+    grown.train()
+    grown.encoder(x).square().mean().backward()
+    assert grown.encoder.block3[0].weight.grad.abs().sum() > 0
+    with pytest.raises(InputError, match="does not fit"):  # a missing trained block is not "new"
+        load_init(build_model({**spec, "encoder_args": {"width": 8, "blocks": 3, "convs": 2}}),
+                  {k: v for k, v in base.state_dict().items() if not k.startswith("encoder.block1.")})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,14 +135,39 @@ def load_init(model: ArSSR, state: dict[str, Any]) -> None:
     """Start ``model`` from another run's weights (fine-tuning, or growing the architecture).
 
     Only parameters the new spec adds may start fresh: a modulator (zero-initialised, so the
-    decoder starts as before) or a sub-voxel expansion (initialised to copy each feature
-    vector to its r^3 sub-sites). A published-grid encoder moves under ``encoder.body``.
+    decoder starts as before), a sub-voxel expansion (initialised to copy each feature
+    vector to its r^3 sub-sites), or extra ResCNN residual blocks (a deeper encoder, wider
+    receptive field: each new block's last convolution starts at 1e-3 of its random weights,
+    so the grown model starts within ~1e-3 of the trained one and the block still trains). A published-grid encoder moves
+    under ``encoder.body``.
     """
     if model.spec.feature_scale > 1 and not any(k.startswith("encoder.body.") for k in state):
         state = {("encoder.body." + k[len("encoder."):] if k.startswith("encoder.") else k): v for k, v in state.items()}
+    new_blocks = _new_residual_blocks(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith(("decoder.modulator.", "encoder.expand.")) for k in missing):
+    fresh = ("decoder.modulator.", "encoder.expand.") + tuple(f"{prefix}." for prefix in new_blocks)
+    if unexpected or any(not k.startswith(fresh) for k in missing):
         raise InputError(f"--init checkpoint does not fit the spec: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    modules = dict(model.named_modules())
+    for prefix in new_blocks:
+        last = [m for m in modules[prefix].modules() if isinstance(m, torch.nn.Conv3d)][-1]
+        with torch.no_grad():  # not zero: the ReLU after it would pass no gradient (Adam rescales the small steps)
+            last.weight.mul_(GROWN_BLOCK_SCALE)
+            last.bias.zero_()
+
+
+GROWN_BLOCK_SCALE = 1e-3
+
+
+def _new_residual_blocks(model: ArSSR, state: dict[str, Any]) -> list[str]:
+    """Module names of ResCNN blocks ``model`` has and ``state`` lacks, when the blocks it has
+    are block1..blockN and the state holds a prefix of them (growing the encoder's depth)."""
+    if model.spec.encoder != "rescnn":
+        return []
+    blocks = sorted({name for name, _ in model.named_modules() if re.fullmatch(r"encoder(\.body)?\.block\d+", name)},
+                    key=lambda n: int(n.rsplit("block", 1)[1]))
+    held = [b for b in blocks if any(k.startswith(b + ".") for k in state)]
+    return blocks[len(held):] if held == blocks[:len(held)] and held else []
 
 
 def _init_state(payload: Any, path: Path) -> dict[str, Any]:
