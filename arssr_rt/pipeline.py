@@ -85,6 +85,11 @@ class Upsampler:
             raise InputError(f"{flag('tile')} must be >= 1, got {tile}")
         if options.chunk is not None and options.chunk < 1:
             raise InputError(f"{flag('chunk')} must be >= 1, got {options.chunk}")
+        # --threads -1 / 0 used to run silently with the backend's default (all cores)
+        if options.threads is not None and options.threads < 1:
+            raise InputError(f"{flag('threads')} must be >= 1, got {options.threads}")
+        if options.device < 0:
+            raise InputError(f"{flag('device')} must be a GPU index >= 0, got {options.device}")
         self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
         self.backend: Backend = open_backend(backend, self.bundle, options)
         self.tile, self.chunk, self.max_memory = tile, options.chunk or DEFAULT_CHUNK, max_memory

@@ -382,6 +382,14 @@ def test_cli_refuses_unknown_dtype(dirs, good_input, cli, tiny_bundle, capsys):
     assert listing(out_dir) == []
 
 
+@pytest.mark.parametrize("flag,value", [("--threads", "-1"), ("--threads", "0"), ("--device", "-1")])
+def test_cli_refuses_bad_threads_or_device(flag, value, dirs, good_input, cli, tiny_bundle, capsys):
+    out_dir = dirs[1]
+    code, err = cli(upsample_args(good_input, out_dir / "result.nii.gz", tiny_bundle, flag, value), capsys)
+    assert_clean_failure(code, err, f"{flag} must be")
+    assert listing(out_dir) == []
+
+
 # ----- the real entry point, in a fresh interpreter --------------------------------------------
 
 
