@@ -96,6 +96,31 @@ def read_checked_voxels(p: Path, img, full_shape: tuple[int, ...], shape: tuple[
     return data
 
 
+# millimetres per xyzt_units space unit; unknown (code 0) is taken as mm, as MR tools do
+MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
+
+
+def mm_per_unit(header) -> float:
+    """Millimetres per unit of a NIfTI header's space (xyzt_units): 1 for mm, unknown, or a non-NIfTI header."""
+    import nibabel as nib
+
+    if not isinstance(header, nib.Nifti1Header):
+        return 1.0
+    try:
+        unit = header.get_xyzt_units()[0]
+    except Exception:  # an undefined unit code: unknown
+        return 1.0
+    return MM_PER_UNIT.get(unit, 1.0)
+
+
+def affine_in_mm(affine: np.ndarray, header) -> np.ndarray:
+    """``affine`` in mm: --voxel-size, --reference and every grid are in mm, but a NIfTI
+    may state its space in metres or microns (read as mm, 1 mm would have been 1 m)."""
+    a = np.array(affine, dtype=np.float64)
+    a[:3, :] *= mm_per_unit(header)
+    return a
+
+
 def _check_readable_file(path: Path) -> None:
     """Missing, directory, empty and permission problems, each with its own message."""
     if not path.exists():
@@ -191,7 +216,8 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     """Read and validate a 3-D NIfTI-1/2 volume (``.nii``, ``.nii.gz``, or a ``.hdr``/``.img`` pair).
 
     The affine is nibabel's best affine (sform if its code > 0, else qform if its code > 0,
-    else pixdim). 4-D files with one volume are squeezed to 3-D. ``data`` is float32 with
+    else pixdim), in mm (xyzt_units metres or microns are converted). 4-D files with one
+    volume are squeezed to 3-D. ``data`` is float32 with
     scl_slope/scl_inter applied; ``source_dtype`` is the on-disk type (native byte order).
 
     Raises:
@@ -218,7 +244,7 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     _check_vox_offset(p, img, raw)
     try:
         with _quiet_nibabel():
-            affine = img.affine
+            affine = affine_in_mm(img.affine, header)
     except Exception as exc:
         raise InputError(f"{p}: invalid orientation in the header: {exc}") from None
     affine = check_affine(p, affine)
