@@ -162,6 +162,24 @@ def _check_data_bytes_present(path: Path, img, shape: tuple[int, ...], dtype: np
         raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the file has {have:,}")
 
 
+def check_forms(path: Path, header) -> None:
+    """Each of qform/sform with a code > 0 must be a finite, invertible affine: the writer
+    carries both to the new grid, and nibabel raises on a broken quaternion only then, after
+    the whole run (a NaN or out-of-range qform under a valid sform reads fine)."""
+    for name in ("qform", "sform"):
+        code = int(header[f"{name}_code"])
+        if code <= 0:
+            continue
+        try:
+            with _quiet_nibabel():
+                form = header.get_qform() if name == "qform" else header.get_sform()
+            check_affine(path, form)
+        except Exception as exc:
+            reason = str(exc).split(": ", 1)[-1] if isinstance(exc, InputError) else str(exc)
+            raise InputError(f"{path}: its {name} (code {code}) is broken ({reason}); fix it, or set {name}_code to 0 "
+                             "if the other form is right") from None
+
+
 # bytes a .gz may inflate to beyond what its header accounts for (padding some writers add)
 GZIP_SLACK = 1 << 20
 # smallest data offset of a single-file NIfTI: the header plus the 4-byte extension flag
@@ -248,6 +266,7 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     except Exception as exc:
         raise InputError(f"{p}: invalid orientation in the header: {exc}") from None
     affine = check_affine(p, affine)
+    check_forms(p, header)
     _check_data_bytes_present(p, img, full_shape, on_disk)
     _verify_gzip_stream(p, img, full_shape, on_disk)
 
