@@ -12,6 +12,7 @@ and chunk sizes, not by the volume (see memory.py).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -388,7 +389,8 @@ def upsample_file(
     target = plan_target(volume, method, scale=scale, voxel_size=voxel_size, shape=shape, reference=reference,
                          max_output_voxels=max_output_voxels // (series.count if series else 1), on_note=on_note)
     out = Path(out_path) if out_path is not None else default_output_path(in_path, scale, voxel_size, shape, fmt, reference)
-    check_volume_output(out, fmt, inputs=[in_path], force=force)
+    inputs = [in_path, *_reference_files(reference)]  # -o REF --force used to overwrite the reference
+    check_volume_output(out, fmt, inputs=inputs, force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     if adapt is not None:
         from .adapt.plan import check_adapt_input
@@ -421,7 +423,7 @@ def upsample_file(
                  "backend": up.backend.name if up is not None else "numpy", "model": up.bundle.name if up is not None else f"interp {method}"})
     try:
         written, _ = render_and_write(volume, series, target, method, out, fmt, upsampler=up, dtype=dtype, force=force,
-                                      inputs=[in_path], progress=progress, clip=clip_to_input_range,
+                                      inputs=inputs, progress=progress, clip=clip_to_input_range,
                                       max_memory=up.max_memory if up is not None else max_memory, descrip=descrip)
     finally:
         if up is not None and owner:
@@ -437,6 +439,12 @@ def upsample_file(
         model=(up.bundle.name + (" (adapted)" if adapt is not None else "")) if up is not None else f"interp {method}",
         timings=up.backend.timings() if up is not None else None,
     )
+
+
+def _reference_files(reference: Any) -> list[Path]:
+    """The file (or folder) a --reference was read from: an input of the run, never an output."""
+    where = getattr(reference, "path", reference)  # a path, or a Reference (the API's nibabel images)
+    return [Path(where)] if isinstance(where, (str, os.PathLike)) else []
 
 
 def _adapt(volume: Volume, bundle: ModelBundle, adapt: "AdaptOptions", save_adapted: str | Path | None, force: bool,
