@@ -85,8 +85,13 @@ def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: 
     if isinstance(src, nib.Nifti1Header):  # Nifti2Header is a subclass
         hdr = src.copy()
         qcode, scode = int(src["qform_code"]), int(src["sform_code"])
-        if mm_per_unit(src) != 1.0:  # metres/microns in: the forms are in mm (form_affines)
-            hdr.set_xyzt_units("mm", hdr.get_xyzt_units()[1])
+        try:
+            time_unit = hdr.get_xyzt_units()[1]
+        except KeyError:  # an undefined unit code (read as mm): not copied into a new file
+            hdr.set_xyzt_units("unknown", "unknown")
+        else:
+            if mm_per_unit(src) != 1.0:  # metres/microns in: the forms are in mm (form_affines)
+                hdr.set_xyzt_units("mm", time_unit)
     else:
         hdr = nib.Nifti1Header()
         hdr.set_xyzt_units("mm", "sec")

@@ -529,3 +529,16 @@ def test_metre_input_without_forms_is_written_in_mm(tmp_path, fixture_image, cli
     out = nib.load(tmp_path / "o.nii.gz")
     assert out.header.get_xyzt_units()[0] == "mm"
     np.testing.assert_allclose(out.header.get_zooms()[:3], (0.5, 0.5, 0.5), atol=1e-6)
+
+
+def test_undefined_unit_code_is_not_copied_to_the_output(tmp_path, fixture_image, cli):
+    """xyzt_units 5 (no such space unit): read as mm, written as unknown, not copied (nibabel
+    raises on the copied code when anything asks the output for its units)."""
+    src = write_raw_nifti(tmp_path / "u5.nii", np.asarray(fixture_image.dataobj), affine=fixture_image.affine)
+    blob = bytearray(src.read_bytes())
+    blob[123] = 5  # xyzt_units
+    src.write_bytes(bytes(blob))
+    assert cli("upsample", src, "-o", tmp_path / "o.nii.gz", "--scale", "2", "--interp", "linear", "--threads", "1", "--quiet") == (0, "")
+    out = nib.load(tmp_path / "o.nii.gz")
+    assert out.header.get_xyzt_units() == ("unknown", "unknown")
+    np.testing.assert_allclose(out.header.get_zooms(), (0.5, 0.5, 0.5))
