@@ -82,7 +82,7 @@ def _from_image(img: Any) -> _Input:
     """A nibabel spatial image: 3-D, or 4-D (X, Y, Z, T) done volume by volume (NIfTI)."""
     import nibabel as nib
 
-    from .nifti_io import _quiet_nibabel
+    from .nifti_io import _quiet_nibabel, affine_in_mm
     from .validation import check_scalar_dtype
 
     where = img.get_filename() or "image"
@@ -102,6 +102,7 @@ def _from_image(img: Any) -> _Input:
         header = img.header
         if isinstance(img, nib.Nifti1Pair) and not np.allclose(header.get_best_affine(), affine):
             header = type(img)(img.dataobj, affine, header).header  # an in-memory image whose header lags its affine
+        affine = affine_in_mm(affine, header)  # xyzt_units metres/microns: grids are in mm
     # scaling as the file stores it (nibabel moves it from the header into the proxy on load)
     meta = {"scl_slope": float(getattr(img.dataobj, "slope", 1.0)), "scl_inter": float(getattr(img.dataobj, "inter", 0.0))}
     volumes = _volumes_from_channels(where, np.moveaxis(data, -1, 0), affine, header, part="volume", meta=meta,
@@ -268,7 +269,9 @@ def _reference(reference: Any) -> Any:
     shape = tuple(int(n) for n in reference.shape[:3])
     if len(shape) != 3 or min(shape) < 2:
         raise InputError(f"{flag('reference')}: needs a 3-D (or 4-D) image, got shape {reference.shape}")
-    affine = np.asarray(reference.affine, dtype=np.float64)
+    from .nifti_io import affine_in_mm
+
+    affine = affine_in_mm(reference.affine, reference.header)  # a NIfTI in metres/microns: mm
     return Reference(path=Path(reference.get_filename() or "<reference image>"),
                      grid=OutputGrid(shape, affine, spacing_of(affine)),  # type: ignore[arg-type]
                      volumes=int(np.prod(reference.shape[3:])) if len(reference.shape) > 3 else 1)

@@ -96,6 +96,31 @@ def read_checked_voxels(p: Path, img, full_shape: tuple[int, ...], shape: tuple[
     return data
 
 
+# millimetres per xyzt_units space unit; unknown (code 0) is taken as mm, as MR tools do
+MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
+
+
+def mm_per_unit(header) -> float:
+    """Millimetres per unit of a NIfTI header's space (xyzt_units): 1 for mm, unknown, or a non-NIfTI header."""
+    import nibabel as nib
+
+    if not isinstance(header, nib.Nifti1Header):
+        return 1.0
+    try:
+        unit = header.get_xyzt_units()[0]
+    except Exception:  # an undefined unit code: unknown
+        return 1.0
+    return MM_PER_UNIT.get(unit, 1.0)
+
+
+def affine_in_mm(affine: np.ndarray, header) -> np.ndarray:
+    """``affine`` in mm: --voxel-size, --reference and every grid are in mm, but a NIfTI
+    may state its space in metres or microns (read as mm, 1 mm would have been 1 m)."""
+    a = np.array(affine, dtype=np.float64)
+    a[:3, :] *= mm_per_unit(header)
+    return a
+
+
 def _check_readable_file(path: Path) -> None:
     """Missing, directory, empty and permission problems, each with its own message."""
     if not path.exists():
@@ -135,6 +160,24 @@ def _check_data_bytes_present(path: Path, img, shape: tuple[int, ...], dtype: np
     have = data_file.stat().st_size
     if have < needed:
         raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the file has {have:,}")
+
+
+def check_forms(path: Path, header) -> None:
+    """Each of qform/sform with a code > 0 must be a finite, invertible affine: the writer
+    carries both to the new grid, and nibabel raises on a broken quaternion only then, after
+    the whole run (a NaN or out-of-range qform under a valid sform reads fine)."""
+    for name in ("qform", "sform"):
+        code = int(header[f"{name}_code"])
+        if code <= 0:
+            continue
+        try:
+            with _quiet_nibabel():
+                form = header.get_qform() if name == "qform" else header.get_sform()
+            check_affine(path, form)
+        except Exception as exc:
+            reason = str(exc).split(": ", 1)[-1] if isinstance(exc, InputError) else str(exc)
+            raise InputError(f"{path}: its {name} (code {code}) is broken ({reason}); fix it, or set {name}_code to 0 "
+                             "if the other form is right") from None
 
 
 # bytes a .gz may inflate to beyond what its header accounts for (padding some writers add)
@@ -191,7 +234,8 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     """Read and validate a 3-D NIfTI-1/2 volume (``.nii``, ``.nii.gz``, or a ``.hdr``/``.img`` pair).
 
     The affine is nibabel's best affine (sform if its code > 0, else qform if its code > 0,
-    else pixdim). 4-D files with one volume are squeezed to 3-D. ``data`` is float32 with
+    else pixdim), in mm (xyzt_units metres or microns are converted). 4-D files with one
+    volume are squeezed to 3-D. ``data`` is float32 with
     scl_slope/scl_inter applied; ``source_dtype`` is the on-disk type (native byte order).
 
     Raises:
@@ -218,10 +262,11 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     _check_vox_offset(p, img, raw)
     try:
         with _quiet_nibabel():
-            affine = img.affine
+            affine = affine_in_mm(img.affine, header)
     except Exception as exc:
         raise InputError(f"{p}: invalid orientation in the header: {exc}") from None
     affine = check_affine(p, affine)
+    check_forms(p, header)
     _check_data_bytes_present(p, img, full_shape, on_disk)
     _verify_gzip_stream(p, img, full_shape, on_disk)
 

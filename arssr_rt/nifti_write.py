@@ -14,7 +14,7 @@ from .errors import OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
 from .memory import all_finite, convert_in_slabs, min_max
-from .nifti_io import NIFTI1_MAX_DIM, NIFTI_SUFFIXES, _quiet_nibabel
+from .nifti_io import NIFTI1_MAX_DIM, NIFTI_SUFFIXES, _quiet_nibabel, affine_in_mm, mm_per_unit
 from .outputs import check_output
 from .volume import Volume
 
@@ -68,8 +68,9 @@ def form_affines(source: Volume, grid: OutputGrid) -> tuple[np.ndarray, np.ndarr
     if not isinstance(src, nib.Nifti1Header):
         return grid.affine, grid.affine
     voxel_map = np.linalg.solve(np.asarray(source.affine, dtype=np.float64), np.asarray(grid.affine, dtype=np.float64))
-    q_affine = src.get_qform() @ voxel_map if int(src["qform_code"]) > 0 else grid.affine
-    s_affine = src.get_sform() @ voxel_map if int(src["sform_code"]) > 0 else grid.affine
+    # in mm, like source.affine and grid.affine (output_header then states mm)
+    q_affine = affine_in_mm(src.get_qform(), src) @ voxel_map if int(src["qform_code"]) > 0 else grid.affine
+    s_affine = affine_in_mm(src.get_sform(), src) @ voxel_map if int(src["sform_code"]) > 0 else grid.affine
     return q_affine, s_affine
 
 
@@ -84,6 +85,13 @@ def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: 
     if isinstance(src, nib.Nifti1Header):  # Nifti2Header is a subclass
         hdr = src.copy()
         qcode, scode = int(src["qform_code"]), int(src["sform_code"])
+        try:
+            time_unit = hdr.get_xyzt_units()[1]
+        except KeyError:  # an undefined unit code (read as mm): not copied into a new file
+            hdr.set_xyzt_units("unknown", "unknown")
+        else:
+            if mm_per_unit(src) != 1.0:  # metres/microns in: the forms are in mm (form_affines)
+                hdr.set_xyzt_units("mm", time_unit)
     else:
         hdr = nib.Nifti1Header()
         hdr.set_xyzt_units("mm", "sec")
@@ -138,7 +146,8 @@ def save_volume(
     through the voxel map of the new grid (see ``form_affines``: a form that agreed with
     ``grid``'s source affine gives ``grid.affine``; pixdim follows), the input's qform/sform codes copied (both 0 in the
     input -> both written as 1, scanner, so readers do not ignore the new origin), cal_min/max
-    set to the output range, slice-timing indices and extensions dropped. A grid with
+    set to the output range, slice-timing indices and extensions dropped; an input whose
+    xyzt_units say metres or microns is written in mm (its forms converted, units mm). A grid with
     ``forms`` (a --reference grid) gets those forms and codes instead. ``descrip`` (from
     ``provenance.describe``) replaces the input's descrip, which is appended when both fit in
     80 bytes; None keeps the input's. Inputs without a NIfTI header get a fresh NIfTI-1 header

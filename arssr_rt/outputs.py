@@ -2,10 +2,10 @@
 
 A path is compared after resolving its folder (``sub/../x.nii.gz`` is ``x.nii.gz``; a
 symlinked folder is its target). Refused, always, even with --force: writing onto an input
-of the run (the same file, the data half of an Analyze pair, a file inside an input DICOM
-series folder, or a folder output that holds an input). Refused without --force: an existing
-file. Refused with a clear message: a missing parent folder, a file where a folder is meant
-and the reverse. The write itself is ``atomic.atomic_write`` / ``atomic_write_folder``.
+of the run (the same file, the data half of an Analyze pair, the data file a detached NRRD
+header names, a file inside an input DICOM series folder, or a folder output that holds an
+input). Refused without --force: an existing file. Refused with a clear message: a missing
+parent folder, a file where a folder is meant and the reverse. The write itself is ``atomic.atomic_write`` / ``atomic_write_folder``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,22 @@ def normalized(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(p.parent)) / p.name
 
 
+def _nrrd_data_file(header: Path) -> list[Path]:
+    """The ``data file:`` an NRRD header names (a detached .nhdr's voxels), resolved; [] if none."""
+    try:
+        with open(header, "rb") as handle:
+            head = handle.read(1 << 16).decode("latin-1")
+    except OSError:
+        return []
+    for line in head.splitlines()[1:]:
+        if not line.strip():
+            break  # the header ends at the first blank line
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("data file", "datafile") and value.strip():
+            return [Path(os.path.realpath(header.parent / value.strip()))]
+    return []
+
+
 def input_files(path: str | os.PathLike) -> list[Path]:
     """The resolved files (or series folder) one input consists of."""
     p = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
@@ -39,6 +55,8 @@ def input_files(path: str | os.PathLike) -> list[Path]:
         if lower.endswith(suffix):
             stem = p.name[: -len(suffix)]
             found += [p.with_name(stem + partner) for partner in partners]
+    if lower.endswith((".nhdr", ".nrrd")) and p.is_file():
+        found += _nrrd_data_file(p)
     return found
 
 

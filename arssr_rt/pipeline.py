@@ -12,6 +12,7 @@ and chunk sizes, not by the volume (see memory.py).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -85,6 +86,11 @@ class Upsampler:
             raise InputError(f"{flag('tile')} must be >= 1, got {tile}")
         if options.chunk is not None and options.chunk < 1:
             raise InputError(f"{flag('chunk')} must be >= 1, got {options.chunk}")
+        # --threads -1 / 0 used to run silently with the backend's default (all cores)
+        if options.threads is not None and options.threads < 1:
+            raise InputError(f"{flag('threads')} must be >= 1, got {options.threads}")
+        if options.device < 0:
+            raise InputError(f"{flag('device')} must be a GPU index >= 0, got {options.device}")
         self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
         self.backend: Backend = open_backend(backend, self.bundle, options)
         self.tile, self.chunk, self.max_memory = tile, options.chunk or DEFAULT_CHUNK, max_memory
@@ -383,7 +389,8 @@ def upsample_file(
     target = plan_target(volume, method, scale=scale, voxel_size=voxel_size, shape=shape, reference=reference,
                          max_output_voxels=max_output_voxels // (series.count if series else 1), on_note=on_note)
     out = Path(out_path) if out_path is not None else default_output_path(in_path, scale, voxel_size, shape, fmt, reference)
-    check_volume_output(out, fmt, inputs=[in_path], force=force)
+    inputs = [in_path, *_reference_files(reference)]  # -o REF --force used to overwrite the reference
+    check_volume_output(out, fmt, inputs=inputs, force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
     if adapt is not None:
         from .adapt.plan import check_adapt_input
@@ -416,7 +423,7 @@ def upsample_file(
                  "backend": up.backend.name if up is not None else "numpy", "model": up.bundle.name if up is not None else f"interp {method}"})
     try:
         written, _ = render_and_write(volume, series, target, method, out, fmt, upsampler=up, dtype=dtype, force=force,
-                                      inputs=[in_path], progress=progress, clip=clip_to_input_range,
+                                      inputs=inputs, progress=progress, clip=clip_to_input_range,
                                       max_memory=up.max_memory if up is not None else max_memory, descrip=descrip)
     finally:
         if up is not None and owner:
@@ -432,6 +439,12 @@ def upsample_file(
         model=(up.bundle.name + (" (adapted)" if adapt is not None else "")) if up is not None else f"interp {method}",
         timings=up.backend.timings() if up is not None else None,
     )
+
+
+def _reference_files(reference: Any) -> list[Path]:
+    """The file (or folder) a --reference was read from: an input of the run, never an output."""
+    where = getattr(reference, "path", reference)  # a path, or a Reference (the API's nibabel images)
+    return [Path(where)] if isinstance(where, (str, os.PathLike)) else []
 
 
 def _adapt(volume: Volume, bundle: ModelBundle, adapt: "AdaptOptions", save_adapted: str | Path | None, force: bool,

@@ -76,7 +76,7 @@ def _read(p: Path) -> Reference:
         return Reference(p, _grid(p, volume.shape, volume.affine, None))
     import nibabel as nib
 
-    from .nifti_io import _describe_read_error, _quiet_nibabel, _raw_header, load_image
+    from .nifti_io import _describe_read_error, _quiet_nibabel, _raw_header, affine_in_mm, load_image
     from .validation import check_affine, check_spacing
 
     img = load_image(p, lambda exc: _describe_read_error(exc, p))
@@ -91,7 +91,7 @@ def _read(p: Path) -> Reference:
                 spacing, forms = np.asarray(img.header["delta"], dtype=np.float64), None
             else:
                 spacing, forms = np.asarray(_raw_header(img)["pixdim"][1:4], dtype=np.float64), _nifti_forms(img)
-            raw_affine = img.affine
+            raw_affine = affine_in_mm(img.affine, img.header)  # MGH headers are in mm already
     except Exception as exc:  # nibabel's many failure types on a broken header
         raise InputError(f"{p}: invalid geometry in the header: {exc}") from None
     check_spacing(p, spacing)
@@ -100,11 +100,14 @@ def _read(p: Path) -> Reference:
 
 
 def _nifti_forms(img) -> tuple[np.ndarray, int, np.ndarray, int]:
-    """The reference's qform and sform with their codes; a code-0 form gets the affine in use."""
-    header, affine = img.header, np.asarray(img.affine, dtype=np.float64)
+    """The reference's qform and sform (in mm) with their codes; a code-0 form gets the affine in use."""
+    from .nifti_io import affine_in_mm
+
+    header = img.header
+    affine = affine_in_mm(img.affine, header)
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
-    qform = header.get_qform() if qcode > 0 else affine
-    sform = header.get_sform() if scode > 0 else affine
+    qform = affine_in_mm(header.get_qform(), header) if qcode > 0 else affine
+    sform = affine_in_mm(header.get_sform(), header) if scode > 0 else affine
     return np.asarray(qform, np.float64), qcode, np.asarray(sform, np.float64), scode
 
 

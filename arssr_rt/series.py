@@ -104,7 +104,8 @@ def open_series(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     raw = nio._raw_header(img)
     check_spacing(p, np.asarray(raw["pixdim"][1:4], dtype=np.float64))
     nio._check_vox_offset(p, img, raw)
-    affine = check_affine(p, img.affine)
+    affine = check_affine(p, nio.affine_in_mm(img.affine, img.header))
+    nio.check_forms(p, img.header)
     nio._check_data_bytes_present(p, img, full, on_disk)
     nio._verify_gzip_stream(p, img, full, on_disk)
     meta = {"format": "nifti2" if isinstance(img.header, nib.Nifti2Header) else "nifti1",

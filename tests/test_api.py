@@ -431,3 +431,20 @@ def test_reference_from_python_equals_the_cli(crop, tmp_path):
             np.testing.assert_array_equal(fdata(ours), fdata(cli))
     with pytest.raises(ArssrError, match="reference gives the output grid.*drop scale"):
         arssr_rt.upsample(src, reference=ref_path, scale=2)
+
+
+def test_nibabel_image_in_metres_is_taken_in_mm(crop):
+    """An in-memory image (and reference) whose xyzt_units say metres: voxel_size and the
+    reference grid are mm, as for the same scan stored in mm."""
+    mm = nib.load(crop)
+    affine = mm.affine.copy()
+    affine[:3, :] /= 1000.0
+    metres = nib.Nifti1Image(np.asarray(mm.dataobj), affine)
+    metres.header.set_xyzt_units("meter", "sec")
+    for kw in (dict(voxel_size=0.5), dict(reference=metres)):
+        got = arssr_rt.upsample(metres, interp="linear", **kw, **OPTS)
+        want = arssr_rt.upsample(mm, interp="linear", **({"reference": mm} if "reference" in kw else kw), **OPTS)
+        assert got.header.get_xyzt_units()[0] == "mm"
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.affine, want.affine, atol=1e-4)
+        np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(want.dataobj))

@@ -198,13 +198,31 @@ def rgb_voxels(folder: Path, colin: Colin):
     return path, "RGB"
 
 
+def _broken_qform(folder: Path, colin: Colin, name: str, quatern_bcd) -> tuple[Path, str]:
+    """A valid sform (code 1) over a qform (code 1) whose quaternion nibabel cannot turn into a
+    rotation: the image reads (the sform wins), and the writer used to crash after the run."""
+    path = write_raw_nifti(folder / name, small(colin), affine=colin[1])
+    blob = bytearray(path.read_bytes())
+    blob[256:268] = np.asarray(quatern_bcd, dtype="<f4").tobytes()  # quatern_b, _c, _d
+    path.write_bytes(bytes(blob))
+    return path, "qform .*broken"
+
+
+def nan_quaternion(folder: Path, colin: Colin):
+    return _broken_qform(folder, colin, "nan_quaternion.nii", (np.nan, 0.0, 0.0))
+
+
+def out_of_range_quaternion(folder: Path, colin: Colin):
+    return _broken_qform(folder, colin, "big_quaternion.nii", (2.0, 2.0, 2.0))
+
+
 BAD_FILES: dict[str, Callable[[Path, Colin], tuple[Path, str]]] = {
     f.__name__: f
     for f in (
         missing, text_as_nii_gz, text_as_nii, other_image_format, corrupt_gzip, truncated_gzip,
         truncated_nii, zero_bytes, two_d, five_d, nan_voxels, inf_voxels, constant,
         axis_of_length_one, empty_axis, absurd_header_size, zero_pixdim, negative_pixdim, nan_pixdim,
-        singular_affine, non_finite_affine, complex_voxels, rgb_voxels,
+        singular_affine, non_finite_affine, complex_voxels, rgb_voxels, nan_quaternion, out_of_range_quaternion,
     )
 }
 
@@ -379,6 +397,14 @@ def test_cli_refuses_unknown_dtype(dirs, good_input, cli, tiny_bundle, capsys):
     out_dir = dirs[1]
     code, err = cli(upsample_args(good_input, out_dir / "result.nii.gz", tiny_bundle, "--dtype", "complex64"), capsys)
     assert_clean_failure(code, err, "--dtype")
+    assert listing(out_dir) == []
+
+
+@pytest.mark.parametrize("flag,value", [("--threads", "-1"), ("--threads", "0"), ("--device", "-1")])
+def test_cli_refuses_bad_threads_or_device(flag, value, dirs, good_input, cli, tiny_bundle, capsys):
+    out_dir = dirs[1]
+    code, err = cli(upsample_args(good_input, out_dir / "result.nii.gz", tiny_bundle, flag, value), capsys)
+    assert_clean_failure(code, err, f"{flag} must be")
     assert listing(out_dir) == []
 
 

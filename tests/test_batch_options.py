@@ -115,3 +115,18 @@ def test_batch_refuses_reference_with_scale_and_bad_interp(folder, capsys):
     assert len(lines) == 3 and all("Traceback" not in line for line in lines)
     assert "--reference" in lines[0] and "--interp" in lines[1] and "--reference" in lines[2]
     assert not (folder / "out").exists()
+
+
+def test_batch_csv_output_on_the_reference_is_refused(folder):
+    """A CSV row whose output is the --reference used to overwrite it (with --force)."""
+    out = folder / "out"
+    out.mkdir()
+    ref = out / "ref.nii.gz"
+    ref.write_bytes((folder / "in" / "t1.nii.gz").read_bytes())
+    before = ref.read_bytes()
+    csv = folder / "list.csv"
+    csv.write_text(f"input,output\n{folder / 'in' / 't1.nii.gz'},ref.nii.gz\n")
+    assert _batch(str(csv), "-o", str(out), "--reference", str(ref), "--interp", "linear", "--force") == 1
+    assert ref.read_bytes() == before
+    item = _report(out / "batch_report.json")["t1.nii.gz"]
+    assert item["status"] == "failed" and "is the input" in item["message"]

@@ -479,3 +479,66 @@ def test_nii_gz_that_inflates_to_its_header_size_reads(tmp_path, fixture_image):
     data = _fixture_block(fixture_image)
     path = write_raw_nifti(tmp_path / "t1.nii.gz", data)
     np.testing.assert_array_equal(load_volume(path).data, data.astype(np.float32))
+
+
+# ----- xyzt_units: a space stated in metres or microns ----------------------------------------
+
+
+def _in_units(fixture_image, path, unit: str, mm_per_unit: float, codes: int = 1):
+    """The fixture with its geometry restated in ``unit`` (same world, other numbers)."""
+    affine = fixture_image.affine.copy()
+    affine[:3, :] /= mm_per_unit
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(fixture_image.shape)
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_qform(affine, code=codes)
+    hdr.set_sform(affine, code=codes)
+    hdr.set_xyzt_units(unit, "sec")
+    nib.Nifti1Image(np.asarray(fixture_image.dataobj), None, header=hdr).to_filename(path)
+    return path
+
+
+@pytest.mark.parametrize("unit,mm_per_unit", [("meter", 1000.0), ("micron", 1e-3)])
+def test_metre_and_micron_units_are_read_in_mm(tmp_path, fixture_image, unit, mm_per_unit):
+    vol = load_volume(_in_units(fixture_image, tmp_path / "u.nii.gz", unit, mm_per_unit))
+    np.testing.assert_allclose(vol.affine, fixture_image.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("unit,mm_per_unit", [("meter", 1000.0), ("micron", 1e-3)])
+def test_voxel_size_and_reference_are_mm_for_a_metre_or_micron_input(tmp_path, fixture_image, fixture_path, cli, unit, mm_per_unit):
+    """--voxel-size 0.5 on a file in metres used to ask for 0.5 m voxels (refused as a 0.002x
+    scale), and --reference (mm) resampled it 1000x off into a near-empty image whose header
+    said metres; now both give what the same scan in mm gives, and the output states mm."""
+    src = _in_units(fixture_image, tmp_path / "u.nii.gz", unit, mm_per_unit)
+    for args, name in ((["--voxel-size", "0.5"], "v"), (["--reference", str(fixture_path)], "r")):
+        common = [*args, "--interp", "linear", "--threads", "1", "--quiet"]
+        assert cli("upsample", src, "-o", tmp_path / f"{name}_u.nii.gz", *common) == (0, "")
+        assert cli("upsample", fixture_path, "-o", tmp_path / f"{name}_mm.nii.gz", *common) == (0, "")
+        got, want = nib.load(tmp_path / f"{name}_u.nii.gz"), nib.load(tmp_path / f"{name}_mm.nii.gz")
+        assert got.header.get_xyzt_units() == ("mm", "sec")
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.get_sform(), want.get_sform(), atol=1e-4)
+        np.testing.assert_allclose(got.get_qform(), want.get_qform(), atol=1e-4)
+        np.testing.assert_allclose(got.get_fdata(), want.get_fdata(), atol=1.0)
+
+
+def test_metre_input_without_forms_is_written_in_mm(tmp_path, fixture_image, cli):
+    """Both codes 0 (pixdim only, in metres): the written scanner forms are in mm as stated."""
+    src = _in_units(fixture_image, tmp_path / "u.nii", "meter", 1000.0, codes=0)
+    assert cli("upsample", src, "-o", tmp_path / "o.nii.gz", "--scale", "2", "--interp", "linear", "--threads", "1", "--quiet") == (0, "")
+    out = nib.load(tmp_path / "o.nii.gz")
+    assert out.header.get_xyzt_units()[0] == "mm"
+    np.testing.assert_allclose(out.header.get_zooms()[:3], (0.5, 0.5, 0.5), atol=1e-6)
+
+
+def test_undefined_unit_code_is_not_copied_to_the_output(tmp_path, fixture_image, cli):
+    """xyzt_units 5 (no such space unit): read as mm, written as unknown, not copied (nibabel
+    raises on the copied code when anything asks the output for its units)."""
+    src = write_raw_nifti(tmp_path / "u5.nii", np.asarray(fixture_image.dataobj), affine=fixture_image.affine)
+    blob = bytearray(src.read_bytes())
+    blob[123] = 5  # xyzt_units
+    src.write_bytes(bytes(blob))
+    assert cli("upsample", src, "-o", tmp_path / "o.nii.gz", "--scale", "2", "--interp", "linear", "--threads", "1", "--quiet") == (0, "")
+    out = nib.load(tmp_path / "o.nii.gz")
+    assert out.header.get_xyzt_units() == ("unknown", "unknown")
+    np.testing.assert_allclose(out.header.get_zooms(), (0.5, 0.5, 0.5))

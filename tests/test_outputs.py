@@ -5,6 +5,7 @@ even when the process is killed with SIGTERM or SIGHUP mid-write."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,3 +211,22 @@ def test_save_volume_protects_the_volume_it_was_read_from(tmp_path):
     with pytest.raises(OutputError, match="is the input"):
         save_volume(source, volume.data, grid, volume, force=True)
     assert nib.load(source).shape == (64, 64, 64) and np.array_equal(np.asarray(nib.load(source).dataobj), np.asarray(nib.load(FIXTURE_PATH).dataobj))
+
+
+def test_upsample_never_writes_the_data_file_of_a_detached_nrrd(tmp_path):
+    """A .nhdr's ``data file:`` is half of the input, like an Analyze .img: an output onto it
+    (or a DICOM folder output replacing its folder) used to be written with --force."""
+    nrrd = pytest.importorskip("nrrd")
+    img = nib.load(FIXTURE_PATH)
+    nrrd.write(str(tmp_path / "t1.nhdr"), np.asarray(img.dataobj), {"space": "right-anterior-superior", "encoding": "raw",
+               "space directions": img.affine[:3, :3].T, "space origin": img.affine[:3, 3]}, detached_header=True)
+    (tmp_path / "data").mkdir()
+    raw = next(p for p in tmp_path.iterdir() if p.name.startswith("t1.") and p.suffix != ".nhdr")
+    raw.rename(tmp_path / "data" / "voxels.nii")  # a data file name an output may also have
+    header = tmp_path / "t1.nhdr"
+    header.write_text(re.sub(r"data file: .*", "data file: data/voxels.nii", header.read_text()))
+    before = (tmp_path / "data" / "voxels.nii").read_bytes()
+    for out in (["-o", str(tmp_path / "data" / "voxels.nii")], ["--output-format", "dicom", "-o", str(tmp_path / "data")]):
+        code = main(["upsample", str(header), "--scale", "2", "--interp", "linear", *out, "--force", "--quiet"])
+        assert code == 2
+    assert (tmp_path / "data" / "voxels.nii").read_bytes() == before and listing(tmp_path / "data") == ["voxels.nii"]

@@ -185,3 +185,15 @@ def test_bad_reference_one_line_nothing_written(tmp_path, case, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "--reference" in err
     assert not out.exists()
+
+
+def test_output_on_the_reference_is_refused_even_with_force(tmp_path, cli):
+    """The reference is an input of the run: ``-o REF --force`` used to overwrite it."""
+    ref = tmp_path / "ref.nii.gz"
+    ref.write_bytes(FIXTURE_PATH.read_bytes())
+    before = ref.read_bytes()
+    for spelling in (ref, tmp_path / "sub" / ".." / "ref.nii.gz"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        code, err = cli("upsample", FIXTURE_PATH, "--reference", ref, "-o", spelling, "--force", "--interp", "linear", "--quiet")
+        assert code == 2 and err.startswith("arssr-rt: error:") and "is the input" in err and err.count("\n") == 1
+    assert ref.read_bytes() == before

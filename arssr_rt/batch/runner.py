@@ -290,7 +290,8 @@ def plan_tasks(items: Sequence[BatchItem], out_dir: Path, options: BatchOptions,
     tasks: list[Task] = []
     known: list[ItemResult] = []
     claimed: dict[Path, BatchItem] = {}
-    protected = InputSet(i.input for i in items if not i.error)
+    # the --reference is read by every item: an output on it would rewrite it mid-batch
+    protected = InputSet([*(i.input for i in items if not i.error), *([options.reference] if options.reference else [])])
     planned: list[tuple[BatchItem, Path]] = []
     for item in items:
         if item.error:
