@@ -31,6 +31,8 @@ def spatial_shape(path: Path | str, shape: Sequence[int]) -> tuple[int, int, int
     if len(shape) < 3:
         raise InputError(f"{path}: is {len(shape)}-D (shape {shape}); a 3-D volume is needed")
     extra = shape[3:]
+    if any(n <= 0 for n in extra):  # not a series to split: there is no volume at all
+        raise InputError(f"{path}: has an empty axis beyond the third (shape {shape}): it holds no volume")
     if extra and math.prod(extra) != 1:
         raise InputError(
             f"{path}: is {len(shape)}-D with shape {shape}; only 3-D volumes (or 4-D with one volume) "

@@ -113,6 +113,18 @@ def five_d(folder: Path, colin: Colin):
     return path, "5-D"
 
 
+def empty_fourth_axis(folder: Path, colin: Colin):
+    """dim[0] = 4 with dim[4] = 0: a series of no volumes (the header edited as bytes)."""
+    path = folder / "no_volumes.nii"
+    nib.Nifti1Image(small(colin), colin[1]).to_filename(path)
+    raw = bytearray(path.read_bytes())
+    dims = np.frombuffer(bytes(raw[40:56]), dtype="<i2").copy()
+    dims[0], dims[4] = 4, 0
+    raw[40:56] = dims.tobytes()
+    path.write_bytes(bytes(raw))
+    return path, "holds no volume"
+
+
 def nan_voxels(folder: Path, colin: Colin):
     data = small(colin).astype(np.float32)
     data[3, 4, 5] = np.nan
@@ -220,7 +232,7 @@ BAD_FILES: dict[str, Callable[[Path, Colin], tuple[Path, str]]] = {
     f.__name__: f
     for f in (
         missing, text_as_nii_gz, text_as_nii, other_image_format, corrupt_gzip, truncated_gzip,
-        truncated_nii, zero_bytes, two_d, five_d, nan_voxels, inf_voxels, constant,
+        truncated_nii, zero_bytes, two_d, five_d, empty_fourth_axis, nan_voxels, inf_voxels, constant,
         axis_of_length_one, empty_axis, absurd_header_size, zero_pixdim, negative_pixdim, nan_pixdim,
         singular_affine, non_finite_affine, complex_voxels, rgb_voxels, nan_quaternion, out_of_range_quaternion,
     )
