@@ -60,6 +60,18 @@ def test_cubic_matches_the_whole_volume_degradation(hr):
     np.testing.assert_array_equal(acquire(hr, (32, 32, 32), "cubic", np.random.default_rng(0)), degrade(hr, (2, 2, 2), "cubic"))
 
 
+@pytest.mark.parametrize("scale", [(1, 1, 4), (1, 1, 6), (1, 1, 3.5)])
+@pytest.mark.parametrize("profile", ["box", "gaussian"])
+def test_thick_slices_match_evaluates_slice_degradation_away_from_the_edges(hr, scale, profile):
+    """Training learns the slices evaluate scores: same profile weights and slice positions
+    (only the outermost slices differ, mirrored edges vs zero outside the FOV)."""
+    from arssr_rt.degrade import degrade, lr_shape_for
+
+    trained = acquire(hr, lr_shape_for(hr.shape, scale), "slice", np.random.default_rng(0), profile=profile)
+    scored = degrade(hr, scale, "slice", profile=profile)
+    np.testing.assert_allclose(trained[:, :, 2:-2], scored[:, :, 2:-2], rtol=0, atol=1e-6)
+
+
 def test_gamma_and_bias_change_contrast_smoothly(hr):
     out = gamma_and_bias(hr, np.random.default_rng(5), gamma=0.2, bias=0.1)
     assert out.shape == hr.shape and out.dtype == np.float32
