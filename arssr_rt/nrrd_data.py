@@ -57,9 +57,14 @@ def value_size(header: dict, path: Path) -> int:
     return _TYPE_SIZES[kind]
 
 
+def data_file_name(header: dict) -> Any:
+    """The header's ``data file:`` (a detached .nhdr's voxels), or None when the data are attached."""
+    return _field(header, "data file", "datafile")
+
+
 def _data_handle(header: dict, path: Path, attached: IO[bytes]) -> tuple[IO[bytes], bool]:
     """The handle the data starts in, and whether it is a file opened here (to close)."""
-    name = _field(header, "data file", "datafile")
+    name = data_file_name(header)
     if name is None:
         return attached, False
     text = str(name).strip()

@@ -31,19 +31,22 @@ def normalized(path: str | os.PathLike) -> Path:
 
 
 def _nrrd_data_file(header: Path) -> list[Path]:
-    """The ``data file:`` an NRRD header names (a detached .nhdr's voxels), resolved; [] if none."""
+    """The ``data file:`` an NRRD header names (a detached .nhdr's voxels), resolved; [] if none,
+    or if the header cannot be parsed the way the reader parses it (then it is never read)."""
+    try:
+        import nrrd
+    except ImportError:  # no NRRD reader: such an input is refused before anything is written
+        return []
+    from .nrrd_data import data_file_name
+
     try:
         with open(header, "rb") as handle:
-            head = handle.read(1 << 16).decode("latin-1")
-    except OSError:
+            name = data_file_name(nrrd.read_header(handle))
+    except Exception:  # OSError, nrrd.NRRDError, a bad encoding ...: the reader refuses it too
         return []
-    for line in head.splitlines()[1:]:
-        if not line.strip():
-            break  # the header ends at the first blank line
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("data file", "datafile") and value.strip():
-            return [Path(os.path.realpath(header.parent / value.strip()))]
-    return []
+    if name is None or not str(name).strip():
+        return []
+    return [Path(os.path.realpath(header.parent / str(name).strip()))]
 
 
 def input_files(path: str | os.PathLike) -> list[Path]:
