@@ -69,16 +69,28 @@ def sinc_upsample(lr: np.ndarray, out_shape) -> np.ndarray:
     return np.real(out).astype(np.float32)
 
 
+def parse_case(text: str) -> tuple[str, tuple[float, ...]]:
+    """``kspace:2`` -> ("kspace", (2, 2, 2)); ``slice:1,1,4`` -> ("slice", (1, 1, 4))."""
+    kind, sep, scale = text.partition(":")
+    try:
+        values = tuple(float(v) for v in scale.split(","))
+    except ValueError:
+        values = ()
+    if not sep or kind not in {k for k, _ in CASES} or len(values) not in (1, 3) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KIND:SCALE with KIND one of {sorted({k for k, _ in CASES})}, "
+                                         "SCALE one number or three >= 1")
+    return kind, values * 3 if len(values) == 1 else values
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--volumes", nargs="*", default=[str(DATA / v) for v in HELD_OUT])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cases", nargs="*", default=None, help="KIND:SCALE, e.g. kspace:2 slice:1,1,4 (default: all)")
+    ap.add_argument("--cases", nargs="*", type=parse_case, default=None, help="KIND:SCALE, e.g. kspace:2 slice:1,1,4 (default: all)")
     ap.add_argument("--keep-kspace", action="store_true", help="also score each model with its band kept on kspace cases")
     args = ap.parse_args()
-    cases = CASES if args.cases is None else [(c.split(":")[0], tuple(float(v) for v in c.split(":")[1].split(","))) for c in args.cases]
-    cases = [(k, s * 3 if len(s) == 1 else s) for k, s in cases]
+    cases = CASES if args.cases is None else args.cases
     torch.set_num_threads(args.threads)
     models = {}
     for ck in args.checkpoints:
