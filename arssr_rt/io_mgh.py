@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 import zlib
 from pathlib import Path
 from typing import Iterable
@@ -30,6 +31,30 @@ from .volume import Volume
 
 MGH_SUFFIXES = (".mgz", ".mgh")
 MGH_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.float32))
+# MGH type codes -> bytes a voxel (FreeSurfer: UCHAR 0, INT 1, FLOAT 3, SHORT 4)
+_TYPE_BYTES = {0: 1, 1: 4, 3: 4, 4: 2}
+
+
+def _check_raw_header(path: Path, max_voxels: int) -> None:
+    """The fixed header's version, dims and type, read before nibabel touches the file: a
+    header claiming 10^13 voxels would otherwise make nibabel seek for its footer past any
+    real file and fail with a bare OS error, instead of being refused for its size."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".mgz") else open
+        with opener(path, "rb") as handle:
+            head = handle.read(28)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: {_describe_read_error(exc)}") from None
+    if len(head) < 28:
+        raise InputError(f"{path}: is not a readable MGH/MGZ file (header is {len(head)} bytes, 284 needed)")
+    version, *dims, code, _dof = struct.unpack(">7i", head)
+    if version != 1:
+        raise InputError(f"{path}: is not a readable MGH/MGZ file (version {version}, expected 1)")
+    if any(n < 1 for n in dims):
+        raise InputError(f"{path}: MGH header dimensions {dims} must all be >= 1")
+    if code not in _TYPE_BYTES:
+        raise InputError(f"{path}: MGH voxel type code {code} is not one of uchar/int/float/short")
+    check_size(path, tuple(dims), _TYPE_BYTES[code], max_voxels)
 
 
 def _check_stream(path: Path, needed: int) -> None:
@@ -60,6 +85,8 @@ def read_mgh(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS
     import nibabel as nib
 
     p = Path(path)
+    if p.is_file():  # missing files and folders get load_image's own message
+        _check_raw_header(p, max_voxels)
     img = load_image(p, lambda exc: f"is not a readable MGH/MGZ file ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})")
     if not isinstance(img, nib.MGHImage):
         raise InputError(f"{p}: is a {type(img).__name__} file, not MGH/MGZ")

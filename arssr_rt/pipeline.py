@@ -182,7 +182,7 @@ class Upsampler:
                 meter.decoded(values.size)
             del features, block
             if base != "none":  # residual bundles: decoder output + windowed-sinc base of the tile's outputs
-                windowed_sinc.add_base(out, lr, t.output)
+                windowed_sinc.add_base(out, lr, t.output, windowed_sinc.lobes_of(base))
             release_pages(out)
         meter.finish()
         return out

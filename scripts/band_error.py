@@ -13,18 +13,15 @@ fine-tune did not lower the in-band error (9.2). PSNR is the head mask's (ab_eva
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_eval import sinc_upsample  # noqa: E402
-
 from arssr_rt.consistency import keep_kspace  # noqa: E402
 from arssr_rt.degrade import cubic_resample, lr_shape_for  # noqa: E402
+from arssr_rt.fourier import sinc_upsample  # noqa: E402
 from arssr_rt.evaluation.metrics import head_mask, psnr  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 from arssr_rt.training.acquisition import acquire  # noqa: E402

@@ -91,6 +91,24 @@ def test_mgz_bomb_and_truncation_refused(tmp_path):
         read_volume(cut)
 
 
+@pytest.mark.parametrize("suffix", [".mgh", ".mgz"])
+def test_header_claiming_huge_dims_is_refused_for_its_size_before_nibabel(tmp_path, suffix):
+    """A 1 kB file whose header claims 10^13 voxels: refused by the size limit, one line, not
+    an OS error from nibabel seeking for a footer 40 TB in."""
+    import struct
+
+    head = struct.pack(">7i", 1, 100000, 100000, 1000, 1, 3, 0).ljust(284, b"\0") + b"\0" * 1000
+    path = tmp_path / f"huge{suffix}"
+    path.write_bytes(gzip.compress(head) if suffix == ".mgz" else head)
+    with pytest.raises(InputError, match="over the input limit"):
+        read_volume(path)
+    for bad, match in ((struct.pack(">7i", 2, 8, 8, 8, 1, 3, 0), "version 2"), (struct.pack(">7i", 1, 8, 0, 8, 1, 3, 0), ">= 1"),
+                       (struct.pack(">7i", 1, 8, 8, 8, 1, 7, 0), "type code 7")):
+        path.write_bytes(bad.ljust(284 + 8 ** 3 * 4, b"\0") if suffix == ".mgh" else gzip.compress(bad.ljust(284 + 8 ** 3 * 4, b"\0")))
+        with pytest.raises(InputError, match=match):
+            read_volume(path)
+
+
 def test_mgz_output_suffix_mismatch_refused(tmp_path, oblique_mgz, tiny_bundle, capsys):
     path, _ = oblique_mgz
     code = main(["upsample", str(path), "-o", str(tmp_path / "x.img"), "--scale", "2", "--model", str(tiny_bundle),

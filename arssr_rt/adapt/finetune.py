@@ -54,9 +54,9 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
         return precision
     if device.type == "cuda":
         return "bf16" if native_cuda_bf16(device) else "fp16"
-    cpu = getattr(torch, "cpu", None)
-    native = any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return "bf16" if native else "fp32"
+    from ..cpu_features import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def native_cuda_bf16(device: torch.device) -> bool:

@@ -118,8 +118,7 @@ class ScanPairSampler:
         if c.base == "none":
             base = np.zeros(c.points, dtype=np.float32)
         else:
-            pos = np.stack([input_index_of_output(picks[k], lr_shape[k], n) for k, n in enumerate(hr_shape)], axis=1)
-            base = windowed_sinc.sample_points(lr, pos)
+            base = windowed_sinc.sample_picks(lr, hr_shape, picks, windowed_sinc.lobes_of(c.base))
         return (lr, coords.astype(np.float32), dec.astype(np.float32), target.astype(np.float32), base.astype(np.float32),
                 np.stack(picks, axis=1).astype(np.int64), hr_shape)
 

@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads"),
         seed: int = typer.Option(0, "--seed"),
         device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default cpu; with --resume: the run's, unless given)."),
-        precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (autocast; about 2x faster on CPUs with AVX-512 bf16)."),
+        precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (autocast; about 2x faster on CPUs with native bf16, AVX512-BF16/AMX; emulated and far slower on others, which are warned)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         quiet: bool = typer.Option(False, "--quiet"),
         trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling of the --resume/--init checkpoint "

@@ -99,7 +99,8 @@ class ArSSR(nn.Module):
         n = np.array(lr.shape[-3:], dtype=np.float64)
         lr_np = lr.detach().float().cpu().numpy()
         pos = (coords.detach().double().cpu().numpy() + 1) / 2 * n - 0.5
-        base = np.stack([windowed_sinc.sample_points(lr_np[b, 0], pos[b]) for b in range(lr_np.shape[0])])
+        lobes = windowed_sinc.lobes_of(self.spec.base)
+        base = np.stack([windowed_sinc.sample_points(lr_np[b, 0], pos[b], lobes) for b in range(lr_np.shape[0])])
         return torch.from_numpy(base[..., None]).to(lr.device)
 
     def forward(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor | None = None,

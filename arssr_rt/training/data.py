@@ -235,8 +235,7 @@ class PatchSampler:
         if c.base == "none":
             base = np.zeros(c.points, dtype=np.float32)
         else:
-            pos = np.stack([input_index_of_output(picks[a], p, H) for a, H in enumerate(hr_size)], axis=1)
-            base = windowed_sinc.sample_points(lr, pos)
+            base = windowed_sinc.sample_picks(lr, hr_size, picks, windowed_sinc.lobes_of(c.base))
         return lr.astype(np.float32), coords, dec.astype(np.float32), target.astype(np.float32), base
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
