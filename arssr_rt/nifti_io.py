@@ -121,6 +121,16 @@ def affine_in_mm(affine: np.ndarray, header) -> np.ndarray:
     return a
 
 
+def forms_in_mm(header) -> tuple[np.ndarray | None, int, np.ndarray | None, int]:
+    """(qform, qform_code, sform, sform_code) of a NIfTI header, each form in mm; a form whose
+    code is 0 carries no meaning and comes back as None (the caller supplies what it uses).
+    One reading of a header's forms for reference grids and output headers."""
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    qform = affine_in_mm(header.get_qform(), header) if qcode > 0 else None
+    sform = affine_in_mm(header.get_sform(), header) if scode > 0 else None
+    return qform, qcode, sform, scode
+
+
 def _check_readable_file(path: Path) -> None:
     """Missing, directory, empty and permission problems, each with its own message."""
     if not path.exists():

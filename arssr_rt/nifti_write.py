@@ -14,7 +14,7 @@ from .errors import OutputError
 from .geometry import OutputGrid
 from .intensity import choose_output_dtype, to_output_dtype
 from .memory import all_finite, convert_in_slabs, min_max
-from .nifti_io import NIFTI1_MAX_DIM, NIFTI_SUFFIXES, _quiet_nibabel, affine_in_mm, mm_per_unit
+from .nifti_io import NIFTI1_MAX_DIM, NIFTI_SUFFIXES, _quiet_nibabel, forms_in_mm, mm_per_unit
 from .outputs import check_output
 from .volume import Volume
 
@@ -69,9 +69,8 @@ def form_affines(source: Volume, grid: OutputGrid) -> tuple[np.ndarray, np.ndarr
         return grid.affine, grid.affine
     voxel_map = np.linalg.solve(np.asarray(source.affine, dtype=np.float64), np.asarray(grid.affine, dtype=np.float64))
     # in mm, like source.affine and grid.affine (output_header then states mm)
-    q_affine = affine_in_mm(src.get_qform(), src) @ voxel_map if int(src["qform_code"]) > 0 else grid.affine
-    s_affine = affine_in_mm(src.get_sform(), src) @ voxel_map if int(src["sform_code"]) > 0 else grid.affine
-    return q_affine, s_affine
+    qform, _, sform, _ = forms_in_mm(src)
+    return (grid.affine if qform is None else qform @ voxel_map), (grid.affine if sform is None else sform @ voxel_map)
 
 
 def output_header(source: Volume, grid: OutputGrid, out_dtype: np.dtype, slope: float, inter: float, value_range: tuple[float, float],

@@ -101,14 +101,11 @@ def _read(p: Path) -> Reference:
 
 def _nifti_forms(img) -> tuple[np.ndarray, int, np.ndarray, int]:
     """The reference's qform and sform (in mm) with their codes; a code-0 form gets the affine in use."""
-    from .nifti_io import affine_in_mm
+    from .nifti_io import affine_in_mm, forms_in_mm
 
-    header = img.header
-    affine = affine_in_mm(img.affine, header)
-    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
-    qform = affine_in_mm(header.get_qform(), header) if qcode > 0 else affine
-    sform = affine_in_mm(header.get_sform(), header) if scode > 0 else affine
-    return np.asarray(qform, np.float64), qcode, np.asarray(sform, np.float64), scode
+    affine = affine_in_mm(img.affine, img.header)
+    qform, qcode, sform, scode = forms_in_mm(img.header)
+    return (affine if qform is None else qform), qcode, (affine if sform is None else sform), scode
 
 
 def _grid(p: Path, shape: Sequence[int], affine: np.ndarray, forms) -> OutputGrid:
