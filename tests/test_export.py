@@ -336,7 +336,7 @@ def test_cpp_snippet_runs_and_matches_the_python_runtime(exported, cpp_example, 
     """Built and run against a bundle, the C++ example reproduces the onnxruntime pipeline."""
     _, out = exported
     cpp, expected, stdout = run_cpp_example(cpp_example, out, tmp_path)
-    assert "(global coords)" in stdout
+    assert "(global coords, base lobes 0)" in stdout
     assert (expected > 0).mean() > 0.3
     assert np.abs(cpp - expected).max() <= 1e-4
 
@@ -350,7 +350,7 @@ def test_cpp_snippet_reads_the_phase_mode_and_matches_the_python_runtime(cpp_exa
     out = write_bundle(model, tmp_path / "phase", name="rescnn-phase-TEST", validate=False)
     in_shape, scale = (12, 10, 9), 1.5
     cpp, expected, stdout = run_cpp_example(cpp_example, out, tmp_path, in_shape, scale)
-    assert "(phase coords)" in stdout
+    assert "(phase coords, base lobes 0)" in stdout
     assert (expected > 0).mean() > 0.3
     assert np.abs(cpp - expected).max() <= 1e-4
     # the mode matters: the same weights read as a global-coordinate bundle give another output
@@ -359,7 +359,7 @@ def test_cpp_snippet_reads_the_phase_mode_and_matches_the_python_runtime(cpp_exa
     (Path(out) / "model.json").write_text(json.dumps(meta))
     ran = subprocess.run([str(cpp_example), str(out), *map(str, in_shape), str(scale), str(tmp_path / "global.raw")],
                          capture_output=True, text=True, timeout=300)
-    assert ran.returncode == 0 and "(global coords)" in ran.stdout
+    assert ran.returncode == 0 and "(global coords, base lobes 0)" in ran.stdout
     assert np.abs(np.fromfile(tmp_path / "global.raw", dtype=np.float32).reshape(cpp.shape) - cpp).max() > 1e-3
     # an unknown mode is refused, not guessed
     meta["spec"]["coords"] = "local"
@@ -377,7 +377,68 @@ def test_cpp_snippet_samples_a_subvoxel_feature_grid_like_the_python_runtime(cpp
             p.add_(0.05 * torch.randn_like(p))
     out = write_bundle(model, tmp_path / "subvoxel", name="rescnn-subvoxel-TEST", validate=False)
     cpp, expected, stdout = run_cpp_example(cpp_example, out, tmp_path, (11, 10, 9), 2.3)
-    assert "(phase coords)" in stdout
+    assert "(phase coords, base lobes 0)" in stdout
     assert np.abs(expected).max() > 0.05
     assert np.abs(cpp - expected).max() <= 1e-4
 
+
+
+@pytest.fixture(scope="module")
+def contract_harness(tmp_path_factory) -> Path:
+    """tests/cpp/contract_harness.cpp (docs/examples/arssr_contract.h alone, no onnxruntime), built once."""
+    import shutil as sh
+    import subprocess
+
+    compiler = sh.which("g++")
+    if compiler is None:
+        pytest.skip("g++ not found")
+    source = Path(__file__).resolve().parent / "cpp" / "contract_harness.cpp"
+    exe = tmp_path_factory.mktemp("harness") / "contract_harness"
+    build = subprocess.run([compiler, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", str(source), "-o", str(exe)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    return exe
+
+
+@pytest.mark.parametrize("lobes", [3, 8])
+def test_cpp_residual_base_equals_the_python_runtime(contract_harness, tmp_path: Path, lobes) -> None:
+    """The C++ example's Lanczos base (residual bundles) is windowed_sinc's, on a real volume at
+    anisotropic, non-integer scales, to float32 rounding."""
+    import subprocess
+
+    import nibabel as nib
+
+    from arssr_rt import windowed_sinc
+    from arssr_rt.geometry import input_index_of_output
+    from conftest import FIXTURE_PATH
+
+    hr = np.asarray(nib.load(str(FIXTURE_PATH)).get_fdata(dtype=np.float32))
+    lr = np.ascontiguousarray(hr[5:25, 8:26, 10:27] / hr.max(), dtype=np.float32)
+    out_shape = (47, 31, 40)
+    lr.tofile(tmp_path / "lr.raw")
+    ran = subprocess.run([str(contract_harness), "base", str(lobes), *map(str, lr.shape), *map(str, out_shape),
+                          str(tmp_path / "lr.raw"), str(tmp_path / "base.raw")], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    cpp = np.fromfile(tmp_path / "base.raw", dtype=np.float32).reshape(out_shape)
+    expected = windowed_sinc.sample_grid(lr, [input_index_of_output(np.arange(H), h, H) for h, H in zip(lr.shape, out_shape)],
+                                         lobes=lobes)
+    np.testing.assert_allclose(cpp, expected, rtol=0, atol=2e-6)
+    other = windowed_sinc.sample_grid(lr, [input_index_of_output(np.arange(H), h, H) for h, H in zip(lr.shape, out_shape)],
+                                      lobes=11 - lobes)
+    assert np.abs(cpp - other).max() > 1e-3  # the lobes matter
+
+
+@pytest.mark.parametrize("spec,expected", [({}, "coords=global lobes=0"), ({"coords": "phase", "base": "lanczos8"}, "coords=phase lobes=8"),
+                                           ({"base": "lanczos3"}, "coords=global lobes=3"), ({"base": "none"}, "coords=global lobes=0"),
+                                           ({"base": "lanczos5"}, None), ({"coords": "local"}, None)])
+def test_cpp_reads_the_bundle_spec_and_refuses_unknown_bases(contract_harness, tmp_path: Path, spec, expected) -> None:
+    """An unknown spec.base is refused (exit 2), never ignored: ignoring it would be a wrong image."""
+    import subprocess
+
+    (tmp_path / "model.json").write_text(json.dumps({"format": "arssr-rt-bundle", "spec": spec,
+                                                     "onnx": {"decoder_inputs": ["features", "coords"]}}))
+    ran = subprocess.run([str(contract_harness), "spec", str(tmp_path / "model.json")], capture_output=True, text=True, timeout=60)
+    if expected is None:
+        assert ran.returncode == 2 and "unknown spec." in ran.stderr
+    else:
+        assert ran.returncode == 0 and ran.stdout.strip() == expected, ran.stderr
