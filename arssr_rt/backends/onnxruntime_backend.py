@@ -32,9 +32,9 @@ DECODE_BATCH = 2048
 def _model_paths(bundle: "ModelBundle", precision: str):
     """(encoder, decoder, io dtype) for a precision; int8 copies come from the user cache."""
     if precision == "int8":
-        from ..quantize import dynamic_int8_decoder, static_int8_encoder
+        from ..quantize import onnxruntime_int8_graphs
 
-        return static_int8_encoder(bundle), dynamic_int8_decoder(bundle), np.float32
+        return (*onnxruntime_int8_graphs(bundle), np.float32)
     enc_name, dec_name, io_dtype = PRECISION_FILES[precision]
     return bundle.file(enc_name), bundle.file(dec_name), io_dtype
 
