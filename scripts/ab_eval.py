@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -54,6 +53,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cases", nargs="*", type=parse_case, default=None, help="KIND:SCALE, e.g. kspace:2 slice:1,1,4 (default: all)")
     ap.add_argument("--keep-kspace", action="store_true", help="also score each model with its band kept on kspace cases")
+    ap.add_argument("--json", default="/tmp/ab_eval_last.json", help="where the rows go (one file per concurrent run)")
     args = ap.parse_args()
     cases = CASES if args.cases is None else args.cases
     torch.set_num_threads(args.threads)
@@ -87,7 +87,8 @@ def main() -> None:
                 line += f" | {label} {res[ck][0] - best:+.2f} dB ssim {res[ck][1] - max(res['tricubic'][1], res['sinc'][1]):+.4f}"
             print(line, flush=True)
             rows.append(res)
-    json.dump(rows, sys.stderr if False else open("/tmp/ab_eval_last.json", "w"), indent=1)
+    with open(args.json, "w") as handle:
+        json.dump(rows, handle, indent=1)
 
 
 if __name__ == "__main__":
