@@ -31,14 +31,15 @@ from .volume import Volume
 
 MGH_SUFFIXES = (".mgz", ".mgh")
 MGH_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.float32))
-# MGH type codes -> bytes a voxel (FreeSurfer: UCHAR 0, INT 1, FLOAT 3, SHORT 4)
-_TYPE_BYTES = {0: 1, 1: 4, 3: 4, 4: 2}
 
 
 def _check_raw_header(path: Path, max_voxels: int) -> None:
     """The fixed header's version, dims and type, read before nibabel touches the file: a
     header claiming 10^13 voxels would otherwise make nibabel seek for its footer past any
-    real file and fail with a bare OS error, instead of being refused for its size."""
+    real file and fail with a bare OS error, instead of being refused for its size. The type
+    codes are nibabel's own (``data_type_codes``), so what it reads and what is sized agree."""
+    from nibabel.freesurfer.mghformat import data_type_codes
+
     try:
         opener = gzip.open if path.name.lower().endswith(".mgz") else open
         with opener(path, "rb") as handle:
@@ -52,9 +53,9 @@ def _check_raw_header(path: Path, max_voxels: int) -> None:
         raise InputError(f"{path}: is not a readable MGH/MGZ file (version {version}, expected 1)")
     if any(n < 1 for n in dims):
         raise InputError(f"{path}: MGH header dimensions {dims} must all be >= 1")
-    if code not in _TYPE_BYTES:
+    if code not in data_type_codes.value_set():
         raise InputError(f"{path}: MGH voxel type code {code} is not one of uchar/int/float/short")
-    check_size(path, tuple(dims), _TYPE_BYTES[code], max_voxels)
+    check_size(path, tuple(dims), data_type_codes.numpy_dtype[code].itemsize, max_voxels)
 
 
 def _check_stream(path: Path, needed: int) -> None:

@@ -212,7 +212,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         import sys
 
         print("arssr-rt train: warning: this CPU has no native bf16 (AVX512-BF16 / AMX), so bf16 autocast is "
-              "emulated and measured ~30x slower than fp32 here (2.13 CPU wheel, AVX2); use --precision fp32",
+              "emulated (measured ~30x slower than fp32 on an AVX2 CPU); use --precision fp32",
               file=sys.stderr, flush=True)
     ddp = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     owns_group = ddp and not dist.is_initialized()
