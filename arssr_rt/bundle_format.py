@@ -41,7 +41,7 @@ DECODERS = ("arssr", "modulated")
 COORDS = ("global", "phase")
 AXIS_ORDERS = ("xyz", "zyx")
 NORMALIZATIONS = ("minmax", "percentile")
-BASES = ("none", "lanczos3", "lanczos8")  # windowed_sinc.BASES
+BASES = ("none", "lanczos3", "lanczos8", "gated-lanczos3-8")  # windowed_sinc.BASES
 SPEC_KEYS = ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder", "feature_scale", "base")
 # sane upper bounds: far above any model that fits in memory, far below what overflows
 _MAX_WIDTH = 8192

@@ -164,8 +164,10 @@ class Upsampler:
         radius = self.bundle.receptive_radius
         tile = cap_tile(plan.tile, lr.shape, radius, self.backend.max_encode_tile)
         base = self.bundle.spec.get("base", "none")
-        if base not in windowed_sinc.BASES:
-            raise ModelError(f"model.json: spec.base must be one of {', '.join(windowed_sinc.BASES)}, got {base!r}")
+        if base not in windowed_sinc.RUNTIME_BASES:
+            raise ModelError(f"model.json: spec.base must be one of {', '.join(windowed_sinc.RUNTIME_BASES)} for this runtime, got {base!r}"
+                             + (" (a training-only experiment: its two-channel decoder is not part of the ONNX contract)"
+                                if base in windowed_sinc.BASES else ""))
         tiles = plan_tiles(lr.shape, out_shape, tile, radius)
         # progress counts output voxels, spread over encoder and decoder work (progress.WorkMeter)
         meter = WorkMeter([_extent(t.encode) for t in tiles], [_extent(t.output) for t in tiles], out.size,

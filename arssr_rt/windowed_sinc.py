@@ -25,16 +25,45 @@ import numpy as np
 
 from .geometry import input_index_of_output
 
-BASES = ("none", "lanczos3", "lanczos8")
+GATED = "gated-lanczos3-8"
+BASES = ("none", "lanczos3", "lanczos8", GATED)
+# The gated base (a training experiment; the runtime refuses it until it decodes two channels):
+# the decoder returns (r, g) and the output is r + l3 + sigmoid(g) (l8 - l3), so the network
+# chooses per point between the Lanczos-3 base (aliased / blurred input) and the sinc-level
+# Lanczos-8 base (band-limited input), which no single base serves (issue 14, stages 13-18).
+RUNTIME_BASES = ("none", "lanczos3", "lanczos8")
 LOBES = 3  # the default, lanczos3's
 POINT_CHUNK = 4096  # sample_points gathers (2a)^3 taps a point: bounded working memory
 
 
 def lobes_of(base: str) -> int:
-    """Lobes ``a`` of a residual base name ("lanczos3" -> 3); ValueError for "none" or unknown."""
-    if base not in BASES or base == "none":
-        raise ValueError(f"not a windowed-sinc base: {base!r}; known: {', '.join(b for b in BASES if b != 'none')}")
+    """Lobes ``a`` of a single residual base name ("lanczos3" -> 3); ValueError otherwise."""
+    if base not in RUNTIME_BASES or base == "none":
+        raise ValueError(f"not a windowed-sinc base: {base!r}; known: {', '.join(b for b in RUNTIME_BASES if b != 'none')}")
     return int(base[len("lanczos"):])
+
+
+def base_lobes(base: str) -> tuple[int, ...]:
+    """Lobes of every base channel a model adds: () for "none", (3, 8) for the gated base."""
+    if base == "none":
+        return ()
+    if base == GATED:
+        return (3, 8)
+    return (lobes_of(base),)
+
+
+def decoder_outputs(base: str) -> int:
+    """Channels the decoder returns: 2 for the gated base (residual, gate logit), else 1."""
+    return 2 if base == GATED else 1
+
+
+def bases_at_picks(lr: np.ndarray, out_shape: Sequence[int], picks: Sequence[np.ndarray], base: str) -> np.ndarray:
+    """Every base channel of ``base`` at output voxels ``picks`` (training pairs): (K, C) float32,
+    C >= 1 (zeros for "none", so batches keep one layout)."""
+    lobes = base_lobes(base)
+    if not lobes:
+        return np.zeros((len(picks[0]), 1), dtype=np.float32)
+    return np.stack([sample_picks(lr, out_shape, picks, a) for a in lobes], axis=-1).astype(np.float32)
 
 
 def lanczos_taps(pos: np.ndarray, n: int, lobes: int = LOBES) -> tuple[np.ndarray, np.ndarray]:

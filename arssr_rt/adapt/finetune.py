@@ -109,10 +109,7 @@ def dense_forward(model: torch.nn.Module, pairs: PairBatch, device: torch.device
     s1, s2 = pairs.hr_shape[1], pairs.hr_shape[2]
     flat = (picks[..., 0] * s1 + picks[..., 1]) * s2 + picks[..., 2]  # (B, K)
     sampled = torch.gather(feats.reshape(b, c, -1), 2, flat[:, None, :].expand(b, c, flat.shape[1])).permute(0, 2, 1)
-    out = model.decode(sampled, to_device(pairs.dec, device))
-    if model.spec.base != "none":
-        out = out + to_device(pairs.base, device)
-    return out
+    return model.combine(model.decode(sampled, to_device(pairs.dec, device)), to_device(pairs.base, device))
 
 
 def trainable(model: torch.nn.Module, tune: str) -> list[torch.nn.Parameter]:

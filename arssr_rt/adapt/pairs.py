@@ -115,10 +115,7 @@ class ScanPairSampler:
         dec = np.stack([decoder_axis_coords(lr_shape[k], n, 0, n, c.coords, c.feature_scale)[picks[k]]
                         for k, n in enumerate(hr_shape)], axis=1)
         target = hr[picks[0], picks[1], picks[2]]
-        if c.base == "none":
-            base = np.zeros(c.points, dtype=np.float32)
-        else:
-            base = windowed_sinc.sample_picks(lr, hr_shape, picks, windowed_sinc.lobes_of(c.base))
+        base = windowed_sinc.bases_at_picks(lr, hr_shape, picks, c.base)
         return (lr, coords.astype(np.float32), dec.astype(np.float32), target.astype(np.float32), base.astype(np.float32),
                 np.stack(picks, axis=1).astype(np.int64), hr_shape)
 
@@ -129,7 +126,7 @@ class ScanPairSampler:
         return PairBatch(
             lr=np.stack([s[0] for s in samples])[:, None], coords=np.stack([s[1] for s in samples]),
             dec=np.stack([s[2] for s in samples]), target=np.stack([s[3] for s in samples])[..., None],
-            base=np.stack([s[4] for s in samples])[..., None], picks=np.stack([s[5] for s in samples]),
+            base=np.stack([s[4] for s in samples]), picks=np.stack([s[5] for s in samples]),
             hr_shape=tuple(samples[0][6]),
         )
 
@@ -138,7 +135,7 @@ class ScanPairSampler:
 class PairBatch:
     """A batch of pairs: LR patches (n,1,l0,l1,l2), the supervised HR voxels of each patch as
     network coordinates (n,K,3) and as integer indices into its HR grid ``hr_shape`` (n,K,3),
-    their decoder coordinates (n,K,3), targets and residual bases (n,K,1)."""
+    their decoder coordinates (n,K,3), targets and residual bases (n,K,C)."""
 
     lr: np.ndarray
     coords: np.ndarray

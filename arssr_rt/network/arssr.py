@@ -34,6 +34,7 @@ class ModelSpec:
     decoder: str = "arssr"  # "arssr" (published) or "modulated" (ModulatedDecoder)
     feature_scale: int = 1  # feature grid r times finer than the LR grid (SubpixelEncoder)
     base: str = "none"  # "lanczos3": the decoder predicts the residual over windowed-sinc interpolation
+    # ("gated-lanczos3-8": residual + a per-point gate between Lanczos-3 and Lanczos-8; training only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,14 +60,17 @@ class ArSSR(nn.Module):
             self.encoder = SubpixelEncoder(self.encoder, spec.feature_dim, spec.feature_scale)
         elif spec.feature_scale != 1:
             raise ValueError(f"feature_scale must be a positive integer, got {spec.feature_scale}")
-        if spec.decoder == "modulated":
-            self.decoder: Decoder = ModulatedDecoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth, spec.feature_dim)
-        elif spec.decoder == "arssr":
-            self.decoder = Decoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth, final_relu=spec.base == "none")
-        else:
-            raise ValueError(f"unknown decoder {spec.decoder!r}; known: arssr, modulated")
         if spec.base not in windowed_sinc.BASES:
             raise ValueError(f"unknown base {spec.base!r}; known: {', '.join(windowed_sinc.BASES)}")
+        outputs = windowed_sinc.decoder_outputs(spec.base)
+        if spec.decoder == "modulated":
+            self.decoder: Decoder = ModulatedDecoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth, spec.feature_dim,
+                                                     outputs=outputs)
+        elif spec.decoder == "arssr":
+            self.decoder = Decoder(spec.feature_dim + 3, spec.decoder_width, spec.decoder_depth, final_relu=spec.base == "none",
+                                   outputs=outputs)
+        else:
+            raise ValueError(f"unknown decoder {spec.decoder!r}; known: arssr, modulated")
 
     @property
     def receptive_radius(self) -> int:
@@ -91,7 +95,7 @@ class ArSSR(nn.Module):
         return cell_phase(p).to(coords.dtype)
 
     def base_at(self, lr: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """The residual base at ``coords`` (B,K,1): windowed-sinc interpolation of ``lr``.
+        """The residual base channels at ``coords`` (B,K,C): windowed-sinc interpolation of ``lr``.
 
         Computed by the runtime's numpy implementation (the LR is data, not a parameter, so no
         gradient is needed), so training, the torch reference and every backend add the same.
@@ -99,9 +103,20 @@ class ArSSR(nn.Module):
         n = np.array(lr.shape[-3:], dtype=np.float64)
         lr_np = lr.detach().float().cpu().numpy()
         pos = (coords.detach().double().cpu().numpy() + 1) / 2 * n - 0.5
-        lobes = windowed_sinc.lobes_of(self.spec.base)
-        base = np.stack([windowed_sinc.sample_points(lr_np[b, 0], pos[b], lobes) for b in range(lr_np.shape[0])])
-        return torch.from_numpy(base[..., None]).to(lr.device)
+        base = np.stack([np.stack([windowed_sinc.sample_points(lr_np[b, 0], pos[b], a) for a in windowed_sinc.base_lobes(self.spec.base)],
+                                  axis=-1) for b in range(lr_np.shape[0])])
+        return torch.from_numpy(base).to(lr.device)
+
+    def combine(self, decoded: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """Intensity (..., 1) from the decoder's output and the base channels at the same points:
+        the output itself ("none"), output + base, or r + l3 + sigmoid(g) (l8 - l3) (gated)."""
+        if self.spec.base == "none":
+            return decoded
+        base = base.to(decoded.dtype)
+        if self.spec.base == windowed_sinc.GATED:
+            r, g = decoded[..., :1], decoded[..., 1:2]
+            return r + base[..., :1] + torch.sigmoid(g) * (base[..., 1:2] - base[..., :1])
+        return decoded + base
 
     def forward(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor | None = None,
                 base: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,7 +132,7 @@ class ArSSR(nn.Module):
             return out
         if base is None:
             base = self.base_at(lr, coords)
-        return out + base.to(out.dtype)
+        return self.combine(out, base)
 
     def start_as_base(self) -> None:
         """Zero the decoder's output layers so the model starts as exactly its base (a warm

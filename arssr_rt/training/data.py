@@ -232,18 +232,15 @@ class PatchSampler:
         coords = np.stack([axes[a][picks[a]] for a in range(3)], axis=1).astype(np.float32)
         dec = np.stack([decoder_axis_coords(p, H, 0, H, c.coords, c.feature_scale)[picks[a]] for a, H in enumerate(hr_size)], axis=1)
         target = hr[picks[0], picks[1], picks[2]]
-        if c.base == "none":
-            base = np.zeros(c.points, dtype=np.float32)
-        else:
-            base = windowed_sinc.sample_picks(lr, hr_size, picks, windowed_sinc.lobes_of(c.base))
+        base = windowed_sinc.bases_at_picks(lr, hr_size, picks, c.base)
         return lr.astype(np.float32), coords, dec.astype(np.float32), target.astype(np.float32), base
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(lr (n,1,p,p,p), coords (n,K,3), decoder coords (n,K,3), target (n,K,1), base (n,K,1))."""
+        """(lr (n,1,p,p,p), coords (n,K,3), decoder coords (n,K,3), target (n,K,1), base (n,K,C))."""
         samples = [self.sample() for _ in range(n)]
         lr = np.stack([s[0] for s in samples])[:, None]
         coords = np.stack([s[1] for s in samples])
         dec = np.stack([s[2] for s in samples])
         target = np.stack([s[3] for s in samples])[..., None]
-        base = np.stack([s[4] for s in samples])[..., None]
+        base = np.stack([s[4] for s in samples])
         return lr, coords, dec, target, base

@@ -98,18 +98,17 @@ def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk
     mode = model.spec.coords
     r = model.spec.feature_scale
     dec_axes = [torch.from_numpy(decoder_axis_coords(h * r, n, 0, n, mode)).to(device) for h, n in zip(lr.shape, out_shape)]
-    if model.spec.base == "none":
-        out = np.zeros(tuple(out_shape), dtype=np.float32)
-    else:
-        out = windowed_sinc.sample_grid(lr, [input_index_of_output(np.arange(n), h, n) for h, n in zip(lr.shape, out_shape)],
-                                        lobes=windowed_sinc.lobes_of(model.spec.base))
+    positions = [input_index_of_output(np.arange(n), h, n) for h, n in zip(lr.shape, out_shape)]
+    bases = [windowed_sinc.sample_grid(lr, positions, lobes=a) for a in windowed_sinc.base_lobes(model.spec.base)]
+    out = np.zeros(tuple(out_shape), dtype=np.float32)
     rows = max(1, chunk // (out_shape[1] * out_shape[2]))
     for a in range(0, out_shape[0], rows):
         b = min(out_shape[0], a + rows)
         g = torch.stack(torch.meshgrid(axes[0][a:b], axes[1], axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
         d = torch.stack(torch.meshgrid(dec_axes[0][a:b], dec_axes[1], dec_axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
-        pred = model.decode(model.query(feats, g), d)
-        out[a:b] += pred.reshape(b - a, out_shape[1], out_shape[2]).cpu().numpy()
+        base = torch.from_numpy(np.stack([x[a:b].reshape(-1) for x in bases], axis=-1)[None]).to(device) if bases else None
+        pred = model.combine(model.decode(model.query(feats, g), d), base)
+        out[a:b] = pred.reshape(b - a, out_shape[1], out_shape[2]).cpu().numpy()
     return out
 
 
@@ -136,7 +135,7 @@ def validate(model: ArSSR, volumes: list[tuple[str, np.ndarray]], scales: Sequen
 GROWN_BLOCK_SCALE = 1e-3  # a grown encoder block's last convolution starts at this fraction of its init
 
 
-def load_init(model: ArSSR, state: dict[str, Any]) -> None:
+def load_init(model: ArSSR, state: dict[str, Any], init_base: str | None = None) -> None:
     """Start ``model`` from another run's weights (fine-tuning, or growing the architecture).
 
     Only parameters the new spec adds may start fresh: a modulator (zero-initialised, so the
@@ -149,6 +148,7 @@ def load_init(model: ArSSR, state: dict[str, Any]) -> None:
     if model.spec.feature_scale > 1 and not any(k.startswith("encoder.body.") for k in state):
         state = {("encoder.body." + k[len("encoder."):] if k.startswith("encoder.") else k): v for k, v in state.items()}
     new_blocks = _new_residual_blocks(model, state)
+    state = _with_gate_row(model, state, init_base)
     missing, unexpected = model.load_state_dict(state, strict=False)
     fresh = ("decoder.modulator.", "encoder.expand.") + tuple(f"{prefix}." for prefix in new_blocks)
     if unexpected or any(not k.startswith(fresh) for k in missing):
@@ -159,6 +159,25 @@ def load_init(model: ArSSR, state: dict[str, Any]) -> None:
         with torch.no_grad():  # not zero: the ReLU after it would pass no gradient (Adam rescales the small steps)
             last.weight.mul_(GROWN_BLOCK_SCALE)
             last.bias.zero_()
+
+
+GATE_INIT_LOGIT = 3.0  # a gated model grown from a one-channel one starts 95 % (sigmoid(3)) on the source's base
+
+
+def _with_gate_row(model: ArSSR, state: dict[str, Any], init_base: str | None) -> dict[str, Any]:
+    """Grow a one-channel decoder read-out to the gated base's two (residual, gate logit): the
+    residual row is kept and the gate starts constant (zero weights) at +-GATE_INIT_LOGIT,
+    towards the base the source was trained over (Lanczos-8 or Lanczos-3), so the grown model
+    starts within 5 % of its source's behaviour and the gate still learns."""
+    if windowed_sinc.decoder_outputs(model.spec.base) != 2:
+        return state
+    last = [name for name, m in model.decoder.stage_two.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    w_key, b_key = f"decoder.stage_two.{last}.weight", f"decoder.stage_two.{last}.bias"
+    if w_key not in state or state[w_key].shape[0] != 1:
+        return state
+    w, b = state[w_key], state[b_key]
+    logit = GATE_INIT_LOGIT if init_base == "lanczos8" else -GATE_INIT_LOGIT
+    return {**state, w_key: torch.cat([w, torch.zeros_like(w)]), b_key: torch.cat([b, torch.full_like(b, logit)])}
 
 
 def _new_residual_blocks(model: ArSSR, state: dict[str, Any]) -> list[str]:
@@ -258,7 +277,9 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
         torch.set_rng_state(state["torch_rng"])
     else:
         if cfg.init:
-            load_init(model, model_weights(load_checkpoint(cfg.init, trust), Path(cfg.init)))
+            payload = load_checkpoint(cfg.init, trust)
+            spec = payload.get("spec") if isinstance(payload, dict) else None
+            load_init(model, model_weights(payload, Path(cfg.init)), spec.get("base") if isinstance(spec, dict) else None)
             if cfg.start_as_base:
                 model.start_as_base()
         if _is_main():
