@@ -15,7 +15,7 @@ from arssr_rt.errors import ModelError  # noqa: E402
 from arssr_rt.geometry import input_index_of_output  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 from arssr_rt.training.data import PatchSampler, SamplerConfig, load_training_volumes  # noqa: E402
-from arssr_rt.training.train import GATE_INIT_LOGIT, TrainConfig, load_init, predict_volume, train  # noqa: E402
+from arssr_rt.training.train import TrainConfig, load_init, predict_volume, train  # noqa: E402
 from conftest import FIXTURE_PATH  # noqa: E402
 
 SPEC = {"encoder": "rescnn", "feature_dim": 4, "encoder_args": {"width": 4, "blocks": 1, "convs": 1},
@@ -59,19 +59,18 @@ def test_grid_and_point_paths_follow_the_gate_formula():
     np.testing.assert_allclose(point, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("source_base,sign", [("lanczos8", 1.0), ("lanczos3", -1.0)])
-def test_grown_from_a_residual_model_it_starts_near_its_source(source_base, sign):
-    """Residual row kept, gate constant at +-GATE_INIT_LOGIT towards the source's base, so the
-    difference from the source is exactly (1 - sigmoid(3)) of the two bases' difference."""
+@pytest.mark.parametrize("source_base,logit", [("lanczos8", 3.0), ("lanczos3", -3.0), ("lanczos3", 0.0)])
+def test_grown_from_a_residual_model_it_starts_from_its_source(source_base, logit):
+    """Residual row kept, gate constant at ``logit``: the difference from the source is exactly
+    the move from the source's base to l3 + sigmoid(logit) (l8 - l3)."""
     torch.manual_seed(2)
     source = build_model({**SPEC, "base": source_base}).eval()
     grown = build_model(SPEC).eval()
-    load_init(grown, source.state_dict(), source_base)
+    load_init(grown, source.state_dict(), logit)
     lr = np.random.default_rng(3).random((8, 9, 10)).astype(np.float32)
     out_shape = (16, 18, 20)
     l3, l8 = grid_bases(lr, out_shape)
-    gate = 1 / (1 + np.exp(-sign * GATE_INIT_LOGIT))
-    mixed = l3 + gate * (l8 - l3)
+    mixed = l3 + 1 / (1 + np.exp(-logit)) * (l8 - l3)
     own = l8 if source_base == "lanczos8" else l3
     np.testing.assert_allclose(predict_volume(grown, lr, out_shape), predict_volume(source, lr, out_shape) - own + mixed, atol=1e-5)
 
