@@ -42,6 +42,7 @@ COORDS = ("global", "phase")
 AXIS_ORDERS = ("xyz", "zyx")
 NORMALIZATIONS = ("minmax", "percentile")
 BASES = ("none", "lanczos3", "lanczos8", "gated-lanczos3-8")  # windowed_sinc.BASES
+RUNTIME_BASES = ("none", "lanczos3", "lanczos8")  # windowed_sinc.RUNTIME_BASES: one decoder channel
 SPEC_KEYS = ("encoder", "feature_dim", "encoder_args", "decoder_width", "decoder_depth", "coords", "decoder", "feature_scale", "base")
 # sane upper bounds: far above any model that fits in memory, far below what overflows
 _MAX_WIDTH = 8192
@@ -100,12 +101,22 @@ def validate_spec(spec: Any, where: str = "spec") -> dict[str, Any]:
     return spec
 
 
+def check_runtime_base(base: Any, where: str) -> None:
+    """Refuse a spec.base no runtime decodes (the gated base is training-only: its two-channel
+    decoder is outside the ONNX contract), before any file is written or volume read."""
+    if base not in RUNTIME_BASES:
+        raise ModelError(f"{where}: spec.base {base!r} is not one of {', '.join(RUNTIME_BASES)}"
+                         + (" (a training-only experiment: its two-channel decoder is not part of the ONNX contract)"
+                            if base in BASES else ""))
+
+
 def validate_meta(meta: dict[str, Any], where: str) -> None:
     """Check the model.json fields the runtime uses; ``where`` names the file in messages.
 
     Top-level keys beyond these are descriptive (model card, training summary) and allowed.
     """
     validate_spec(meta["spec"], f"{where}: spec")
+    check_runtime_base(meta["spec"].get("base", "none"), where)
     _int_in(f"{where}: receptive_radius", meta["receptive_radius"], 1, _MAX_RADIUS)
     _one_of(f"{where}: axis_order", meta.get("axis_order", "xyz"), AXIS_ORDERS)
     norm = meta.get("normalization", {"mode": "minmax"})

@@ -23,9 +23,10 @@ import numpy as np
 from .background import flatten_flat_background
 from .consistency import check_slice_profile, check_up_sampled, keep_acquired, keep_samples
 from .backends.base import Backend, BackendOptions, BackendSpec, open_backend
+from .bundle_format import check_runtime_base
 from .bundle import ModelBundle, resolve_model
 from . import windowed_sinc
-from .errors import BackendError, InputError, ModelError, OutputError
+from .errors import BackendError, InputError, OutputError
 from .geometry import OutputGrid, Triplet
 from .intensity import Normalizer
 from .progress import WorkMeter, network_costs
@@ -164,10 +165,7 @@ class Upsampler:
         radius = self.bundle.receptive_radius
         tile = cap_tile(plan.tile, lr.shape, radius, self.backend.max_encode_tile)
         base = self.bundle.spec.get("base", "none")
-        if base not in windowed_sinc.RUNTIME_BASES:
-            raise ModelError(f"model.json: spec.base must be one of {', '.join(windowed_sinc.RUNTIME_BASES)} for this runtime, got {base!r}"
-                             + (" (a training-only experiment: its two-channel decoder is not part of the ONNX contract)"
-                                if base in windowed_sinc.BASES else ""))
+        check_runtime_base(base, "model.json")  # a bundle built in memory skipped load_bundle's check
         tiles = plan_tiles(lr.shape, out_shape, tile, radius)
         # progress counts output voxels, spread over encoder and decoder work (progress.WorkMeter)
         meter = WorkMeter([_extent(t.encode) for t in tiles], [_extent(t.output) for t in tiles], out.size,

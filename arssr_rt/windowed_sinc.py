@@ -31,7 +31,7 @@ BASES = ("none", "lanczos3", "lanczos8", GATED)
 # the decoder returns (r, g) and the output is r + l3 + sigmoid(g) (l8 - l3), so the network
 # chooses per point between the Lanczos-3 base (aliased / blurred input) and the sinc-level
 # Lanczos-8 base (band-limited input), which no single base serves (issue 14, stages 13-18).
-RUNTIME_BASES = ("none", "lanczos3", "lanczos8")
+RUNTIME_BASES = ("none", "lanczos3", "lanczos8")  # bundle_format.RUNTIME_BASES
 LOBES = 3  # the default, lanczos3's
 POINT_CHUNK = 4096  # sample_points gathers (2a)^3 taps a point: bounded working memory
 

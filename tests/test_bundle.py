@@ -126,6 +126,7 @@ def test_spec_sets_match_the_torch_registry() -> None:
     assert sorted(models.ENCODERS) == sorted(bundle_format.ENCODERS)
     assert tuple(COORD_MODES) == bundle_format.COORDS
     assert tuple(windowed_sinc.BASES) == bundle_format.BASES
+    assert tuple(windowed_sinc.RUNTIME_BASES) == bundle_format.RUNTIME_BASES
     assert sorted(models.ModelSpec().to_dict()) == sorted(bundle_format.SPEC_KEYS)
 
 

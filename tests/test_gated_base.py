@@ -96,3 +96,20 @@ def test_no_runtime_path_accepts_the_gated_base(tmp_path):
     assert not (tmp_path / "bundle").exists()
     with pytest.raises(ValueError):
         windowed_sinc.lobes_of(windowed_sinc.GATED)
+
+
+def test_a_bundle_that_claims_the_gated_base_is_refused_at_load(tmp_path):
+    """A hand-edited model.json naming the gated base is refused by load_bundle (one line),
+    before any volume is read; the embedded bundle with its base as shipped still loads."""
+    import json
+    import shutil
+
+    from arssr_rt.bundle import embedded_models_dir, load_bundle
+
+    bundle = shutil.copytree(embedded_models_dir() / "default", tmp_path / "edited")
+    load_bundle(bundle)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["spec"]["base"] = windowed_sinc.GATED
+    (bundle / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="training-only"):
+        load_bundle(bundle)

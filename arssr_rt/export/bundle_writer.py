@@ -16,7 +16,6 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_write_folder
 from ..bundle import MODEL_JSON, WEIGHTS, write_model_json
-from .. import windowed_sinc
 from ..errors import ModelError, OutputError
 from ..extras import require
 from .. import bundle_format as contract
@@ -110,8 +109,7 @@ def write_bundle(
     """
     if axis_order not in AXIS_ORDERS:
         raise ModelError(f"axis_order must be one of {', '.join(AXIS_ORDERS)}, got {axis_order!r}")
-    if model.spec.base not in windowed_sinc.RUNTIME_BASES:  # the contract's decoder returns one intensity
-        raise ModelError(f"spec.base {model.spec.base!r} is a training-only experiment: no runtime decodes it, so it is not exported")
+    contract.check_runtime_base(model.spec.base, f"bundle {name!r}")  # before any export work
     out_dir = Path(out_dir)
     conflict = InputSet(inputs).conflict(out_dir, folder=True)
     if conflict:
