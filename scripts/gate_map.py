@@ -22,27 +22,19 @@ from arssr_rt import windowed_sinc
 from arssr_rt.degrade import lr_shape_for
 from arssr_rt.evaluation.metrics import head_mask
 from arssr_rt.network import build_model
-from arssr_rt.sampling import decoder_axis_coords, normalized_centres
 from arssr_rt.training.acquisition import acquire
-from arssr_rt.training.train import model_weights
+from arssr_rt.training.train import decoded_slabs, model_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab_eval import DATA, parse_case  # noqa: E402
 
 
 @torch.inference_mode()
-def gate_volume(model, lr: np.ndarray, out_shape: tuple[int, ...], rows: int = 4) -> np.ndarray:
+def gate_volume(model, lr: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
     """sigmoid(g) on the output grid (the decoder's second channel)."""
-    feats = model.encoder(torch.from_numpy(lr)[None, None])
-    axes = [torch.from_numpy(normalized_centres(n)) for n in out_shape]
-    dec = [torch.from_numpy(decoder_axis_coords(h, n, 0, n, model.spec.coords)) for h, n in zip(lr.shape, out_shape)]
     out = np.empty(out_shape, dtype=np.float32)
-    for a in range(0, out_shape[0], rows):
-        b = min(out_shape[0], a + rows)
-        g = torch.stack(torch.meshgrid(axes[0][a:b], axes[1], axes[2], indexing="ij"), -1).reshape(1, -1, 3)
-        d = torch.stack(torch.meshgrid(dec[0][a:b], dec[1], dec[2], indexing="ij"), -1).reshape(1, -1, 3)
-        logit = model.decode(model.query(feats, g), d)[0, :, 1]
-        out[a:b] = torch.sigmoid(logit).reshape(b - a, *out_shape[1:]).numpy()
+    for a, b, decoded, _ in decoded_slabs(model, lr, out_shape):
+        out[a:b] = torch.sigmoid(decoded[0, :, 1]).reshape(b - a, *out_shape[1:]).cpu().numpy()
     return out
 
 

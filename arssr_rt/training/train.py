@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -88,11 +88,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.5 ** (step // cfg.lr_step))
 
 
-@torch.inference_mode()
-def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk: int = 1 << 18) -> np.ndarray:
-    """Whole-volume reference inference in torch (normalised LR in, normalised HR out), fp32,
-    on the model's device."""
-    model.eval()
+def decoded_slabs(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk: int = 1 << 18
+                  ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
+    """The decoder's raw output over the whole output grid, a slab of rows at a time:
+    (a, b, decoded (1, K, C) for rows [a, b), base channels (1, K, C') or None). Shared by
+    ``predict_volume`` and diagnostics that read a channel, e.g. the gated base's gate."""
     device = next(model.parameters()).device
     feats = model.encoder(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None].to(device))
     axes = [torch.from_numpy(normalized_centres(n)).to(device) for n in out_shape]
@@ -101,15 +101,23 @@ def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk
     dec_axes = [torch.from_numpy(decoder_axis_coords(h * r, n, 0, n, mode)).to(device) for h, n in zip(lr.shape, out_shape)]
     positions = [input_index_of_output(np.arange(n), h, n) for h, n in zip(lr.shape, out_shape)]
     bases = [windowed_sinc.sample_grid(lr, positions, lobes=a) for a in windowed_sinc.base_lobes(model.spec.base)]
-    out = np.zeros(tuple(out_shape), dtype=np.float32)
     rows = max(1, chunk // (out_shape[1] * out_shape[2]))
     for a in range(0, out_shape[0], rows):
         b = min(out_shape[0], a + rows)
         g = torch.stack(torch.meshgrid(axes[0][a:b], axes[1], axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
         d = torch.stack(torch.meshgrid(dec_axes[0][a:b], dec_axes[1], dec_axes[2], indexing="ij"), dim=-1).reshape(1, -1, 3)
         base = torch.from_numpy(np.stack([x[a:b].reshape(-1) for x in bases], axis=-1)[None]).to(device) if bases else None
-        pred = model.combine(model.decode(model.query(feats, g), d), base)
-        out[a:b] = pred.reshape(b - a, out_shape[1], out_shape[2]).cpu().numpy()
+        yield a, b, model.decode(model.query(feats, g), d), base
+
+
+@torch.inference_mode()
+def predict_volume(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk: int = 1 << 18) -> np.ndarray:
+    """Whole-volume reference inference in torch (normalised LR in, normalised HR out), fp32,
+    on the model's device."""
+    model.eval()
+    out = np.zeros(tuple(out_shape), dtype=np.float32)
+    for a, b, decoded, base in decoded_slabs(model, lr, out_shape, chunk):
+        out[a:b] = model.combine(decoded, base).reshape(b - a, out_shape[1], out_shape[2]).cpu().numpy()
     return out
 
 
