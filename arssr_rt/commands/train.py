@@ -84,10 +84,12 @@ def register(app: typer.Typer) -> None:
 
         require("torch")
         from ..training.data import SamplerConfig
+        from ..training.config_check import checked_dataclass, load_config_json
         from ..training.train import TrainConfig, train
 
         if resume and (out / "config.json").exists():
-            cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
+            config_path = out / "config.json"
+            cfg = checked_dataclass(TrainConfig, load_config_json(config_path), str(config_path))
         else:
             if not data:
                 raise InputError("--data is required for a new run")

@@ -31,6 +31,7 @@ from .. import windowed_sinc
 from ..geometry import input_index_of_output, normalized_centres
 from ..safe_load import load_checkpoint
 from ..sampling import decoder_axis_coords
+from .config_check import checked_dataclass
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
 from ..network import ArSSR, ModelSpec, build_model
 
@@ -230,6 +231,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     """Train (or resume) into ``run_dir``; returns the path of the last checkpoint.
 
     ``trust`` allows full unpickling of the --resume / --init checkpoint (see safe_load)."""
+    checked_dataclass(TrainConfig, asdict(cfg), "training config")  # one line for a mistyped setting, before any work
+    checked_dataclass(SamplerConfig, cfg.sampler, "training config", prefix="sampler.")
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
@@ -264,8 +267,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, d
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.spec).to(device)  # before the optimiser, so its state lives there too
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    sampler_cfg = SamplerConfig(**{**cfg.sampler, "coords": model.spec.coords, "feature_scale": model.spec.feature_scale,
-                                   "base": model.spec.base})
+    sampler_cfg = checked_dataclass(SamplerConfig, {**cfg.sampler, "coords": model.spec.coords, "feature_scale": model.spec.feature_scale,
+                                                    "base": model.spec.base}, "training config", prefix="sampler.")
     sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid, kinds=cfg.pyramid_kinds, weights=cfg.data_weights), sampler_cfg, seed=cfg.seed + rank)
     val_volumes = []
     for p in cfg.val:
