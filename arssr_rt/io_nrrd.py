@@ -81,6 +81,8 @@ def nrrd_affine(header: dict, path: Path | str) -> np.ndarray:
             raise InputError(f"{path}: NRRD space origin {origin.tolist()} is not a 3-vector")
     else:
         spacings = np.asarray(header.get("spacings", [1.0, 1.0, 1.0]), dtype=np.float64)[:3]
+        if spacings.shape != (3,):
+            raise InputError(f"{path}: NRRD spacings {spacings.tolist()} do not give three axes")
         linear = np.diag(spacings * _mm_per_unit(header, path, "units"))
         origin = np.zeros(3)
     scale = _mm_per_unit(header, path, "space units")  # units of the world axes: rows and origin
@@ -99,6 +101,12 @@ def _check_ascii_units(handle, path: Path) -> None:
     for line in raw.splitlines():
         if line.lstrip().lower().startswith((b"space units", b"units")) and not line.isascii():
             raise InputError(f"{path}: NRRD units {line.decode('utf-8', 'replace').split(':', 1)[-1].strip()!r} are not ASCII; write them as mm, cm, m or um")
+
+
+def _reason(exc: BaseException) -> str:
+    """The parser's message on one printable line (it may quote the file's bytes, newlines and NULs included)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:200]
 
 
 def _scalar_axes(header: dict, path: Path | str) -> list[int]:
@@ -123,6 +131,8 @@ def read_nrrd(path: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> V
     """
     nrrd = require("nrrd")
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block, a device never end
+        raise InputError(f"{path}: is not a regular file")
     try:
         handle = open(path, "rb")
     except OSError as exc:
@@ -137,8 +147,8 @@ def _read_open_nrrd(nrrd, path: Path, handle, max_voxels: int) -> Volume:
         header = nrrd.read_header(handle)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except (nrrd.NRRDError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: is not a valid NRRD file ({exc})") from None
+    except Exception as exc:  # pynrrd raises NRRDError, ValueError, IndexError, StopIteration ... on garbage
+        raise InputError(f"{path}: is not a valid NRRD file ({_reason(exc)})") from None
     _check_ascii_units(handle, path)
     if "sizes" not in header:
         raise InputError(f"{path}: NRRD header has no sizes field")

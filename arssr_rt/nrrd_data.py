@@ -34,7 +34,8 @@ _TYPE_SIZES = {
 _GZIP = {"gzip", "gz"}
 _BZIP2 = {"bzip2", "bz2"}
 _TEXT = {"ascii", "text", "txt"}
-# what a byte skip of -1 ("the data is the last N bytes") may leave in front of the data
+# what a byte skip of -1 ("the data is the last N bytes"), or at most a positive one, may leave in
+# front of compressed data
 _UNKNOWN_PREFIX = 1 << 20
 # longest line a "line skip" may skip; NRRD line skips pass short text headers
 _MAX_SKIPPED_LINE = 1 << 20
@@ -82,6 +83,8 @@ def _skip_lines(handle: IO[bytes], count: int, path: Path) -> None:
         raise InputError(f"{path}: NRRD line skip {count} is negative")
     for _ in range(count):
         line = handle.readline(_MAX_SKIPPED_LINE)
+        if not line:  # at the end of the file: the remaining skips would each read nothing
+            raise InputError(f"{path}: NRRD line skip {count} passes the end of the data; the header is wrong")
         if len(line) == _MAX_SKIPPED_LINE and not line.endswith(b"\n"):
             raise InputError(f"{path}: NRRD line skip passes a line over {_MAX_SKIPPED_LINE:,} bytes; the header is wrong")
 
@@ -107,6 +110,9 @@ def _payload(header: dict, path: Path, handle: IO[bytes], need: int, skip: int) 
             handle.seek(skip, io.SEEK_CUR)
         blob = _read_capped(handle, need, path, "raw data")
     elif encoding in _GZIP or encoding in _BZIP2:
+        if skip > _UNKNOWN_PREFIX:  # it would be inflated (and held) before the data: refuse, as for skip -1
+            raise InputError(f"{path}: NRRD byte skip {skip:,} on {encoding} data is over the {_UNKNOWN_PREFIX:,} "
+                             "bytes allowed in front of compressed data")
         stream = gzip.GzipFile(fileobj=handle) if encoding in _GZIP else bz2.BZ2File(handle)
         cap = need + (_UNKNOWN_PREFIX if skip == -1 else skip)
         blob = _read_capped(stream, cap, path, f"{encoding} data inflated")
