@@ -179,3 +179,42 @@ def test_evaluate_adapt_usage_errors_come_before_any_work(cli, tmp_path):
     assert code == 2 and "--adapt only" in err
     code, err = cli("evaluate", FIXTURE_PATH, "-s", "1,1,4", "-d", "slice", "--adapt", "--baseline-only")
     assert code == 2 and "--baseline-only" in err
+
+
+def test_adapt_mix_interpolates_the_weights_and_zero_gives_back_the_start(cli, thick, tmp_path):
+    """--adapt-mix a: a * adapted + (1 - a) * start (WiSE-FT), exactly; a = 0 is the default
+    model's output, a = 1 the plain adapted one, and the mix is written into the saved bundle."""
+    import torch
+
+    from arssr_rt.adapt.session import adapt_volume
+    from arssr_rt.backends.torch_backend import load_bundle_model
+    from arssr_rt.bundle import resolve_model
+    from arssr_rt.readers import read_volume
+
+    src, _ = thick
+    volume, bundle = read_volume(src), resolve_model("default")
+    start = load_bundle_model(bundle).state_dict()
+    full = adapt_volume(volume, bundle, AdaptOptions(steps=3), threads=1).model.state_dict()
+    half = adapt_volume(volume, bundle, AdaptOptions(steps=3, mix=0.25), threads=1).model.state_dict()
+    moved = [k for k in start if not torch.equal(start[k], full[k])]
+    assert moved  # three steps moved the weights, so the mix is not trivially equal
+    for k in start:
+        torch.testing.assert_close(half[k], 0.25 * full[k] + 0.75 * start[k], rtol=1e-6, atol=1e-7)  # float32 rounding
+
+    common = ("--voxel-size", "1", "--dtype", "float32", "--threads", "1", "--backend", "torch", "-q")
+    plain, mixed0, bundle_dir = tmp_path / "plain.nii.gz", tmp_path / "mix0.nii.gz", tmp_path / "mixed_model"
+    assert cli("upsample", src, *common, "-o", plain)[0] == 0
+    assert cli("upsample", src, *common, "--adapt", "--adapt-steps", "3", "--adapt-mix", "0", "-o", mixed0,
+               "--save-adapted", bundle_dir)[0] == 0
+    np.testing.assert_allclose(_load(mixed0), _load(plain), atol=1e-5 * float(np.ptp(_load(plain))))
+    assert json.loads((bundle_dir / "model.json").read_text())["training"]["mix"] == 0.0
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_adapt_mix_outside_zero_one_is_one_line_before_any_work(cli, thick, tmp_path, value):
+    src, _ = thick
+    out = tmp_path / "o.nii.gz"
+    code, err = cli("upsample", src, "--voxel-size", "1", "--adapt", "--adapt-mix", value, "-o", out)
+    assert code == 2 and err.count("\n") == 1 and "--adapt-mix" in err and not out.exists()
+    code, err = cli("upsample", src, "--voxel-size", "1", "--adapt-mix", "0.5", "-o", out)
+    assert code == 2 and "--adapt only" in err and not out.exists()

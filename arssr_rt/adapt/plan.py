@@ -47,6 +47,9 @@ class AdaptOptions:
     loss: str = "l1"  # fine-tuning loss: l1 (as training) | l2
     warmup: int = 100  # linear learning-rate warm-up steps (at most a fifth of the run); measured +0.07 dB at 600 steps
     tta: int = 1  # inference passes averaged over the flips / in-plane swap adapted under (tta.py): 1, 2, 4 or 8
+    # weight-space mix of the adapted weights with the starting model's (WiSE-FT): mix * adapted +
+    # (1 - mix) * start; 1 keeps the adapted model, 0 the start (see docs/quality/adapt/variants.md)
+    mix: float = 1.0
     extra: dict = field(default_factory=dict)  # pair-sampler overrides (experiments)
 
     @property
@@ -110,6 +113,8 @@ def check_adapt_options(opts: AdaptOptions) -> None:
     check_device_name(opts.device)
     if opts.precision == "fp16" and opts.device == "cpu":
         raise InputError("adapt precision fp16 is for a CUDA device; use auto, fp32 or bf16 on the CPU")
+    if not (isinstance(opts.mix, (int, float)) and math.isfinite(opts.mix) and 0.0 <= opts.mix <= 1.0):
+        raise InputError(f"--adapt-mix is the adapted model's weight in [0, 1], got {opts.mix}")
     if opts.tta not in TTA_CHOICES:
         raise InputError(f"--adapt-tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {opts.tta}")
     if opts.context not in CONTEXT_CHOICES:

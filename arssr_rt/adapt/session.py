@@ -134,7 +134,7 @@ class Adapted:
             "thick_axis": self.plan.thick_axis, "ratios": {str(a): round(r, 4) for a, r in self.plan.ratios.items()},
             "slice_profile": self.plan.profile, "slice_gap": round(self.plan.gap, 6),
             "steps": self.steps, "seconds": round(self.seconds, 1), "seed": self.options.seed, "lr": self.options.lr,
-            "batch": self.options.batch, "tune": self.options.tune, "context": self.options.context,
+            "batch": self.options.batch, "tune": self.options.tune, "context": self.options.context, "mix": self.options.mix,
             "precision": self.precision, "device": self.device.partition(":")[0],
             "warmup": self.options.warmup, "loss": self.options.loss,
             "loss_first": round(self.loss_first, 6), "loss_last": round(self.loss_last, 6),
@@ -152,6 +152,19 @@ class Adapted:
                 "intended_use": self.base.meta.get("intended_use", "research; not for diagnosis")}
         return write_bundle(self.cpu_model(), out_dir, name=name, axis_order=self.base.axis_order, extra_meta=meta,
                             real_input=real_input, force=force, inputs=inputs)
+
+
+def mix_weights(tuned: Any, start: Any, mix: float) -> None:
+    """Set ``tuned``'s floating-point weights to ``mix * tuned + (1 - mix) * start`` in place
+    (WiSE-FT). Why: the adaptation learns on in-plane pairs and is applied through-plane; on the
+    noisy MyConnectome scan a partial step back towards the population model scored higher than
+    either end (docs/quality/adapt/variants.md)."""
+    torch = require_torch()
+    start_state = start.state_dict()
+    with torch.no_grad():
+        for name, value in tuned.state_dict().items():
+            if value.is_floating_point():
+                value.mul_(mix).add_(start_state[name].to(value.device, value.dtype), alpha=1.0 - mix)
 
 
 def file_sha256(path: Path) -> str | None:
@@ -209,6 +222,8 @@ def adapt_volume(
     result = finetune(base, sampler, steps=options.steps, budget_seconds=options.budget_seconds, lr=options.lr,
                       batch=options.batch, tune=options.tune, seed=options.seed, precision=options.precision,
                       loss=options.loss, warmup=options.warmup, device=device, on_step=on_step)
+    if options.mix < 1.0:
+        mix_weights(result.model, base, options.mix)
     source: dict[str, Any] = {}
     if volume.source_path is not None:
         source = {"file": Path(volume.source_path).name, "sha256": file_sha256(Path(volume.source_path))}

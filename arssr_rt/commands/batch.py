@@ -112,6 +112,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per input in minutes (default 3)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing)."),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
+        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in [0, 1], default 1: the adapted model)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="--adapt: box | gaussian | a Gaussian FWHM in mm."),
         slice_gap: float = typer.Option(0.0, "--slice-gap", help="--adapt: gap between slices as a fraction of the slice spacing, in [0, 1)."),
         seed: int = typer.Option(0, "--seed", help="--adapt: seed of the fine-tuning."),
@@ -149,7 +150,7 @@ def register(app: typer.Typer) -> None:
             from .upsample import ADAPT_BACKENDS
 
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
-                                      gap=slice_gap, seed=seed, **({} if adapt_tta is None else {"tta": adapt_tta}))
+                                      gap=slice_gap, seed=seed, **({} if adapt_tta is None else {"tta": adapt_tta}), **({} if adapt_mix is None else {"mix": adapt_mix}))
             check_adapt_options(adapt_opts)
             if backend not in ADAPT_BACKENDS or precision != "fp32":
                 raise InputError("--adapt runs each adapted model on the torch or torch-cuda backend in fp32; drop --backend/--precision")
@@ -157,8 +158,8 @@ def register(app: typer.Typer) -> None:
                 raise InputError("--adapt runs in local workers; drop --ray")
             require_torch("batch")
             adapt_opts = replace(adapt_opts, device=adapt_device(backend, device, "batch"))
-        elif adapt_steps is not None or adapt_minutes is not None or thick_axis is not None or adapt_tta is not None:
-            raise InputError("--adapt-steps/--adapt-minutes/--thick-axis/--adapt-tta apply to --adapt only; add --adapt or drop them")
+        elif adapt_steps is not None or adapt_minutes is not None or thick_axis is not None or adapt_tta is not None or adapt_mix is not None:
+            raise InputError("--adapt-steps/--adapt-minutes/--thick-axis/--adapt-tta/--adapt-mix apply to --adapt only; add --adapt or drop them")
         shard_pair = parse_shard(shard) if shard else None
         if report is None:
             name = f"batch_report.shard-{shard_pair[0]}-of-{shard_pair[1]}.json" if shard_pair else "batch_report.json"

@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per case in minutes (default 3)."),
         adapt_seed: int = typer.Option(0, "--adapt-seed", help="--adapt: seed of the fine-tuning."),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
+        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in [0, 1], default 1: the adapted model)."),
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Project the model's (and --adapt's) output onto the acquired data as upsample --keep-acquired does: slice with the degradation's own profile, kspace/kspace-noise with --acquisition kspace (cubic, gaussian: unchanged)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
     ) -> None:
@@ -112,12 +113,12 @@ def register(app: typer.Typer) -> None:
             if kinds != ["slice"]:
                 raise InputError("--adapt evaluates thick-slice scans: use --degradation slice (only)")
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, seed=adapt_seed,
-                                      **({} if adapt_tta is None else {"tta": adapt_tta}))
+                                      **({} if adapt_tta is None else {"tta": adapt_tta}), **({} if adapt_mix is None else {"mix": adapt_mix}))
             check_adapt_options(adapt_opts)
             require_torch("evaluate")
             adapt_opts = replace(adapt_opts, device=adapt_device(backend, device, "evaluate"))
-        elif adapt_steps is not None or adapt_minutes is not None or adapt_tta is not None:
-            raise InputError("--adapt-steps/--adapt-minutes/--adapt-tta apply to --adapt only; add --adapt or drop them")
+        elif adapt_steps is not None or adapt_minutes is not None or adapt_tta is not None or adapt_mix is not None:
+            raise InputError("--adapt-steps/--adapt-minutes/--adapt-tta/--adapt-mix apply to --adapt only; add --adapt or drop them")
         shown = scale_label(parse_scales([montage_scale])[0]) if montage_scale else scale_label(scales[0])
         regions = {"both": ("head", "whole"), "head": ("head",), "whole": ("whole",)}.get(region)
         if regions is None:

@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: time budget of the fine-tuning in minutes (default 3, sized for 2 CPU cores)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing, if >= 1.5x the in-plane one)."),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
+        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in [0, 1], default 1: the adapted model)."),
         save_adapted: Optional[Path] = typer.Option(None, "--save-adapted", help="--adapt: also write the adapted model as a bundle folder (reuse with --model DIR)."),
         seed: int = typer.Option(0, "--seed", help="--adapt: seed of the patch draws and the fine-tuning."),
         interp: Optional[str] = typer.Option(None, "--interp", help="model (default) | nearest | linear | cubic: classical resampling on the same grid, no model (nearest: label maps, the default for a NIfTI with intent label)."),
@@ -116,7 +117,7 @@ def register(app: typer.Typer) -> None:
             from ..adapt.plan import AdaptOptions, check_adapt_options
 
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
-                                      gap=slice_gap, seed=seed, **({} if adapt_tta is None else {"tta": adapt_tta}))
+                                      gap=slice_gap, seed=seed, **({} if adapt_tta is None else {"tta": adapt_tta}), **({} if adapt_mix is None else {"mix": adapt_mix}))
             check_adapt_options(adapt_opts)
             if interp not in (None, "model"):
                 raise InputError(f"--adapt fine-tunes the model; it does not apply to --interp {interp}")
@@ -128,7 +129,7 @@ def register(app: typer.Typer) -> None:
             adapt_opts = replace(adapt_opts, device=adapt_device(backend, device, "upsample"))
         else:
             given = [flag for flag, v in (("--adapt-steps", adapt_steps), ("--adapt-minutes", adapt_minutes),
-                                          ("--thick-axis", thick_axis), ("--adapt-tta", adapt_tta), ("--save-adapted", save_adapted)) if v is not None]
+                                          ("--thick-axis", thick_axis), ("--adapt-tta", adapt_tta), ("--adapt-mix", adapt_mix), ("--save-adapted", save_adapted)) if v is not None]
             if given:
                 raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --adapt only; add --adapt or drop {'it' if len(given) == 1 else 'them'}")
             if keep_acquired:
