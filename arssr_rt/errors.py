@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """A library's exception text for a one-line message: whitespace runs (newlines too) become one
+    space, other unprintable characters (a NUL quoted from a broken file) are escaped."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:limit]
+
+
 class ArssrError(Exception):
     """Base class: the message is a complete one-line explanation for the user."""
 

@@ -12,12 +12,15 @@ this boundary and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .extras import require
 from .validation import DEFAULT_MAX_INPUT_VOXELS, check_affine, check_size, check_voxels
 from .volume import Volume
@@ -33,6 +36,22 @@ DIRECTION_TOLERANCE = 1e-3
 # grey-level photometric interpretations; MONOCHROME1 displays low values bright and is kept
 # as such on output (the values are not inverted, so they keep their meaning)
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's warnings and logger and numpy's float warnings while a series is read:
+    they print to stderr, and the CLI promises exactly one line there on failure (an invalid DS,
+    excess pixel data or an Inf rescale become InputErrors or NaN/Inf checks instead)."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
 
 def is_dicom_file(path: Path) -> bool:
     """True if the file has the DICOM Part 10 preamble marker ('DICM' at byte 128)."""
@@ -58,8 +77,9 @@ def _read_headers(folder: Path, files: list[Path]) -> list[Any]:
     for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{f}: is not a readable DICOM file ({exc})") from None
+            ds.walk(lambda *_: None)  # pydicom decodes values when first used: a bad VR or DS raises here, not later
+        except Exception as exc:  # InvalidDicomError, EOFError, NotImplementedError (unknown VR) ...: a broken file
+            raise InputError(f"{f}: is not a readable DICOM file ({one_line(exc)})") from None
         headers.append(ds)
     return headers
 
@@ -75,13 +95,14 @@ def _require_one_series(folder: Path, headers: list[Any]) -> None:
         missing = [h for h in headers if name not in h]
         if missing:
             raise InputError(f"{folder}: slice {missing[0].filename} has no {name}; cannot place it in 3-D")
-    _check_geometry(folder, headers[0])
+    for header in headers:  # every slice: the checks below compare each slice's values with the first's
+        _check_geometry(folder, header)
     photometric = {str(getattr(h, "PhotometricInterpretation", "MONOCHROME2")).strip().upper() for h in headers}
     if not photometric <= set(GREY_PHOTOMETRICS):
         raise InputError(f"{folder}: PhotometricInterpretation {', '.join(sorted(photometric))} is not a grey-level image (MONOCHROME1/2)")
     if len(photometric) > 1:
         raise InputError(f"{folder}: slices mix MONOCHROME1 and MONOCHROME2; mixed series")
-    frames = {int(getattr(h, "NumberOfFrames", 1) or 1) for h in headers}
+    frames = {_number(h, "NumberOfFrames", 1, int) for h in headers}
     if frames != {1}:
         raise InputError(f"{folder}: multi-frame DICOM (NumberOfFrames > 1) is not supported; convert it to single frames")
     first = headers[0]
@@ -94,14 +115,27 @@ def _require_one_series(folder: Path, headers: list[Any]) -> None:
             raise InputError(f"{folder}: slices have different PixelSpacing; mixed series")
 
 
+def _number(ds: Any, name: str, default: float, kind: type) -> Any:
+    """A numeric tag's value (``default`` when absent or empty); pydicom keeps an invalid IS/DS
+    string such as "abc" as text, which is refused here instead of failing later."""
+    value = getattr(ds, name, default)
+    try:
+        return kind(value or default)
+    except (TypeError, ValueError):
+        raise InputError(f"{ds.filename}: {name} {str(value)[:40]!r} is not a number") from None
+
+
 def _check_geometry(folder: Path, header: Any) -> None:
     """ImageOrientationPatient must be two orthonormal cosines and PixelSpacing two sizes > 0:
     anything else places the voxels wrongly in 3-D (a skewed or mirrored image, no error)."""
     try:
         iop = np.asarray(header.ImageOrientationPatient, dtype=np.float64).reshape(-1)
         spacing = np.asarray(header.PixelSpacing, dtype=np.float64).reshape(-1)
+        position = np.asarray(header.ImagePositionPatient, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
-        raise InputError(f"{folder}: ImageOrientationPatient or PixelSpacing is not numeric in {header.filename}") from None
+        raise InputError(f"{folder}: ImageOrientationPatient, ImagePositionPatient or PixelSpacing is not numeric in {header.filename}") from None
+    if position.shape != (3,) or not np.all(np.isfinite(position)):
+        raise InputError(f"{folder}: ImagePositionPatient {position.tolist()} is not three finite numbers in {header.filename}")
     if iop.shape != (6,) or not np.all(np.isfinite(iop)):
         raise InputError(f"{folder}: ImageOrientationPatient {iop.tolist()} is not six finite numbers")
     row, col = iop[:3], iop[3:]
@@ -160,8 +194,12 @@ def read_dicom_series(folder: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VO
     along the normal. The affine's third column is the mean step between slice positions,
     so a gantry tilt shows up as a shear instead of being silently dropped.
     """
-    pydicom = require("pydicom")
-    folder = Path(folder)
+    with _quiet_pydicom():
+        return _read_dicom_series(require("pydicom"), Path(folder), max_voxels)
+
+
+def _read_dicom_series(pydicom: Any, folder: Path, max_voxels: int) -> Volume:
+    """read_dicom_series with pydicom's and numpy's warnings silenced."""
     if not folder.is_dir():
         raise InputError(f"{folder}: is not a DICOM series folder")
     try:
@@ -195,13 +233,13 @@ def read_dicom_series(folder: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VO
         try:
             ds = pydicom.dcmread(header.filename)
             pixels = ds.pixel_array
-        except (OSError, ValueError, EOFError, AttributeError, RuntimeError, NotImplementedError) as exc:
-            raise InputError(f"{header.filename}: pixel data cannot be decoded ({exc})") from None
+        except Exception as exc:  # pydicom raises many types on broken pixel data (TypeError on an empty one)
+            raise InputError(f"{header.filename}: pixel data cannot be decoded ({one_line(exc)})") from None
         if pixels.shape != (rows, cols):
             raise InputError(f"{header.filename}: pixel data has shape {pixels.shape}, expected {(rows, cols)} (colour or multi-frame?)")
         stored_dtype = pixels.dtype
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        slope = _number(ds, "RescaleSlope", 1.0, float)
+        intercept = _number(ds, "RescaleIntercept", 0.0, float)
         data[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
     check_voxels(folder, data)
     reference = pydicom.dcmread(first.filename, stop_before_pixels=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .extras import require
 from .nrrd_data import read_voxels
 from .validation import (
@@ -103,12 +103,6 @@ def _check_ascii_units(handle, path: Path) -> None:
             raise InputError(f"{path}: NRRD units {line.decode('utf-8', 'replace').split(':', 1)[-1].strip()!r} are not ASCII; write them as mm, cm, m or um")
 
 
-def _reason(exc: BaseException) -> str:
-    """The parser's message on one printable line (it may quote the file's bytes, newlines and NULs included)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:200]
-
-
 def _scalar_axes(header: dict, path: Path | str) -> list[int]:
     """Indices of the spatial axes; refuses vector/list axes (RGB, tensors, multi-echo)."""
     kinds = header.get("kinds")
@@ -148,7 +142,7 @@ def _read_open_nrrd(nrrd, path: Path, handle, max_voxels: int) -> Volume:
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # pynrrd raises NRRDError, ValueError, IndexError, StopIteration ... on garbage
-        raise InputError(f"{path}: is not a valid NRRD file ({_reason(exc)})") from None
+        raise InputError(f"{path}: is not a valid NRRD file ({one_line(exc)})") from None
     _check_ascii_units(handle, path)
     if "sizes" not in header:
         raise InputError(f"{path}: NRRD header has no sizes field")

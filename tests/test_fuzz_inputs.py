@@ -11,6 +11,8 @@ import contextlib
 import os
 import re
 import signal
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,109 @@ def test_nrrd_huge_byte_skip_on_compressed_data_is_refused_without_allocating_it
     path = tmp_path / "skip.nrrd"
     path.write_bytes(nrrd_header(encoding=encoding, extra=("byte skip: 99999999999",)) + data)
     assert_refused(cli, path, "byte skip")
+
+
+# ----- DICOM ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dicom_series(tmp_path_factory) -> Path:
+    """A real 16x16x8 MR series written by arssr-rt's own DICOM writer (copied per test)."""
+    pydicom = pytest.importorskip("pydicom")
+    from arssr_rt.geometry import plan_output_grid
+    from arssr_rt.io_dicom import write_dicom_series
+    from arssr_rt.volume import Volume
+
+    data = BLOCK[:, :, :8].astype(np.float32) * 3
+    affine = np.diag([0.9, 1.1, 2.0, 1.0])
+    volume = Volume(data=data, affine=affine, source_dtype=np.dtype(np.int16))
+    ref = pydicom.Dataset()
+    ref.PatientName, ref.PatientID, ref.Modality = "Fuzz^Test", "F1", "MR"
+    ref.StudyInstanceUID, ref.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ref.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    volume.meta["dicom_reference"] = ref
+    folder = tmp_path_factory.mktemp("dicom") / "series"
+    write_dicom_series(folder, data, plan_output_grid(data.shape, affine, shape=data.shape), volume)
+    return folder
+
+
+def edited_series(source: Path, folder: Path, edit, which: slice = slice(3, 4)) -> Path:
+    """A copy of ``source`` with ``edit(dataset)`` applied to the slices ``which`` selects (unvalidated writes)."""
+    import shutil
+
+    import pydicom
+
+    shutil.copytree(source, folder)
+    mode = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        for f in sorted(folder.iterdir())[which]:
+            ds = pydicom.dcmread(f)
+            with warnings.catch_warnings():  # pydicom warns about the invalid values written on purpose
+                warnings.simplefilter("ignore")
+                edit(ds)
+            ds.save_as(f)
+    finally:
+        pydicom.config.settings.writing_validation_mode = mode
+    return folder
+
+
+@pytest.mark.parametrize(
+    "tag, value, match",
+    [
+        ("PixelSpacing", ["1", "1", "1"], "PixelSpacing"),  # one slice: broadcast ValueError in the mixed-series check
+        ("ImageOrientationPatient", ["1", "0", "0", "0", "1"], "ImageOrientationPatient"),
+        ("ImagePositionPatient", ["1", "2"], "ImagePositionPatient"),  # inhomogeneous array
+        ("ImagePositionPatient", [], "ImagePositionPatient"),
+        ("PixelData", b"", "pixel data"),  # pydicom: TypeError
+    ],
+)
+def test_dicom_slice_with_a_malformed_tag_is_one_line(tag, value, match, dicom_series, tmp_path, cli):
+    folder = edited_series(dicom_series, tmp_path / "series", lambda ds: setattr(ds, tag, value))
+    assert_refused(cli, folder, match)
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        b"\x02\x00\x10\x00UI",  # (0002,0010) TransferSyntaxUID: dcmread itself raises
+        b"\x08\x00\x18\x00UI",  # (0008,0018) SOPInstanceUID: raised only when the value is first used
+    ],
+)
+def test_dicom_slice_with_an_unknown_value_representation_is_one_line(element, dicom_series, tmp_path, cli):
+    """One flipped byte in an explicit VR ('UI' -> 'Ud'): pydicom raises NotImplementedError."""
+    folder = edited_series(dicom_series, tmp_path / "series", lambda ds: None, slice(0, 0))
+    victim = sorted(folder.iterdir())[3]
+    blob = bytearray(victim.read_bytes())
+    blob[blob.index(element) + 5] = ord("d")
+    victim.write_bytes(bytes(blob))
+    assert_refused(cli, folder, "not a readable DICOM file")
+
+
+@pytest.mark.parametrize("tag, vr", [(0x00281053, "DS"), (0x00280008, "IS")])  # RescaleSlope, NumberOfFrames
+def test_dicom_slice_with_a_non_numeric_number_is_one_line(tag, vr, dicom_series, tmp_path, cli):
+    """An IS/DS value "abc" (a raw element: pydicom will not write it otherwise) reads as text."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    raw = RawDataElement(Tag(tag), vr, 4, b"abc ", 0, False, True)
+    folder = edited_series(dicom_series, tmp_path / "series", lambda ds: ds.__setitem__(tag, raw))
+    assert_refused(cli, folder, "'abc' is not a number")
+
+
+@pytest.mark.parametrize(
+    "tag, value, match",
+    [
+        ("RescaleSlope", "inf", "NaN/Inf"),  # pydicom warns: invalid DS
+        ("Rows", 8, "pixel data has shape"),  # pydicom warns: excess frames
+    ],
+)
+def test_dicom_library_warnings_do_not_add_stderr_lines(tag, value, match, dicom_series, tmp_path, cli):
+    folder = edited_series(dicom_series, tmp_path / "series", lambda ds: setattr(ds, tag, value), slice(None))
+    def to_stderr(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():  # as a fresh process shows them (pytest would record them instead)
+        warnings.simplefilter("always")
+        warnings.showwarning = to_stderr
+        assert_refused(cli, folder, match)
