@@ -7,6 +7,7 @@ rest of arssr-rt use RAS+, so the axes the space names as left/posterior are neg
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,10 @@ def read_nrrd(path: str | Path, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> V
         handle = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    with handle:
+    with handle, warnings.catch_warnings(), np.errstate(all="ignore"):
+        # pynrrd's and numpy's warnings (an overflowing size or direction) would add stderr lines to
+        # the one the CLI prints; the checks below refuse what they warn about
+        warnings.simplefilter("ignore")
         return _read_open_nrrd(nrrd, path, handle, max_voxels)
 
 

@@ -71,6 +71,8 @@ def check_affine(path: Path | str, affine: np.ndarray) -> np.ndarray:
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4) or not np.all(np.isfinite(a)):
         raise InputError(f"{path}: the voxel-to-world affine has non-finite values")
+    if np.abs(a).max() > np.finfo(np.float32).max:  # NRRD/DICOM text can say 1e308; output headers are float32
+        raise InputError(f"{path}: the voxel-to-world affine has values beyond float32 range (|x| > 3.4e38 mm)")
     singular_values = np.linalg.svd(a[:3, :3], compute_uv=False)
     # relative test: a spacing of 1e-3 mm is legal, a (near) rank-deficient matrix is not
     if singular_values[0] == 0.0 or singular_values[-1] / singular_values[0] < 1e-9:

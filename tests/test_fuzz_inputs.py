@@ -46,6 +46,18 @@ def deadline(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def warnings_to_stderr():
+    """Every warning printed to stderr, as a fresh process shows it (pytest would record it instead)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
+
+
 def nrrd_header(extra: tuple[str, ...] = (), **fields: str | None) -> bytes:
     """A text NRRD header: NRRD_FIELDS with ``fields`` replaced (None drops one), then ``extra`` lines."""
     merged = {**NRRD_FIELDS, **{k.replace("_", " "): v for k, v in fields.items()}}
@@ -113,6 +125,29 @@ def test_nrrd_huge_byte_skip_on_compressed_data_is_refused_without_allocating_it
     path = tmp_path / "skip.nrrd"
     path.write_bytes(nrrd_header(encoding=encoding, extra=("byte skip: 99999999999",)) + data)
     assert_refused(cli, path, "byte skip")
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"sizes": "99999999999999999999 16 16"}, "empty axis"),  # pynrrd: RuntimeWarning, invalid value in cast
+        ({"space_directions": "(1e300,0,0) (0,1e300,0) (0,0,1e300)"}, "affine"),  # numpy: overflow in norm
+    ],
+)
+def test_nrrd_numeric_warnings_do_not_add_stderr_lines(fields, match, tmp_path, cli):
+    path = tmp_path / "loud.nrrd"
+    path.write_bytes(nrrd_header(**fields) + BLOCK.tobytes(order="F"))
+    with warnings_to_stderr():
+        assert_refused(cli, path, match)
+
+
+def test_nrrd_origin_beyond_float32_is_refused(tmp_path, cli):
+    """A 1e308 mm origin reads as a finite float64 affine, but every output header is float32:
+    the NIfTI written from it had an Inf sform (and a RuntimeWarning on stderr)."""
+    path = tmp_path / "far.nrrd"
+    path.write_bytes(nrrd_header(space_origin="(1e308,1e308,1e308)") + BLOCK.tobytes(order="F"))
+    with warnings_to_stderr():
+        assert_refused(cli, path, "affine")
 
 
 # ----- DICOM ------------------------------------------------------------------------------------
@@ -212,10 +247,5 @@ def test_dicom_slice_with_a_non_numeric_number_is_one_line(tag, vr, dicom_series
 )
 def test_dicom_library_warnings_do_not_add_stderr_lines(tag, value, match, dicom_series, tmp_path, cli):
     folder = edited_series(dicom_series, tmp_path / "series", lambda ds: setattr(ds, tag, value), slice(None))
-    def to_stderr(message, category, filename, lineno, file=None, line=None):
-        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-
-    with warnings.catch_warnings():  # as a fresh process shows them (pytest would record them instead)
-        warnings.simplefilter("always")
-        warnings.showwarning = to_stderr
+    with warnings_to_stderr():
         assert_refused(cli, folder, match)
