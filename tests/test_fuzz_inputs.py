@@ -249,3 +249,18 @@ def test_dicom_library_warnings_do_not_add_stderr_lines(tag, value, match, dicom
     folder = edited_series(dicom_series, tmp_path / "series", lambda ds: setattr(ds, tag, value), slice(None))
     with warnings_to_stderr():
         assert_refused(cli, folder, match)
+
+
+# ----- any format: names are data too -----------------------------------------------------------
+
+
+def test_a_newline_in_the_input_name_stays_on_the_one_error_line(tmp_path, cli):
+    """A file (or a DICOM slice) name is written by whoever made the input; its message names it."""
+    path = tmp_path / "evil\nname.nii"
+    path.write_text("not an image\n")
+    out = tmp_path / "sr.nii.gz"
+    for argv in (("upsample", path, "-o", out, "--scale", "2", "--interp", "cubic"), ("info", path)):
+        code, err = cli(*argv)
+        assert code != 0 and err.count("\n") == 1 and err.startswith("arssr-rt: error: "), err
+        assert "evil\\nname.nii: is not a NIfTI file" in err
+    assert sorted(os.listdir(tmp_path)) == [path.name]
