@@ -159,6 +159,11 @@ def _raw_header(img) -> object:
         return img.header_class.from_fileobj(handle, check=False)
 
 
+def _data_offset(img) -> int:
+    """Where the voxels start: the data proxy's offset (nibabel's loaded header says vox_offset 0)."""
+    return int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
+
+
 def _check_data_bytes_present(path: Path, img, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """For uncompressed files the file size tells, before reading, whether the data is all there."""
     data_file = Path(img.file_map["image"].filename)
@@ -166,7 +171,7 @@ def _check_data_bytes_present(path: Path, img, shape: tuple[int, ...], dtype: np
         return
     if not data_file.is_file():
         raise InputError(f"{path}: its data file {data_file.name} is missing")
-    needed = int(img.header.get_data_offset()) + int(np.prod(shape)) * dtype.itemsize
+    needed = _data_offset(img) + int(np.prod(shape)) * dtype.itemsize
     have = data_file.stat().st_size
     if have < needed:
         raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the file has {have:,}")
@@ -220,7 +225,7 @@ def _verify_gzip_stream(path: Path, img, shape: tuple[int, ...], dtype: np.dtype
     pass (constant memory) turns them into an error. The pass stops as soon as the stream
     yields more than the header accounts for (a decompression bomb), never inflating GBs.
     """
-    needed = int(img.header.get_data_offset()) + int(np.prod(shape)) * dtype.itemsize
+    needed = _data_offset(img) + int(np.prod(shape)) * dtype.itemsize
     cap = needed + GZIP_SLACK
     names = {holder.filename for holder in img.file_map.values() if holder.filename}
     for name in sorted(str(n) for n in names):
