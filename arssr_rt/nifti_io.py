@@ -223,10 +223,13 @@ def _verify_gzip_stream(path: Path, img, shape: tuple[int, ...], dtype: np.dtype
     nibabel reads only the bytes it needs and never reaches the gzip trailer, so most
     single-byte corruptions of a .nii.gz load silently as wrong voxel values; a streaming
     pass (constant memory) turns them into an error. The pass stops as soon as the stream
-    yields more than the header accounts for (a decompression bomb), never inflating GBs.
+    yields more than the header accounts for (a decompression bomb), never inflating GBs,
+    and an image stream that ends before the header's size is refused as truncated (a 4-D
+    series would otherwise fail only at its last volume, mid-run).
     """
     needed = _data_offset(img) + int(np.prod(shape)) * dtype.itemsize
     cap = needed + GZIP_SLACK
+    image = str(img.file_map["image"].filename)
     names = {holder.filename for holder in img.file_map.values() if holder.filename}
     for name in sorted(str(n) for n in names):
         if not name.lower().endswith(".gz"):
@@ -243,6 +246,8 @@ def _verify_gzip_stream(path: Path, img, shape: tuple[int, ...], dtype: np.dtype
                         )
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path}: {_describe_read_error(exc)}") from None
+        if name == image and total < needed:
+            raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the data has {total:,}")
 
 
 def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:

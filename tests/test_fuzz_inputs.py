@@ -8,6 +8,7 @@ The inputs are tiny files written here (a 16^3 block), mutated the way the fuzzi
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import re
 import signal
@@ -269,8 +270,8 @@ def test_a_newline_in_the_input_name_stays_on_the_one_error_line(tmp_path, cli):
 # ----- NIfTI ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("volumes", [1, 3])
-def test_nifti_short_by_less_than_its_header_is_refused_before_any_work(volumes, tmp_path, cli):
+@pytest.mark.parametrize("volumes, suffix", [(1, ".nii"), (3, ".nii"), (1, ".nii.gz"), (3, ".nii.gz")])
+def test_nifti_short_by_less_than_its_header_is_refused_before_any_work(volumes, suffix, tmp_path, cli):
     """nibabel's loaded header says vox_offset 0 (the proxy keeps the real 352): the size check
     missed up to 352 missing bytes, and a 4-D series failed only at its last volume, mid-run
     (after the progress lines)."""
@@ -279,8 +280,9 @@ def test_nifti_short_by_less_than_its_header_is_refused_before_any_work(volumes,
     data = np.stack([BLOCK + t for t in range(volumes)], axis=-1) if volumes > 1 else BLOCK
     full = tmp_path / "full.nii"
     nib.Nifti1Image(data, np.eye(4)).to_filename(full)
-    path = tmp_path / "short.nii"
-    path.write_bytes(full.read_bytes()[:-100])
+    path = tmp_path / f"short{suffix}"
+    blob = full.read_bytes()[:-100]
+    path.write_bytes(gzip.compress(blob) if suffix.endswith(".gz") else blob)  # .gz: a valid but short stream
     full.unlink()
     if volumes == 1:
         assert_refused(cli, path, "is truncated: the header needs")
@@ -288,4 +290,4 @@ def test_nifti_short_by_less_than_its_header_is_refused_before_any_work(volumes,
     out = tmp_path / "sr.nii.gz"  # a series: upsample reads it volume by volume (info and read_volume refuse 4-D)
     code, err = cli("upsample", path, "-o", out, "--scale", "2", "--interp", "cubic")
     assert code != 0 and err.count("\n") == 1 and err.startswith("arssr-rt: error: "), err
-    assert "is truncated: the header needs" in err and sorted(os.listdir(tmp_path)) == ["short.nii"]
+    assert "is truncated: the header needs" in err and sorted(os.listdir(tmp_path)) == [path.name]
