@@ -15,7 +15,7 @@ import sys
 
 import typer
 
-from .errors import ArssrError
+from .errors import ArssrError, printable
 
 HELP = """\
 Arbitrary-scale super-resolution of 3-D MR volumes (ArSSR), torch-free at run time.
@@ -106,12 +106,6 @@ def _usage_error(exc: Exception) -> int:
     return int(getattr(exc, "exit_code", 2))
 
 
-def _printable(text: object) -> str:
-    """``text`` on one line: a newline or other control character (a hostile file name, a byte
-    quoted from a broken file) is shown escaped, so an error stays the one promised line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, map ArssrError to a one-line message + exit code."""
     try:
@@ -119,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(rv, int):  # typer.Exit(code) comes back as the return value here
             return rv
     except ArssrError as exc:
-        print(f"arssr-rt: error: {_printable(exc)}", file=sys.stderr)
+        print(f"arssr-rt: error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("arssr-rt: interrupted", file=sys.stderr)
@@ -133,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:  # disk full, permissions, vanished files: what and where, no traceback
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"arssr-rt: error: {_printable(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
+        print(f"arssr-rt: error: {printable(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
         return 1
     except CLICK_EXCEPTION as exc:
         return _usage_error(exc)

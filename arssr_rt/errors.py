@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 
+def printable(text: object) -> str:
+    """``text`` with every newline or other control character (a hostile file name, a NUL quoted
+    from a broken file) shown escaped, so a message stays on its one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """A library's exception text for a one-line message: whitespace runs (newlines too) become one
-    space, other unprintable characters (a NUL quoted from a broken file) are escaped."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:limit]
+    space, other unprintable characters are escaped (``printable``)."""
+    return printable(" ".join(str(exc).split()) or type(exc).__name__)[:limit]
 
 
 class ArssrError(Exception):
