@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..degrade import SLICE_PROFILES
 from ..errors import InputError
@@ -91,6 +91,11 @@ def parse_profile(profile: str) -> tuple[str, float | None]:
     if not (math.isfinite(fwhm) and fwhm > 0):
         raise InputError(f"--slice-profile FWHM must be a positive number of mm, got {profile!r}")
     return "gaussian", fwhm
+
+
+def given_options(**values: Any) -> dict[str, Any]:
+    """The ``AdaptOptions`` fields a command line set (not None), so the rest keep their defaults."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def check_adapt_options(opts: AdaptOptions) -> None:

@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
             from dataclasses import replace
 
             from ..adapt.device import adapt_device
-            from ..adapt.plan import AdaptOptions, check_adapt_options
+            from ..adapt.plan import AdaptOptions, check_adapt_options, given_options
             from ..adapt.session import require_torch
 
             if baseline_only:
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
             if kinds != ["slice"]:
                 raise InputError("--adapt evaluates thick-slice scans: use --degradation slice (only)")
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, seed=adapt_seed,
-                                      **({} if adapt_tta is None else {"tta": adapt_tta}), **({} if adapt_mix is None else {"mix": adapt_mix}))
+                                      **given_options(tta=adapt_tta, mix=adapt_mix))
             check_adapt_options(adapt_opts)
             require_torch("evaluate")
             adapt_opts = replace(adapt_opts, device=adapt_device(backend, device, "evaluate"))

@@ -114,10 +114,10 @@ def register(app: typer.Typer) -> None:
             from dataclasses import replace
 
             from ..adapt.device import adapt_device
-            from ..adapt.plan import AdaptOptions, check_adapt_options
+            from ..adapt.plan import AdaptOptions, check_adapt_options, given_options
 
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
-                                      gap=slice_gap, seed=seed, **({} if adapt_tta is None else {"tta": adapt_tta}), **({} if adapt_mix is None else {"mix": adapt_mix}))
+                                      gap=slice_gap, seed=seed, **given_options(tta=adapt_tta, mix=adapt_mix))
             check_adapt_options(adapt_opts)
             if interp not in (None, "model"):
                 raise InputError(f"--adapt fine-tunes the model; it does not apply to --interp {interp}")
