@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, one_line
+from .errors import InputError, one_line, printable
 from .extras import require
 from .nrrd_data import read_voxels
 from .validation import (
@@ -38,6 +38,9 @@ _SPACE_TO_RAS: dict[str, tuple[float, float, float]] = {
     "scanner-xyz": (1.0, 1.0, 1.0),
     "3d-right-handed": (1.0, 1.0, 1.0),
 }
+
+# longer than any scanner axis; beyond it a size is a corrupt header, not an image
+_MAX_AXIS = 1 << 20
 
 _SPATIAL_KINDS = {"domain", "space", "time"}
 
@@ -93,15 +96,43 @@ def nrrd_affine(header: dict, path: Path | str) -> np.ndarray:
     return affine
 
 
-def _check_ascii_units(handle, path: Path) -> None:
-    """pynrrd drops non-ASCII bytes, so "\u00b5m" would arrive as "m" (10^6 x too large): refuse."""
-    end = handle.tell()  # read_header leaves the handle just after the header
+def _raw_fields(handle) -> dict[str, str]:
+    """The header's ``field: value`` lines as written (read_header leaves the handle after it).
+
+    pynrrd parses ``sizes`` as floats cast to int and drops non-ASCII bytes, so a few checks
+    must see the text itself.
+    """
+    end = handle.tell()
     handle.seek(0)
     raw = handle.read(end)
     handle.seek(end)
-    for line in raw.splitlines():
-        if line.lstrip().lower().startswith((b"space units", b"units")) and not line.isascii():
-            raise InputError(f"{path}: NRRD units {line.decode('utf-8', 'replace').split(':', 1)[-1].strip()!r} are not ASCII; write them as mm, cm, m or um")
+    fields: dict[str, str] = {}
+    for line in raw.splitlines()[1:]:  # the first line is the NRRD000N magic
+        text = line.decode("utf-8", "replace")
+        if text.startswith("#") or ":" not in text or text.find(":=") == text.find(":"):
+            continue  # comments and key:=value pairs are free text
+        key, value = text.split(":", 1)
+        fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def _check_raw_fields(fields: dict[str, str], path: Path) -> None:
+    """Refuse what pynrrd would silently turn into something else."""
+    for key in ("space units", "units"):
+        if key in fields and not fields[key].isascii():
+            # "\u00b5m" would arrive as "m": 10^6 x too large
+            raise InputError(f"{path}: NRRD units {printable(fields[key])!r} are not ASCII; write them as mm, cm, m or um")
+    sizes = fields.get("sizes", "").split()
+    if any(not token.isdigit() for token in sizes):
+        raise InputError(f"{path}: NRRD sizes {printable(fields['sizes'])!r} are not all whole numbers")
+    if any(int(token) > _MAX_AXIS for token in sizes):
+        raise InputError(f"{path}: NRRD sizes {printable(fields['sizes'])!r} have an axis longer than {_MAX_AXIS} voxels")
+    dimension = fields.get("dimension", "").strip()
+    if dimension.isdigit() and sizes and int(dimension) != len(sizes):
+        raise InputError(f"{path}: NRRD dimension {dimension} does not match its {len(sizes)} sizes")
+    kinds = fields.get("kinds")
+    if kinds is not None and sizes and len(kinds.split()) != len(sizes):
+        raise InputError(f"{path}: NRRD kinds {printable(kinds)!r} name {len(kinds.split())} axes, the sizes {len(sizes)}")
 
 
 def _scalar_axes(header: dict, path: Path | str) -> list[int]:
@@ -147,7 +178,7 @@ def _read_open_nrrd(nrrd, path: Path, handle, max_voxels: int) -> Volume:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # pynrrd raises NRRDError, ValueError, IndexError, StopIteration ... on garbage
         raise InputError(f"{path}: is not a valid NRRD file ({one_line(exc)})") from None
-    _check_ascii_units(handle, path)
+    _check_raw_fields(_raw_fields(handle), path)
     if "sizes" not in header:
         raise InputError(f"{path}: NRRD header has no sizes field")
     axes = _scalar_axes(header, path)

@@ -131,7 +131,7 @@ def test_nrrd_huge_byte_skip_on_compressed_data_is_refused_without_allocating_it
 @pytest.mark.parametrize(
     "fields, match",
     [
-        ({"sizes": "99999999999999999999 16 16"}, "empty axis"),  # pynrrd: RuntimeWarning, invalid value in cast
+        ({"sizes": "99999999999999999999 16 16"}, "longer than"),  # pynrrd: RuntimeWarning, invalid value in cast
         ({"space_directions": "(1e300,0,0) (0,1e300,0) (0,0,1e300)"}, "affine"),  # numpy: overflow in norm
     ],
 )
@@ -140,6 +140,34 @@ def test_nrrd_numeric_warnings_do_not_add_stderr_lines(fields, match, tmp_path, 
     path.write_bytes(nrrd_header(**fields) + BLOCK.tobytes(order="F"))
     with warnings_to_stderr():
         assert_refused(cli, path, match)
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        # pynrrd reads sizes as floats cast to int: 16.5 became 16, so a wrong image was read
+        ({"sizes": "16.5 16 16"}, "not all whole numbers"),
+        ({"sizes": "16 -16 16"}, "not all whole numbers"),
+        # 1e20 overflowed to a negative size and the message showed a shape the file never had
+        ({"sizes": "100000000000000000000 16 16"}, "longer than 1048576"),
+        ({"kinds": "domain domain"}, "kinds .* name 2 axes, the sizes 3"),
+        ({"kinds": "domain domain domain domain"}, "name 4 axes"),
+        ({"dimension": "4"}, "dimension 4 does not match its 3 sizes"),
+    ],
+)
+def test_nrrd_sizes_and_kinds_are_checked_as_written(fields, match, tmp_path, cli):
+    path = tmp_path / "sizes.nrrd"
+    path.write_bytes(nrrd_header(**fields) + BLOCK.tobytes(order="F"))
+    with warnings_to_stderr():
+        assert_refused(cli, path, match)
+
+
+def test_nrrd_key_value_pairs_and_comments_are_not_taken_for_fields(tmp_path):
+    """Free-text lines that look like ``sizes:`` must not trip the written-field checks."""
+    path = tmp_path / "kv.nrrd"
+    path.write_bytes(nrrd_header(extra=("# sizes: 1.5 2", "note:=sizes: 7.5 kinds: x")) + BLOCK.tobytes(order="F"))
+    volume = read_volume(path)
+    np.testing.assert_array_equal(volume.data, BLOCK.astype(np.float32))
 
 
 def test_nrrd_origin_beyond_float32_is_refused(tmp_path, cli):
