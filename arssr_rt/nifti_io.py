@@ -217,6 +217,17 @@ def _check_vox_offset(path: Path, img, raw) -> None:
         )
 
 
+def _check_bitpix(path: Path, raw, dtype: np.dtype) -> None:
+    """datatype and bitpix say the same thing twice; when they disagree one of them was damaged,
+    and reading by datatype alone (as nibabel does) would decode valid bytes as the wrong type."""
+    bitpix = int(raw["bitpix"])
+    if bitpix != dtype.itemsize * 8:
+        raise InputError(
+            f"{path}: the header is inconsistent: datatype {int(raw['datatype'])} ({dtype.name}) has "
+            f"{dtype.itemsize * 8} bits per voxel, bitpix says {bitpix}; the file is damaged or badly written"
+        )
+
+
 def _verify_gzip_stream(path: Path, img, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Decompress every gzip member to its end so the CRC is checked, with a byte cap.
 
@@ -279,6 +290,7 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOX
     except Exception as exc:
         raise InputError(f"{p}: {_describe_read_error(exc)}") from None
     check_spacing(p, np.asarray(raw["pixdim"][1:4], dtype=np.float64))
+    _check_bitpix(p, raw, on_disk)
     _check_vox_offset(p, img, raw)
     try:
         with _quiet_nibabel():

@@ -319,3 +319,29 @@ def test_nifti_short_by_less_than_its_header_is_refused_before_any_work(volumes,
     code, err = cli("upsample", path, "-o", out, "--scale", "2", "--interp", "cubic")
     assert code != 0 and err.count("\n") == 1 and err.startswith("arssr-rt: error: "), err
     assert "is truncated: the header needs" in err and sorted(os.listdir(tmp_path)) == [path.name]
+
+
+@pytest.mark.parametrize("datatype, bitpix", [(2, 16), (16, 16), (64, 16), (4, 8)])
+def test_nifti_datatype_that_disagrees_with_bitpix_is_refused(datatype, bitpix, tmp_path, cli):
+    """An int16 file whose datatype byte was flipped to uint8 (2) still has enough
+    bytes, so it read as a wrong image; datatype and bitpix must agree (a flip that keeps the
+    width, int16 to uint16, cannot be told from the header)."""
+    import nibabel as nib
+
+    good = tmp_path / "good.nii"
+    nib.Nifti1Image(BLOCK, np.eye(4)).to_filename(good)
+    blob = bytearray(good.read_bytes())
+    good.unlink()
+    blob[70:72] = np.int16(datatype).tobytes()  # datatype (int16 at offset 70)
+    blob[72:74] = np.int16(bitpix).tobytes()  # bitpix (offset 72)
+    path = tmp_path / "flipped.nii"
+    path.write_bytes(bytes(blob))
+    assert_refused(cli, path, f"datatype {datatype} .* bitpix says {bitpix}")
+
+
+def test_nifti_with_matching_datatype_and_bitpix_still_reads(tmp_path):
+    import nibabel as nib
+
+    path = tmp_path / "good.nii"
+    nib.Nifti1Image(BLOCK, np.eye(4)).to_filename(path)
+    np.testing.assert_array_equal(read_volume(path).data, BLOCK.astype(np.float32))
