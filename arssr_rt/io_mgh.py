@@ -43,12 +43,13 @@ def _check_raw_header(path: Path, max_voxels: int) -> None:
     try:
         opener = gzip.open if path.name.lower().endswith(".mgz") else open
         with opener(path, "rb") as handle:
-            head = handle.read(28)
+            head = handle.read(30)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: {_describe_read_error(exc)}") from None
-    if len(head) < 28:
+    if len(head) < 30:
         raise InputError(f"{path}: is not a readable MGH/MGZ file (header is {len(head)} bytes, 284 needed)")
-    version, *dims, code, _dof = struct.unpack(">7i", head)
+    version, *dims, code, _dof = struct.unpack(">7i", head[:28])
+    (good_ras,) = struct.unpack(">h", head[28:30])
     if version != 1:
         raise InputError(f"{path}: is not a readable MGH/MGZ file (version {version}, expected 1)")
     if any(n < 1 for n in dims):
@@ -56,6 +57,13 @@ def _check_raw_header(path: Path, max_voxels: int) -> None:
     if code not in data_type_codes.value_set():
         raise InputError(f"{path}: MGH voxel type code {code} is not one of uchar/int/float/short")
     check_size(path, tuple(dims), data_type_codes.numpy_dtype[code].itemsize, max_voxels)
+    if good_ras != 1:
+        # the geometry fields are then undefined; FreeSurfer assumes coronal LIA, nibabel's
+        # default comes out LSP: two readers disagree, so neither frame is guessed
+        raise InputError(
+            f"{path}: MGH goodRASFlag is {good_ras}: the file does not store its orientation and readers "
+            "disagree on the default; fix the header (mri_convert --in_orientation) or export to NIfTI"
+        )
 
 
 def _check_stream(path: Path, needed: int) -> None:
@@ -81,6 +89,22 @@ def _check_stream(path: Path, needed: int) -> None:
         raise InputError(f"{path}: is truncated: the header needs {needed:,} bytes, the data has {total:,}")
 
 
+# float32 cosines written by FreeSurfer are orthonormal to ~1e-7; beyond this they are damaged
+MDC_TOLERANCE = 1e-4
+
+
+def _check_orientation(path: Path, header) -> None:
+    """MGH keeps orientation as direction cosines (Mdc) that must be orthonormal; nibabel uses
+    them as given, so scaled or sheared cosines would place and size the image wrongly."""
+    cosines = np.asarray(header["Mdc"], dtype=np.float64)
+    error = float(np.max(np.abs(cosines @ cosines.T - np.eye(3)))) if np.all(np.isfinite(cosines)) else np.inf
+    if not error <= MDC_TOLERANCE:
+        raise InputError(
+            f"{path}: MGH direction cosines (Mdc) are not orthonormal (max |Mdc Mdc^T - I| = {error:.3g}); "
+            "the header is damaged"
+        )
+
+
 def read_mgh(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS) -> Volume:
     """Read and validate a 3-D ``.mgz``/``.mgh`` (a 4-D file with one frame is squeezed)."""
     import nibabel as nib
@@ -96,6 +120,7 @@ def read_mgh(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_INPUT_VOXELS
     check_scalar_dtype(p, on_disk)
     check_size(p, full_shape, on_disk.itemsize, max_voxels)
     shape = spatial_shape(p, full_shape)
+    _check_orientation(p, img.header)
     check_spacing(p, np.asarray(img.header["delta"], dtype=np.float64))
     affine = check_affine(p, img.affine)
     _check_stream(p, int(img.header.get_data_offset()) + int(np.prod(full_shape)) * on_disk.itemsize)

@@ -116,3 +116,49 @@ def test_mgz_output_suffix_mismatch_refused(tmp_path, oblique_mgz, tiny_bundle, 
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err and ".mgz or .mgh" in err
     assert not (tmp_path / "x.img").exists()
+
+
+def _mgh_with(tmp_path: Path, flag: int | None = None, mdc: np.ndarray | None = None) -> Path:
+    """The real fixture as an oblique .mgh whose goodRASFlag (offset 28) or Mdc (offset 42) is rewritten."""
+    import struct
+
+    img = nib.load(FIXTURE_PATH)
+    path = tmp_path / "edited.mgh"
+    nib.save(nib.MGHImage(np.asarray(img.dataobj), oblique_affine(img.affine)), path)
+    blob = bytearray(path.read_bytes())
+    if flag is not None:
+        blob[28:30] = struct.pack(">h", flag)
+    if mdc is not None:
+        blob[42:78] = np.asarray(mdc, dtype=">f4").tobytes()
+    path.write_bytes(bytes(blob))
+    return path
+
+
+@pytest.mark.parametrize("flag", [0, -1])
+def test_mgh_without_a_stored_orientation_is_refused(flag, tmp_path, capsys):
+    """goodRASFlag 0: the geometry fields are undefined. FreeSurfer assumes coronal LIA; nibabel
+    quietly sets its own default (LSP, checked here so a fixed nibabel shows up): not guessed."""
+    assert nib.aff2axcodes(nib.freesurfer.mghformat.MGHHeader().get_affine()) == ("L", "S", "P")
+    path = _mgh_with(tmp_path, flag=flag)
+    nib.load(path).get_fdata()  # nibabel alone reads it without a word
+    with pytest.raises(InputError, match=f"goodRASFlag is {flag}"):
+        read_volume(path)
+    out = tmp_path / "sr.nii.gz"
+    assert main(["upsample", str(path), "-o", str(out), "--scale", "2", "--interp", "cubic"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "goodRASFlag" in err and not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["scaled", "sheared", "nan"])
+def test_mgh_direction_cosines_must_be_orthonormal(damage, tmp_path):
+    rotation = np.asarray(nib.load(_mgh_with(tmp_path)).header["Mdc"], dtype=np.float64)
+    mdc = rotation.copy()
+    if damage == "scaled":
+        mdc[0] *= 1.5  # one axis 1.5x too long: the affine would still be valid, the voxel size wrong
+    elif damage == "sheared":
+        mdc[1] = (mdc[1] + 0.3 * mdc[0]) / np.linalg.norm(mdc[1] + 0.3 * mdc[0])  # unit length, not orthogonal
+    else:
+        mdc[2, 1] = np.nan
+    with pytest.raises(InputError, match="not orthonormal"):
+        read_volume(_mgh_with(tmp_path, mdc=mdc))
+    read_volume(_mgh_with(tmp_path, mdc=rotation))  # the same bytes, undamaged, still read
