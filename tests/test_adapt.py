@@ -218,3 +218,13 @@ def test_adapt_mix_outside_zero_one_is_one_line_before_any_work(cli, thick, tmp_
     assert code == 2 and err.count("\n") == 1 and "--adapt-mix" in err and not out.exists()
     code, err = cli("upsample", src, "--voxel-size", "1", "--adapt-mix", "0.5", "-o", out)
     assert code == 2 and "--adapt only" in err and not out.exists()
+
+
+@pytest.mark.parametrize("value", [True, False, "0.5", None])
+def test_adapt_mix_from_the_api_must_be_a_number(value):
+    """A bool is an int to Python: True would have passed as a mix of 1 and False as 0."""
+    from arssr_rt.adapt.plan import AdaptOptions, check_adapt_options
+
+    with pytest.raises(InputError, match="--adapt-mix"):
+        check_adapt_options(AdaptOptions(mix=value))
+    check_adapt_options(AdaptOptions(mix=0.5))

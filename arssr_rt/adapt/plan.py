@@ -118,7 +118,7 @@ def check_adapt_options(opts: AdaptOptions) -> None:
     check_device_name(opts.device)
     if opts.precision == "fp16" and opts.device == "cpu":
         raise InputError("adapt precision fp16 is for a CUDA device; use auto, fp32 or bf16 on the CPU")
-    if not (isinstance(opts.mix, (int, float)) and math.isfinite(opts.mix) and 0.0 <= opts.mix <= 1.0):
+    if isinstance(opts.mix, bool) or not (isinstance(opts.mix, (int, float)) and math.isfinite(opts.mix) and 0.0 <= opts.mix <= 1.0):
         raise InputError(f"--adapt-mix is the adapted model's weight in [0, 1], got {opts.mix}")
     if opts.tta not in TTA_CHOICES:
         raise InputError(f"--adapt-tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {opts.tta}")
