@@ -62,7 +62,7 @@ def _check_raw_header(path: Path, max_voxels: int) -> None:
         # default comes out LSP: two readers disagree, so neither frame is guessed
         raise InputError(
             f"{path}: MGH goodRASFlag is {good_ras}: the file does not store its orientation and readers "
-            "disagree on the default; fix the header (mri_convert --in_orientation) or export to NIfTI"
+            "disagree on the default; set its orientation with FreeSurfer's mri_convert or export it to NIfTI"
         )
 
 
