@@ -204,7 +204,7 @@ class Upsampler:
                  max_memory: int | str = DEFAULT_MAX_MEMORY, normalization: str = "minmax", as_intensity: bool = False,
                  keep_acquired: bool | str = False, slice_gap: float = 0.0):
         from .backends.base import BackendOptions
-        from .pipeline import Upsampler as Engine
+        from .pipeline import VolumeEngine as Engine
 
         kwargs = _engine_settings(tile=tile, chunk=chunk, threads=threads, max_memory=max_memory, normalization=normalization,
                                   keep_acquired=keep_acquired, slice_gap=slice_gap, as_intensity=as_intensity)
@@ -242,7 +242,7 @@ class Upsampler:
 
 def _engine_settings(*, tile: Any, chunk: Any, threads: Any, max_memory: Any, normalization: str, keep_acquired: Any,
                      slice_gap: float, as_intensity: bool) -> dict[str, Any]:
-    """pipeline.Upsampler keyword arguments, checked (one line naming the parameter)."""
+    """pipeline.VolumeEngine keyword arguments, checked (one line naming the parameter)."""
     from .consistency import check_slice_profile
     from .intensity import check_mode
     from .options import check_tile, max_memory_bytes

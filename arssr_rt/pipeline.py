@@ -1,4 +1,4 @@
-"""The full-volume pipeline, top to bottom: ``Upsampler.run`` reads as the flow.
+"""The full-volume pipeline, top to bottom: ``VolumeEngine.run`` reads as the flow.
 
 normalise -> (zyx bundles: transpose) -> encode tiles with an exact halo -> sample + decode
 chunks -> keep flat background flat -> (transpose back) -> restore intensities.
@@ -52,7 +52,7 @@ DEFAULT_MAX_OUTPUT_VOXELS = 1024**3  # refuse outputs larger than this (4 GiB as
 ProgressFn = Callable[[int], None]  # receives output voxels done (encoder work included: progress.WorkMeter)
 
 
-class Upsampler:
+class VolumeEngine:
     """A loaded model + backend, reusable across volumes (batch jobs load it once): the engine
     behind the public ``arssr_rt.Upsampler`` (api.py), which takes images, arrays and tensors.
 
@@ -104,7 +104,7 @@ class Upsampler:
         # test-time averaging (tta.py): the mean of one pass per symmetry, each undone; () = one plain pass
         self.tta = tuple(tta)
 
-    def __enter__(self) -> "Upsampler":
+    def __enter__(self) -> "VolumeEngine":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -339,7 +339,7 @@ def upsample_file(
     force: bool = False,
     output_format: str = "auto",
     max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-    upsampler: Upsampler | None = None,
+    upsampler: VolumeEngine | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
     on_backend: Callable[[str], None] | None = None,
     on_plan: Callable[[dict[str, Any]], None] | None = None,
@@ -398,17 +398,17 @@ def upsample_file(
         check_adapt_input(str(in_path), series is not None, method)
     up = None
     owner = upsampler is None
-    if method == "model" and adapt is not None:  # the adapted copy runs through this same path, in its own Upsampler
+    if method == "model" and adapt is not None:  # the adapted copy runs through this same path, in its own VolumeEngine
         bundle = upsampler.bundle if upsampler is not None else (model if isinstance(model, ModelBundle) else resolve_model(model))
         adapted = _adapt(volume, bundle, adapt, save_adapted, force, in_path, normalization, options, on_adapt_step, on_adapt_info, base_model)
         profile = None if keep_acquired is None else adapted.plan.profile
-        up = Upsampler(bundle, adapted.backend, options, tile=tile, chunk=chunk, normalization=normalization,
+        up = VolumeEngine(bundle, adapted.backend, options, tile=tile, chunk=chunk, normalization=normalization,
                        max_memory=upsampler.max_memory if upsampler is not None else max_memory, as_intensity=as_intensity,
                        keep_acquired=profile, slice_gap=adapted.plan.gap, keep_samples=keep_samples,
                        tta=adapted.symmetries())
         owner = True
     elif method == "model":
-        up = upsampler or Upsampler(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
+        up = upsampler or VolumeEngine(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
                                     as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap,
                                     keep_samples=keep_samples)
     if up is not None and on_backend:

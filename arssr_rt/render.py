@@ -23,7 +23,7 @@ from .geometry import OutputGrid
 from .volume import Volume
 
 if TYPE_CHECKING:
-    from .pipeline import ProgressFn, Upsampler
+    from .pipeline import ProgressFn, VolumeEngine
     from .reference import Reference
     from .series import SeriesInput
 
@@ -94,7 +94,7 @@ def plan_target(volume: Volume, method: str, *, scale: Any = None, voxel_size: A
     return Target(ref.grid, world=True, via=via)
 
 
-def render(volume: Volume, target: Target, method: str, upsampler: "Upsampler | None" = None,
+def render(volume: Volume, target: Target, method: str, upsampler: "VolumeEngine | None" = None,
            progress: "ProgressFn | None" = None, clip: bool = False, max_memory: int | None = None) -> np.ndarray:
     """The output intensities on ``target.grid`` (float32, the input's units)."""
     from .pipeline import DEFAULT_MAX_MEMORY, clip_range
@@ -112,7 +112,7 @@ def render(volume: Volume, target: Target, method: str, upsampler: "Upsampler | 
             out = resample_world(volume.data, volume.affine, target.grid.shape, target.grid.affine, method, FILL, out=buffer)
     else:
         if upsampler is None:
-            raise ValueError("the model path needs an Upsampler")
+            raise ValueError("the model path needs an VolumeEngine")
         if target.world and target.via is None:
             raise ValueError("a world-space target on the model path needs its input-aligned grid (plan_target)")
         out = upsampler.run(volume, target.model_grid, progress)
@@ -122,7 +122,7 @@ def render(volume: Volume, target: Target, method: str, upsampler: "Upsampler | 
 
 
 def render_and_write(volume: Volume, series: "SeriesInput | None", target: Target, method: str, path: str | os.PathLike,
-                     fmt: str, *, upsampler: "Upsampler | None" = None, dtype: str | None = None, force: bool = False,
+                     fmt: str, *, upsampler: "VolumeEngine | None" = None, dtype: str | None = None, force: bool = False,
                      inputs: Iterable[str | os.PathLike] = (), progress: Callable[[Any], "ProgressFn"] | None = None,
                      clip: bool = False, max_memory: int | None = None, keep_first: bool = False,
                      descrip: str | None = None) -> tuple[Path, np.ndarray | None]:

@@ -1,6 +1,6 @@
 """4-D NIfTI series (fMRI/DWI-like): super-resolved volume by volume into one 4-D output.
 
-Why here and not in the pipeline: the Upsampler stays a 3-D engine; a series is read one
+Why here and not in the pipeline: the VolumeEngine stays a 3-D engine; a series is read one
 volume at a time from one open file handle (sequential, so a .nii.gz is inflated once, not once
 per volume), each volume is validated and normalised on its own exactly as a 3-D run would be,
 and only that volume's input and result are in flight. The stored 4-D output is in memory when

@@ -57,7 +57,7 @@ def main() -> None:
     from arssr_rt.evaluation.case import score
     from arssr_rt.evaluation.metrics import default_data_range, head_mask
     from arssr_rt.evaluation.runner import lr_volume
-    from arssr_rt.pipeline import Upsampler, plan_grid
+    from arssr_rt.pipeline import VolumeEngine, plan_grid
     from arssr_rt.readers import read_volume
 
     hr = read_volume(args.hr)
@@ -73,7 +73,7 @@ def main() -> None:
         return {"psnr": round(raw.psnr_head, 4), "ssim": round(raw.ssim_head, 5),
                 "psnr_dc": round(dc.psnr_head, 4), "ssim_dc": round(dc.ssim_head, 5)}
 
-    with Upsampler("default", "torch") as base:
+    with VolumeEngine("default", "torch") as base:
         print(json.dumps({"volume": args.hr.split("/")[-1], "scale": args.scale, "variant": "default model",
                           **scores(base.run(low, grid))}), flush=True)
         base_opts = AdaptOptions(steps=args.steps, profile="box", seed=args.seed)
@@ -81,7 +81,7 @@ def main() -> None:
             opts = parse_variant(text, base_opts)
             adapted = adapt_volume(low, base.bundle, opts, threads=1)
             t0 = time.perf_counter()
-            with Upsampler(base.bundle, adapted.backend, tta=adapted.symmetries()) as up:
+            with VolumeEngine(base.bundle, adapted.backend, tta=adapted.symmetries()) as up:
                 out = up.run(low, grid)
             print(json.dumps({"variant": text, "steps": adapted.steps, "adapt_s": round(adapted.seconds, 1),
                               "infer_s": round(time.perf_counter() - t0, 1), "loss_last": round(adapted.loss_last, 5),

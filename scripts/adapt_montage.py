@@ -21,7 +21,7 @@ from arssr_rt.atomic import atomic_write
 from arssr_rt.bundle import resolve_model
 from arssr_rt.degrade import cubic_resample
 from arssr_rt.outputs import check_output
-from arssr_rt.pipeline import Upsampler, plan_grid
+from arssr_rt.pipeline import VolumeEngine, plan_grid
 from arssr_rt.qc import NORMAL_AXIS, _to_ras, montage_layout, nearest_upsample
 from arssr_rt.readers import read_volume
 
@@ -45,10 +45,10 @@ def main() -> None:
     from arssr_rt.backends.base import BackendOptions
 
     opts = BackendOptions(threads=a.threads)
-    with Upsampler(bundle, "auto", opts) as up:
+    with VolumeEngine(bundle, "auto", opts) as up:
         default = up.run(vol, grid)
     adapted_model = adapt_volume(vol, bundle, AdaptOptions(steps=a.adapt_steps, minutes=a.adapt_minutes), threads=a.threads)
-    with Upsampler(bundle, adapted_model.backend, opts) as up:
+    with VolumeEngine(bundle, adapted_model.backend, opts) as up:
         adapted = up.run(vol, grid)
     columns = {"input (nearest)": nearest_upsample(vol.data, grid.shape), "tricubic": cubic_resample(vol.data, grid.shape),
                "default model": default, f"adapted ({adapted_model.steps} steps, {adapted_model.seconds:.0f} s)": adapted}

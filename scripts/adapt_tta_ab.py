@@ -32,14 +32,14 @@ def main() -> None:
     from arssr_rt.evaluation.case import score
     from arssr_rt.evaluation.metrics import default_data_range, head_mask
     from arssr_rt.evaluation.runner import lr_volume
-    from arssr_rt.pipeline import Upsampler, plan_grid
+    from arssr_rt.pipeline import VolumeEngine, plan_grid
     from arssr_rt.readers import read_volume
     from arssr_rt.tta import symmetries
 
     hr = read_volume(args.hr)
     mask = head_mask(hr.data)
     rng = default_data_range(hr.data)
-    with Upsampler("default", "torch") as base:
+    with VolumeEngine("default", "torch") as base:
         for label in args.scales:
             scale = tuple(float(x) for x in label.split(","))
             lr = degrade(hr.data, scale, "slice", profile="box").astype(np.float32)
@@ -55,7 +55,7 @@ def main() -> None:
                 syms = [Symmetry(), Symmetry((t,)), Symmetry((a, b)), Symmetry((a, b, t))][: args.passes]
             outs, secs = [], []
             for sym in syms:
-                with Upsampler(base.bundle, adapted.backend, tta=[sym]) as up:
+                with VolumeEngine(base.bundle, adapted.backend, tta=[sym]) as up:
                     t0 = time.perf_counter()
                     outs.append(up.run(low, grid))
                     secs.append(time.perf_counter() - t0)

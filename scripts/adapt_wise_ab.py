@@ -39,14 +39,14 @@ def main() -> None:
     from arssr_rt.evaluation.case import score
     from arssr_rt.evaluation.metrics import default_data_range, head_mask
     from arssr_rt.evaluation.runner import lr_volume
-    from arssr_rt.pipeline import Upsampler, plan_grid
+    from arssr_rt.pipeline import VolumeEngine, plan_grid
     from arssr_rt.readers import read_volume
 
     torch.set_num_threads(args.threads)
     hr = read_volume(args.hr)
     mask = head_mask(hr.data)
     rng = default_data_range(hr.data)
-    with Upsampler("default", "torch") as base:
+    with VolumeEngine("default", "torch") as base:
         start = {k: v.detach().clone() for k, v in load_bundle_model(base.bundle).state_dict().items()}
         for label in args.scales:
             scale = tuple(float(x) for x in label.split(","))
@@ -61,7 +61,7 @@ def main() -> None:
                 model = copy.deepcopy(adapted.model)
                 model.load_state_dict({k: (a * tuned[k] + (1 - a) * start[k]) if tuned[k].is_floating_point() else tuned[k] for k in tuned})
                 mixed.model = model.eval()
-                with Upsampler(base.bundle, mixed.backend) as up:
+                with VolumeEngine(base.bundle, mixed.backend) as up:
                     out = up.run(low, grid)
                 raw = score(hr.data, out, mask, rng)
                 dc = score(hr.data, keep_acquired(out.astype(np.float32).copy(), lr, "box", 0.0), mask, rng)

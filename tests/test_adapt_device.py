@@ -61,9 +61,9 @@ def _state(model) -> dict[str, np.ndarray]:
 
 
 def _run(bundle, backend, volume):
-    from arssr_rt.pipeline import Upsampler, plan_grid
+    from arssr_rt.pipeline import VolumeEngine, plan_grid
 
-    with Upsampler(bundle, backend) as up:
+    with VolumeEngine(bundle, backend) as up:
         return up.run(volume, plan_grid(volume, voxel_size=[1, 1, 1]))
 
 

@@ -108,7 +108,7 @@ def test_open_backend_takes_a_name_an_instance_or_a_factory(tiny_bundle):
 def test_the_upsampler_hands_chunk_to_the_backend_and_chunks_the_host_path(tiny_bundle):
     """--chunk travels in BackendOptions; the pipeline samples that many points per decode call,
     and the backend's declared maximum (not a second hard-coded cut) splits them further."""
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     bundle = load_bundle(tiny_bundle)
     made: list[Recorder] = []
@@ -118,7 +118,7 @@ def test_the_upsampler_hands_chunk_to_the_backend_and_chunks_the_host_path(tiny_
         return made[-1]
 
     lr = np.random.default_rng(1).random((6, 7, 8), dtype=np.float32)
-    with Upsampler(bundle, backend=factory, chunk=1000, tile=100) as up:
+    with VolumeEngine(bundle, backend=factory, chunk=1000, tile=100) as up:
         up.infer(lr, (12, 14, 16))
     r = made[0]
     assert r.options.chunk == 1000 and r.closed == 1
@@ -130,7 +130,7 @@ def test_the_upsampler_hands_chunk_to_the_backend_and_chunks_the_host_path(tiny_
 def test_torch_cuda_gets_chunk_from_the_options(tiny_bundle):
     pytest.importorskip("torch")
     from arssr_rt.backends.torch_cuda_backend import TorchCudaBackend
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
-    with Upsampler(load_bundle(tiny_bundle), backend=lambda b, o: TorchCudaBackend(b, o, torch_device="cpu"), chunk=123) as up:
+    with VolumeEngine(load_bundle(tiny_bundle), backend=lambda b, o: TorchCudaBackend(b, o, torch_device="cpu"), chunk=123) as up:
         assert up.backend.chunk == 123 and up.backend.decodes_boxes_on_device

@@ -158,10 +158,10 @@ def test_full_volume_onnxruntime_equals_torch_tiled(bundle, fixture_path: Path) 
     data = np.asarray(img.dataobj, dtype=np.float32)[8:40, 10:34, 12:40]
     volume = Volume(data=data, affine=img.affine)
     grid = plan_output_grid(volume.shape, volume.affine, scale=(1.7, 2.0, 1.3))
-    with pipeline.Upsampler(bundle, backend="onnxruntime", tile=12, chunk=5000) as up:
+    with pipeline.VolumeEngine(bundle, backend="onnxruntime", tile=12, chunk=5000) as up:
         assert up.backend.name == "onnxruntime"
         a = up.run(volume, grid)
-    with pipeline.Upsampler(bundle, backend="torch", tile=12, chunk=5000) as up:
+    with pipeline.VolumeEngine(bundle, backend="torch", tile=12, chunk=5000) as up:
         b = up.run(volume, grid)
     assert a.shape == grid.shape and a.dtype == np.float32
     assert a.std() > 0.2  # the output varies (intensity units), it is not a constant

@@ -49,12 +49,12 @@ def test_noisy_air_is_left_alone(fixture_image):
 def test_the_pipeline_keeps_zero_air_zero_in_the_written_units(fixture_image, tiny_bundle):
     pytest.importorskip("onnxruntime")
     from arssr_rt.geometry import plan_output_grid
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
     from arssr_rt.volume import Volume
 
     data = np.pad(np.asarray(fixture_image.dataobj, dtype=np.float32)[24:40, 24:40, 24:40], 7)  # 0 = air
     grid = plan_output_grid(data.shape, fixture_image.affine, scale=(2.0, 2.0, 3.0))
-    with Upsampler(tiny_bundle, backend="onnxruntime") as up:
+    with VolumeEngine(tiny_bundle, backend="onnxruntime") as up:
         out = up.run(Volume(data=data, affine=fixture_image.affine), grid)
     assert np.all(out[:4] == 0.0) and np.all(out[:, :, -6:] == 0.0)  # far air: exactly 0
     assert np.abs(out[14:50, 14:50, 21:75]).max() > 0  # tissue was decoded, not blanked

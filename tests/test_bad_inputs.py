@@ -497,7 +497,7 @@ def test_cli_reports_machine_failures_in_one_line(error, reason, dirs, good_inpu
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(pipeline.Upsampler, "infer", fail)
+    monkeypatch.setattr(pipeline.VolumeEngine, "infer", fail)
     code, err = cli(upsample_args(good_input, dirs[1] / "result.nii.gz", tiny_bundle), capsys)
     assert_clean_failure(code, err, reason)
     assert listing(dirs[1]) == []
@@ -509,7 +509,7 @@ def test_cli_reports_a_bug_in_one_line_and_debug_shows_the_traceback(dirs, good_
     def bug(*args, **kwargs):
         raise KeyError("oops")
 
-    monkeypatch.setattr(pipeline.Upsampler, "infer", bug)
+    monkeypatch.setattr(pipeline.VolumeEngine, "infer", bug)
     code, err = cli(upsample_args(good_input, dirs[1] / "result.nii.gz", tiny_bundle), capsys)
     assert code == 70 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert err.startswith("arssr-rt: internal error: KeyError") and "ARSSR_RT_DEBUG" in err

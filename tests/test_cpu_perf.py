@@ -17,7 +17,7 @@ from arssr_rt.backends.base import BackendOptions, open_backend  # noqa: E402
 from arssr_rt.bundle import load_bundle, sha256_file  # noqa: E402
 from arssr_rt.errors import BackendError  # noqa: E402
 from arssr_rt.memory import is_file_backed  # noqa: E402
-from arssr_rt.pipeline import Upsampler  # noqa: E402
+from arssr_rt.pipeline import VolumeEngine  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="module")
 def exact(bundle, lr) -> np.ndarray:
-    with Upsampler(bundle, backend="torch") as up:
+    with VolumeEngine(bundle, backend="torch") as up:
         return up.infer(lr, OUT_SHAPE)
 
 
@@ -68,7 +68,7 @@ def psnr(ref: np.ndarray, test: np.ndarray) -> float:
 
 def test_openvino_exact_mode_equals_torch(bundle, lr, exact):
     pytest.importorskip("openvino")
-    with Upsampler(bundle, backend="openvino", options=BackendOptions(threads=1)) as up:
+    with VolumeEngine(bundle, backend="openvino", options=BackendOptions(threads=1)) as up:
         assert up.backend.name == "openvino"
         ours = up.infer(lr, OUT_SHAPE)
     assert exact.std() > 1e-3
@@ -79,7 +79,7 @@ def test_openvino_exact_mode_equals_torch(bundle, lr, exact):
 def test_fast_modes_stay_close_to_exact(bundle, lr, exact, cache, backend, precision):
     pytest.importorskip(backend)
     pytest.importorskip("onnx")
-    with Upsampler(bundle, backend=backend, options=BackendOptions(threads=1, precision=precision)) as up:
+    with VolumeEngine(bundle, backend=backend, options=BackendOptions(threads=1, precision=precision)) as up:
         fast = up.infer(lr, OUT_SHAPE)
     assert not np.array_equal(fast, exact)  # really a different arithmetic
     assert psnr(exact, fast) > 30.0
@@ -136,10 +136,10 @@ def test_small_budget_tiles_and_maps_the_output_without_changing_it(bundle, lr, 
 
     monkeypatch.setenv("ARSSR_RT_TMPDIR", str(tmp_path))
     monkeypatch.setattr(memory, "OUTPUT_IN_MEMORY_FRACTION", 0.0)  # as if the output were huge
-    with Upsampler(bundle, backend="onnxruntime", options=BackendOptions(threads=1)) as up:
+    with VolumeEngine(bundle, backend="onnxruntime", options=BackendOptions(threads=1)) as up:
         roomy = up.memory_plan(lr.shape, OUT_SHAPE)
     fixed = up.max_memory - roomy.encoder_budget
-    with Upsampler(bundle, backend="onnxruntime", max_memory=fixed + (1 << 20), options=BackendOptions(threads=1)) as up:
+    with VolumeEngine(bundle, backend="onnxruntime", max_memory=fixed + (1 << 20), options=BackendOptions(threads=1)) as up:
         plan = up.memory_plan(lr.shape, OUT_SHAPE)
         assert not plan.output_in_memory and plan.tile < max(lr.shape)
         out = up.infer(lr, OUT_SHAPE)
@@ -236,7 +236,7 @@ def test_int8_loses_at_most_0p1_db_against_hr_on_the_heldout_volume(backend, cac
     lrs = {s: degrade(hr, [s] * 3, "cubic") for s in (2.0, 4.0)}
     scores = {}
     for precision in ("fp32", "int8"):
-        with Upsampler(bundle, backend=backend, options=BackendOptions(threads=1, precision=precision)) as up:
+        with VolumeEngine(bundle, backend=backend, options=BackendOptions(threads=1, precision=precision)) as up:
             for s, lr in lrs.items():
                 lo, hi = float(lr.min()), float(lr.max())
                 scores[precision, s] = masked_psnr(hr, up.infer((lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo, mask)

@@ -318,7 +318,7 @@ def whole_volume(lr, out_shape, mode="global"):
 def test_the_pipeline_tiles_below_the_engine_profile_exactly(bundle, cache, sampler_loads):
     """A volume bigger than the encoder profile: the pipeline (the only tiler) cuts it so each
     encoder input fits, and the result equals the untiled one, with and without the CUDA sampler."""
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     trt = make_fake_tensorrt(TRT10)
     builder.ensure_engines(trt, bundle, builder.BuildSettings(tile=4), GPU, cache, exact=True)  # max edge 8
@@ -327,7 +327,7 @@ def test_the_pipeline_tiles_below_the_engine_profile_exactly(bundle, cache, samp
         backend._box_decoder = lambda: (_ for _ in ()).throw(MissingExtraError("no NVRTC"))
     assert backend.decodes_boxes_on_device is sampler_loads
     lr = np.random.default_rng(4).random((13, 9, 17), dtype=np.float32)
-    with Upsampler(bundle, backend=backend, chunk=300) as up:
+    with VolumeEngine(bundle, backend=backend, chunk=300) as up:
         got = up.infer(lr, (27, 17, 35))
         calls = backend.timings()
     np.testing.assert_allclose(got, whole_volume(lr, (27, 17, 35)), rtol=0, atol=1e-5)
@@ -512,9 +512,9 @@ def test_decode_box_falls_back_to_cpu_sampling_without_the_cuda_sampler(bundle, 
     assert not backend.decodes_boxes_on_device  # declared: the pipeline samples on the host
     with pytest.raises(BackendError, match="does not decode boxes"):
         backend.decode_box(np.zeros((F, 6, 7, 5), np.float32), (1, 0, 2), (9, 7, 9), (20, 15, 19), (3, 0, 5), (13, 15, 14))
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     lr = np.random.default_rng(8).random((9, 7, 9), dtype=np.float32)
-    with Upsampler(chosen, backend=backend, chunk=300) as up:
+    with VolumeEngine(chosen, backend=backend, chunk=300) as up:
         got = up.infer(lr, (20, 15, 19))
     np.testing.assert_allclose(got, whole_volume(lr, (20, 15, 19), mode), atol=1e-5, rtol=0)

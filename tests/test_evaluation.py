@@ -240,7 +240,7 @@ def test_evaluate_keep_acquired_scores_the_projected_model(tiny_test_bundle, hr,
     slices (same profile and gap), so it reproduces every acquired slice; the baselines are as without."""
     from arssr_rt.consistency import keep_acquired
     from arssr_rt.evaluation.runner import evaluate_scale
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     common = ["evaluate", str(FIXTURE), "-s", "1,1,4", "-d", "slice", "--slice-gap", "0.25", "--model", str(tiny_test_bundle),
               "--threads", "1", "-q"]
@@ -251,7 +251,7 @@ def test_evaluate_keep_acquired_scores_the_projected_model(tiny_test_bundle, hr,
     assert dc["psnr_head_tricubic"] == plain["psnr_head_tricubic"] and dc["psnr_head_model"] != plain["psnr_head_model"]
 
     volume, mask = load_volume(FIXTURE), head_mask(hr)
-    with Upsampler(tiny_test_bundle, "torch") as up:
+    with VolumeEngine(tiny_test_bundle, "torch") as up:
         from arssr_rt.evaluation.case import DegradationSpec
 
         spec = DegradationSpec("slice", gap=0.25)
@@ -271,16 +271,16 @@ def test_evaluate_keep_acquired_at_an_odd_scale_is_upsample_keep_acquired(tiny_t
     --keep-acquired projects the network's output (no point samples kept first), and evaluate
     must score that."""
     from arssr_rt.evaluation.runner import evaluate_scale, lr_volume
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
     from arssr_rt.volume import Volume
 
     whole = load_volume(FIXTURE)
     volume = Volume(data=np.ascontiguousarray(whole.data[:, :, :63]), affine=whole.affine, source_path=whole.source_path)
     mask = head_mask(volume.data)
-    with Upsampler(tiny_test_bundle, "torch") as up:
+    with VolumeEngine(tiny_test_bundle, "torch") as up:
         kept = evaluate_scale(volume, (1.0, 1.0, 3.0), "slice", up, mask, "f", keep_acquired=True)
     low = lr_volume(volume, kept.lr)
-    with Upsampler(tiny_test_bundle, "torch", keep_acquired="box") as cli_like:
+    with VolumeEngine(tiny_test_bundle, "torch", keep_acquired="box") as cli_like:
         want = cli_like.run(low, plan_grid(low, shape=list(volume.shape)))
     np.testing.assert_allclose(kept.model, want, atol=1e-3)
 
@@ -289,7 +289,7 @@ def test_evaluate_keep_acquired_keeps_the_kspace_band_and_leaves_cubic_alone(tin
     from arssr_rt.consistency import keep_kspace
     from arssr_rt.evaluation.runner import evaluate_scale
     from arssr_rt.fourier import fourier_resample
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     rc = main(["evaluate", str(FIXTURE), "-s", "2", "-d", "kspace", "-d", "cubic", "--keep-acquired", "--model", str(tiny_test_bundle),
                "--threads", "1", "-q", "--json", str(tmp_path / "r.json")])
@@ -297,7 +297,7 @@ def test_evaluate_keep_acquired_keeps_the_kspace_band_and_leaves_cubic_alone(tin
     rows = {r["degradation"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
     assert rows["kspace"]["keep_acquired"] is True and rows["cubic"]["keep_acquired"] is False
     volume, mask = load_volume(FIXTURE), head_mask(hr)
-    with Upsampler(tiny_test_bundle, "torch") as up:
+    with VolumeEngine(tiny_test_bundle, "torch") as up:
         raw = evaluate_scale(volume, (2.0, 2.0, 2.0), "kspace", up, mask, "f")
         cubic = evaluate_scale(volume, (2.0, 2.0, 2.0), "cubic", up, mask, "f")
     kept = keep_kspace(raw.model.astype(np.float32).copy(), raw.lr)

@@ -327,7 +327,7 @@ def run_cpp_example(exe: Path, bundle_dir: Path, tmp_path: Path, in_shape=(12, 1
     out_shape = tuple(int(round(n * scale)) for n in in_shape)
     cpp = np.fromfile(raw, dtype=np.float32).reshape(out_shape)
     lr = (np.arange(np.prod(in_shape)) % 97 / 96.0).astype(np.float32).reshape(in_shape)
-    with pipeline.Upsampler(load_bundle(bundle_dir), backend="onnxruntime") as up:
+    with pipeline.VolumeEngine(load_bundle(bundle_dir), backend="onnxruntime") as up:
         expected = up.infer(lr, out_shape)
     return cpp, expected, ran.stdout
 

@@ -69,11 +69,11 @@ def test_encoder_output_is_r_times_finer_and_starts_as_nearest_copies(subvoxel_m
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_tiled_subvoxel_inference_equals_whole_volume_reference(subvoxel_model, subvoxel_bundle, real_lr, backend):
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     out_shape = (41, 33, 30)  # x2.4, x2.2, x2.3: no scale lines up with the finer grid
     reference = predict_volume(subvoxel_model, real_lr, out_shape)
-    with Upsampler(load_bundle(subvoxel_bundle), backend=backend, tile=5) as up:  # many tiles, clipped halos
+    with VolumeEngine(load_bundle(subvoxel_bundle), backend=backend, tile=5) as up:  # many tiles, clipped halos
         got = up.infer(real_lr, out_shape)
     np.testing.assert_allclose(got, reference, rtol=0, atol=2e-5)
     assert float(np.abs(reference).max()) > 0.05  # a real signal was compared, not zeros
@@ -92,13 +92,13 @@ def test_benchmark_reference_feeds_a_finer_feature_grid_the_runtime_phase(subvox
 def test_decode_box_path_equals_the_cpu_sampler_path(subvoxel_bundle, real_lr):
     """GPU backends sample + decode whole tiles (decode_box); torch-cuda's logic runs on CPU here."""
     from arssr_rt.backends.torch_cuda_backend import TorchCudaBackend
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     bundle = load_bundle(subvoxel_bundle)
     out_shape = (34, 31, 39)
-    with Upsampler(bundle, backend="onnxruntime", tile=6) as up:
+    with VolumeEngine(bundle, backend="onnxruntime", tile=6) as up:
         want = up.infer(real_lr, out_shape)
-    with Upsampler(bundle, backend="onnxruntime", tile=6) as up:
+    with VolumeEngine(bundle, backend="onnxruntime", tile=6) as up:
         up.backend.close()
         up.backend = TorchCudaBackend(bundle, BackendOptions(chunk=1000), torch_device="cpu")
         got = up.infer(real_lr, out_shape)
@@ -151,13 +151,13 @@ def test_bundle_with_an_invalid_feature_scale_is_refused_at_load(tiny_bundle, tm
 
 def test_bundle_whose_encoder_disagrees_with_its_feature_scale_is_refused(tiny_bundle, tmp_path, real_lr):
     """A spec claiming a finer grid than the ONNX encoder makes: one-line error, no image."""
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     copy = tmp_path / "lying"
     shutil.copytree(tiny_bundle, copy)
     meta = json.loads((copy / "model.json").read_text())
     meta["spec"]["feature_scale"] = 2
     (copy / "model.json").write_text(json.dumps(meta))
-    with Upsampler(load_bundle(copy), backend="onnxruntime") as up:
+    with VolumeEngine(load_bundle(copy), backend="onnxruntime") as up:
         with pytest.raises(BackendError, match="feature_scale 2"):
             up.infer(real_lr, (30, 30, 30))

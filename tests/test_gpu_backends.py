@@ -64,12 +64,12 @@ def fixture_volume(fixture_image):
 
 def run_pipeline(bundle, volume, backend: str, precision: str) -> np.ndarray:
     from arssr_rt.geometry import plan_output_grid
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
     from arssr_rt.volume import Volume
 
     data, affine = volume
     grid = plan_output_grid(data.shape, affine, scale=(2.0, 2.0, 2.0))
-    with Upsampler(bundle, backend, BackendOptions(precision=precision)) as up:
+    with VolumeEngine(bundle, backend, BackendOptions(precision=precision)) as up:
         return up.run(Volume(data=data, affine=affine), grid)
 
 

@@ -61,12 +61,12 @@ def test_upsampler_keep_samples_off_with_keep_acquired(keep_acquired):
     alone decides (the coinciding output slice is not overwritten by the slab average)."""
     from arssr_rt.geometry import plan_output_grid
     from arssr_rt.nifti_io import load_volume
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     volume = load_volume(FIXTURE_PATH)
     volume.data = np.ascontiguousarray(volume.data[:, :, 20:36])  # a 16-slice slab keeps this fast
     grid = plan_output_grid(volume.shape, volume.affine, scale=(1, 1, 3))
-    with Upsampler(keep_acquired=keep_acquired, backend="onnxruntime") as up:
+    with VolumeEngine(keep_acquired=keep_acquired, backend="onnxruntime") as up:
         out = up.run(volume, grid)
     kept = np.array_equal(out[:, :, 1::3], volume.data)
     assert kept == (keep_acquired is None)

@@ -70,10 +70,10 @@ def test_test_time_averaging_plans_two_output_buffers():
 
 
 def test_the_pipeline_plans_for_its_tta_passes():
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
     from arssr_rt.tta import symmetries
 
-    with Upsampler("default", "onnxruntime", max_memory=1 << 30) as plain, \
-            Upsampler("default", "onnxruntime", max_memory=1 << 30, tta=symmetries(2, (0, 1))) as averaged:
+    with VolumeEngine("default", "onnxruntime", max_memory=1 << 30) as plain, \
+            VolumeEngine("default", "onnxruntime", max_memory=1 << 30, tta=symmetries(2, (0, 1))) as averaged:
         assert plain.memory_plan((128, 128, 64), (384, 384, 192)).output_in_memory
         assert not averaged.memory_plan((128, 128, 64), (384, 384, 192)).output_in_memory

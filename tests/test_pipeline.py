@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from arssr_rt.backends.base import BackendOptions  # noqa: E402
 from arssr_rt.geometry import plan_output_grid  # noqa: E402
-from arssr_rt.pipeline import Upsampler, upsample  # noqa: E402
+from arssr_rt.pipeline import VolumeEngine, upsample  # noqa: E402
 from arssr_rt.sampling import box_coords, sample_box  # noqa: E402
 from arssr_rt.tiling import plan_tiles  # noqa: E402
 from arssr_rt.network import build_model  # noqa: E402
@@ -69,7 +69,7 @@ def test_tiles_own_every_output_voxel_exactly_once():
 def test_pipeline_equals_whole_volume_torch_reference(model, bundle, lr):
     out_shape = (80, 90, 66)  # x2, x2.5, x1.5
     ref = predict_volume(model, lr, out_shape)
-    with Upsampler(bundle, backend="torch", tile=1000) as up:
+    with VolumeEngine(bundle, backend="torch", tile=1000) as up:
         ours = up.infer(lr, out_shape)
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     assert ref.std() > 1e-3  # not a trivially constant output
@@ -78,9 +78,9 @@ def test_pipeline_equals_whole_volume_torch_reference(model, bundle, lr):
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_tiled_equals_untiled(bundle, lr, backend):
     out_shape = (80, 90, 66)
-    with Upsampler(bundle, backend=backend, tile=1000, chunk=50_000) as up:
+    with VolumeEngine(bundle, backend=backend, tile=1000, chunk=50_000) as up:
         whole = up.infer(lr, out_shape)
-    with Upsampler(bundle, backend=backend, tile=11, chunk=777) as up:
+    with VolumeEngine(bundle, backend=backend, tile=11, chunk=777) as up:
         tiles = plan_tiles(lr.shape, out_shape, 11, bundle.receptive_radius)
         assert len(tiles) > 8  # the volume really is larger than one tile
         tiled = up.infer(lr, out_shape)
@@ -112,16 +112,16 @@ def test_zyx_bundle_sees_transposed_array(model, bundle, lr, tmp_path):
     write_model_json(zyx_dir, meta)
     vol = Volume(data=lr * 100 + 5, affine=np.eye(4))
     grid = plan_output_grid(lr.shape, np.eye(4), scale=(2.0, 1.5, 1.0))
-    with Upsampler(load_bundle(zyx_dir), backend="onnxruntime") as up:
+    with VolumeEngine(load_bundle(zyx_dir), backend="onnxruntime") as up:
         out = up.run(vol, grid)
     ref = predict_volume(model, np.ascontiguousarray(lr.transpose(2, 1, 0)), grid.shape[::-1]).transpose(2, 1, 0)
     np.testing.assert_allclose(out, ref * 100 + 5, atol=1e-3)
 
 
 def test_chunk_size_does_not_change_result(bundle, lr):
-    with Upsampler(bundle, backend="onnxruntime", chunk=1 << 20) as up:
+    with VolumeEngine(bundle, backend="onnxruntime", chunk=1 << 20) as up:
         big = up.infer(lr, (60, 54, 66))
-    with Upsampler(bundle, backend="onnxruntime", chunk=1000, options=BackendOptions(threads=1)) as up:
+    with VolumeEngine(bundle, backend="onnxruntime", chunk=1000, options=BackendOptions(threads=1)) as up:
         small = up.infer(lr, (60, 54, 66))
     np.testing.assert_allclose(small, big, atol=1e-6)
 
@@ -143,7 +143,7 @@ def test_phase_coordinate_bundle_matches_torch_reference(tmp_path, lr, decoder):
     assert bundle.coords_mode == "phase"
     out_shape = (80, 90, 44)  # x2, x2.5, x1
     ref = predict_volume(model, lr, out_shape)
-    with Upsampler(bundle, backend="onnxruntime", tile=13, chunk=5000) as up:
+    with VolumeEngine(bundle, backend="onnxruntime", tile=13, chunk=5000) as up:
         ours = up.infer(lr, out_shape)
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     # the phase really reaches the decoder: a global-coordinate run of the same weights differs

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from arssr_rt.geometry import plan_output_grid
-from arssr_rt.pipeline import Upsampler
+from arssr_rt.pipeline import VolumeEngine
 from arssr_rt.progress import ProgressDisplay, WorkMeter
 from arssr_rt.volume import Volume
 
@@ -62,7 +62,7 @@ def test_progress_moves_during_encoding_in_the_pipeline(tiny_bundle):
     volume = Volume(data=data, affine=img.affine)
     grid = plan_output_grid(volume.shape, volume.affine, scale=(2.0, 2.0, 2.0))
     events: list[tuple[str, int]] = []
-    with Upsampler(tiny_bundle, "onnxruntime", tile=8) as up:
+    with VolumeEngine(tiny_bundle, "onnxruntime", tile=8) as up:
         encode, decode = up.backend.encode, up.backend.decode
         up.backend.encode = lambda x: (events.append(("encode", 0)), encode(x))[1]
         up.backend.decode = lambda f, c: (events.append(("decode", 0)), decode(f, c))[1]

@@ -95,13 +95,13 @@ def residual_bundle(residual_model, tmp_path_factory):
 def test_tiled_residual_inference_equals_the_whole_volume_reference(residual_model, residual_bundle, fixture_image, backend):
     """Every tile adds the base of its own outputs; the sum equals decoder + base of the whole volume."""
     from arssr_rt.bundle import load_bundle
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
 
     data = np.asarray(fixture_image.dataobj, dtype=np.float32)[10:27, 20:35, 22:35]
     lr = (data - data.min()) / (data.max() - data.min())
     out_shape = (41, 33, 30)
     reference = predict_volume(residual_model, lr, out_shape)
-    with Upsampler(load_bundle(residual_bundle), backend=backend, tile=5) as up:
+    with VolumeEngine(load_bundle(residual_bundle), backend=backend, tile=5) as up:
         got = up.infer(lr, out_shape)
     np.testing.assert_allclose(got, reference, rtol=0, atol=2e-5)
     base = windowed_sinc.sample_grid(lr, [input_index_of_output(np.arange(H), h, H) for h, H in zip(lr.shape, out_shape)],

@@ -18,7 +18,7 @@ from conftest import FIXTURE_PATH
 
 from arssr_rt.cli import main
 from arssr_rt.geometry import plan_output_grid
-from arssr_rt.pipeline import Upsampler
+from arssr_rt.pipeline import VolumeEngine
 from arssr_rt.volume import Volume
 
 
@@ -113,7 +113,7 @@ def _load_served_model(repo: Path, monkeypatch, parameters: dict[str, str] | Non
 
 
 def test_served_model_passes_its_backend_instead_of_registering_one(repo, monkeypatch):
-    """The BLS backend is handed to the Upsampler; the global backend registry stays as it was."""
+    """The BLS backend is handed to the VolumeEngine; the global backend registry stays as it was."""
     from arssr_rt.backends.base import available_backends
 
     before = available_backends()
@@ -180,7 +180,7 @@ def test_python_model_matches_the_local_pipeline(which, tmp_path, monkeypatch, r
     assert not good_response.has_error()
     served = {t.name(): t.as_numpy() for t in good_response.output_tensors}
     grid = plan_output_grid(data.shape, img.affine, shape=out_shape.tolist())
-    with Upsampler(bundle_dir, backend="onnxruntime") as local:
+    with VolumeEngine(bundle_dir, backend="onnxruntime") as local:
         assert local.bundle.coords_mode == mode
         expected = local.run(Volume(data=data, affine=img.affine), grid)
     assert served["output"].shape == (40, 27, 32)
@@ -254,7 +254,7 @@ def test_tensorrt_accelerator_gets_the_shape_profiles_the_pipeline_keeps_to(tmp_
     assert len(encoder_calls) > 1 and max(max(s[2:]) for s in encoder_calls) <= edge
     assert max(c["coords"][0] for c in decoder_calls) <= chunk and all(c["features"] == (c["coords"][0], feature_dim) for c in decoder_calls)
     grid = plan_output_grid(data.shape, img.affine, shape=out_shape.tolist())
-    with Upsampler(tiny_bundle, backend="onnxruntime") as local:
+    with VolumeEngine(tiny_bundle, backend="onnxruntime") as local:
         expected = local.run(Volume(data=data, affine=img.affine), grid)
     served = {t.name(): t.as_numpy() for t in response.output_tensors}
     np.testing.assert_allclose(served["output"], expected, atol=1e-5 * float(np.ptp(data)))

@@ -42,17 +42,17 @@ def thick():
 
 
 def test_pipeline_average_equals_the_passes_run_by_hand(thick):
-    from arssr_rt.pipeline import Upsampler, plan_grid
+    from arssr_rt.pipeline import VolumeEngine, plan_grid
     from arssr_rt.volume import Volume
 
     grid = plan_grid(thick, shape=[40, 48, 64])
     group = symmetries(8, (0, 1))
     sent = []
-    with Upsampler("default", "onnxruntime", tta=group) as up:
+    with VolumeEngine("default", "onnxruntime", tta=group) as up:
         averaged = up.run(thick, grid, progress=sent.append)
     assert sum(sent) == 40 * 48 * 64  # one bar for all passes, reaching the output's voxel count once
     passes = []
-    with Upsampler("default", "onnxruntime") as plain:
+    with VolumeEngine("default", "onnxruntime") as plain:
         for sym in group:
             flipped = Volume(data=sym.apply(thick.data), affine=thick.affine)
             passes.append(sym.undo(plain.run(flipped, plan_grid(flipped, shape=list(sym.shape(grid.shape))))))
@@ -60,7 +60,7 @@ def test_pipeline_average_equals_the_passes_run_by_hand(thick):
     span = float(np.ptp(single))
     np.testing.assert_allclose(averaged, np.mean(passes, axis=0), atol=1e-5 * span)
     assert np.abs(averaged - single).max() > 1e-3 * span  # the passes differ: averaging is not a no-op
-    with Upsampler("default", "onnxruntime", tta=symmetries(1, (0, 1))) as one:
+    with VolumeEngine("default", "onnxruntime", tta=symmetries(1, (0, 1))) as one:
         assert np.array_equal(one.run(thick, grid), single)  # one pass is the plain path, bit for bit
 
 

@@ -2,7 +2,7 @@
 
 ``adapt_volume`` fine-tunes a copy of the bundle's torch weights (``weights.pt``, loaded
 weights-only) on pairs from the scan; ``Adapted.backend`` is a backend factory for
-``Upsampler``, so the adapted model runs through the one pipeline (tiling, headers,
+``VolumeEngine``, so the adapted model runs through the one pipeline (tiling, headers,
 ``--keep-acquired``, dtype, output guard). ``Adapted.save`` writes it as a normal bundle with
 the existing bundle writer, which ``--model DIR`` loads for the scan's other series.
 torch is imported inside the functions: importing this module costs nothing.
@@ -79,7 +79,7 @@ class Adapted:
     device: str = "cpu"  # where it was fine-tuned and runs: "cpu" or "cuda:N"
 
     def backend(self, bundle: "ModelBundle", options: "BackendOptions") -> "BackendRunner":
-        """Backend factory for ``Upsampler``: the adapted weights on the torch backend, or on a
+        """Backend factory for ``VolumeEngine``: the adapted weights on the torch backend, or on a
         GPU the torch-cuda backend on the adaptation's device (not ``options.device``: the
         model is already there)."""
         if self.device != "cpu":
@@ -121,7 +121,7 @@ class Adapted:
         return copy.deepcopy(self.model).cpu()
 
     def symmetries(self) -> list[Any]:
-        """The inference passes to average (``Upsampler(tta=...)``): the flips / in-plane swap adapted under."""
+        """The inference passes to average (``VolumeEngine(tta=...)``): the flips / in-plane swap adapted under."""
         from ..tta import symmetries
 
         return symmetries(self.options.tta, self.plan.in_plane)

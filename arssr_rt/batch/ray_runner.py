@@ -24,7 +24,7 @@ from .runner import BatchOptions, ItemResult, Task, make_upsampler, process_item
 
 
 class BatchActor:
-    """Holds one Upsampler for the actor's lifetime; a load failure is reported per call."""
+    """Holds one VolumeEngine for the actor's lifetime; a load failure is reported per call."""
 
     def __init__(self, options: BatchOptions):
         self.options = options

@@ -4,7 +4,7 @@ per worker, and keep a JSON report that is correct even if the run is killed.
 Per input, ``process_item`` reads, super-resolves and writes (output, QC picture, then the
 sidecar last), catching the errors one bad file can cause; an error that escapes it is
 systemic (the backend cannot open) and stops the batch. Work runs in this process
-(``jobs=1``) or in a ProcessPoolExecutor whose initializer builds the Upsampler once per
+(``jobs=1``) or in a ProcessPoolExecutor whose initializer builds the VolumeEngine once per
 worker; a worker that dies (OOM killer) is replaced and its file retried once.
 """
 
@@ -32,7 +32,7 @@ from .sidecar import (
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """Everything a worker needs to rebuild the Upsampler and process an item (picklable)."""
+    """Everything a worker needs to rebuild the VolumeEngine and process an item (picklable)."""
 
     scale: str | None = None
     voxel_size: str | None = None
@@ -137,12 +137,12 @@ def remove_stale_temporaries(output: Path) -> None:
 
 
 def make_upsampler(options: BatchOptions):
-    """The Upsampler a worker keeps for the whole batch."""
+    """The VolumeEngine a worker keeps for the whole batch."""
     from ..backends.base import BackendOptions
-    from ..pipeline import Upsampler
+    from ..pipeline import VolumeEngine
 
     # --adapt: the torch backend holds the base weights, loaded once; each input adapts a copy
-    return Upsampler(
+    return VolumeEngine(
         options.model, "torch" if options.adapt is not None else options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
         tile=options.tile, chunk=options.chunk, normalization=options.normalization,
         as_intensity=options.as_intensity, keep_samples=options.keep_samples,
@@ -227,7 +227,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
 
 @contextlib.contextmanager
 def adapted_upsampler(volume, options: BatchOptions, upsampler, where: Path, method: str, is_series: bool = False):
-    """The worker's Upsampler, or with --adapt a copy of its base model fine-tuned on this
+    """The worker's VolumeEngine, or with --adapt a copy of its base model fine-tuned on this
     input, run on the same pipeline (closed after this input)."""
     if options.adapt is None or method != "model":
         yield upsampler
@@ -236,13 +236,13 @@ def adapted_upsampler(volume, options: BatchOptions, upsampler, where: Path, met
     from ..adapt.session import adapt_volume
     from ..backends.base import BackendOptions
     from ..geometry import spacing_of
-    from ..pipeline import Upsampler
+    from ..pipeline import VolumeEngine
 
     check_adapt_input(str(where), is_series, method)
     plan = plan_adaptation(spacing_of(volume.affine), volume.shape, options.adapt, str(where))
     adapted = adapt_volume(volume, upsampler.bundle, options.adapt, normalization=options.normalization, threads=options.threads,
                            plan=plan, base_model=getattr(upsampler.backend, "model", None))
-    with Upsampler(upsampler.bundle, adapted.backend, BackendOptions(threads=options.threads), tile=options.tile,
+    with VolumeEngine(upsampler.bundle, adapted.backend, BackendOptions(threads=options.threads), tile=options.tile,
                    chunk=options.chunk, normalization=options.normalization, max_memory=upsampler.max_memory,
                    as_intensity=options.as_intensity, keep_samples=options.keep_samples) as up:
         yield up

@@ -38,7 +38,7 @@ try:
     from arssr_rt.bundle import ModelBundle, load_bundle
     from arssr_rt.errors import ArssrError
     from arssr_rt.geometry import plan_output_grid
-    from arssr_rt.pipeline import Upsampler
+    from arssr_rt.pipeline import VolumeEngine
     from arssr_rt.validation import check_affine, check_voxels
     from arssr_rt.volume import Volume
 except ImportError as exc:  # Triton would show a bare traceback; say what to install
@@ -123,7 +123,7 @@ class TritonPythonModel:
         except ArssrError as exc:
             raise pb_utils.TritonModelException(f"arssr: {' '.join(str(exc).split())}; re-export the repository") from None
         check_coords_mode(parameters.get("coords", "global"), bundle)
-        self.upsampler = Upsampler(
+        self.upsampler = VolumeEngine(
             bundle, backend=TritonBLSBackend(io_dtype, bundle.feature_dim, chunk), options=BackendOptions(), tile=tile,
             chunk=chunk, normalization=parameters.get("normalization", "minmax"),
         )

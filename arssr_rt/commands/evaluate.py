@@ -142,9 +142,9 @@ def register(app: typer.Typer) -> None:
         err = Console(stderr=True, soft_wrap=True, markup=False)  # file names may hold [ ]
         upsampler = None
         if not baseline_only:
-            from ..pipeline import Upsampler
+            from ..pipeline import VolumeEngine
 
-            upsampler = Upsampler(model, backend, BackendOptions(device=device, threads=threads), tile=tile)
+            upsampler = VolumeEngine(model, backend, BackendOptions(device=device, threads=threads), tile=tile)
         kept: list[ScaleOutputs] = []
 
         def keep(outputs: ScaleOutputs) -> None:

@@ -26,7 +26,7 @@ from .metrics import default_data_range, head_mask
 
 if TYPE_CHECKING:
     from ..adapt.plan import AdaptOptions
-    from ..pipeline import Upsampler
+    from ..pipeline import VolumeEngine
 
 METHODS = ("tricubic", "sinc", "model", "adapted")
 __all__ = ["DegradationSpec", "EvalRow", "MIN_LR_VOXELS", "MethodScores", "ScaleOutputs", "evaluate_scale", "evaluate_volume",
@@ -152,7 +152,7 @@ def consistent(out: np.ndarray, lr: np.ndarray, acquisition: tuple[str, float] |
     return keep_acquired(np.asarray(out, dtype=np.float32), lr, *acquisition)
 
 
-def for_acquisition(upsampler: "Upsampler", acquisition: tuple[str, float] | None) -> "Upsampler":
+def for_acquisition(upsampler: "VolumeEngine", acquisition: tuple[str, float] | None) -> "VolumeEngine":
     """``upsampler``, or a shallow copy (same backend, closed with the original) that does not
     keep point samples: ``upsample --keep-acquired`` projects the network's output, not one
     with coinciding samples already replaced (which moves an odd-scale result)."""
@@ -165,7 +165,7 @@ def for_acquisition(upsampler: "Upsampler", acquisition: tuple[str, float] | Non
     return plain
 
 
-def upsampler_fn(hr: Volume, upsampler: "Upsampler", acquisition: tuple[str, float] | None = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
+def upsampler_fn(hr: Volume, upsampler: "VolumeEngine", acquisition: tuple[str, float] | None = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
     """``model_fn`` for ``run_case``: the LR array as a Volume, up-sampled onto exactly the HR grid
     (then kept consistent with the acquired slices when ``acquisition`` = (profile, gap))."""
     from ..pipeline import plan_grid
@@ -179,20 +179,20 @@ def upsampler_fn(hr: Volume, upsampler: "Upsampler", acquisition: tuple[str, flo
     return run
 
 
-def adapted_fn(hr: Volume, upsampler: "Upsampler", adapt: "AdaptOptions", stats: dict[str, Any],
+def adapted_fn(hr: Volume, upsampler: "VolumeEngine", adapt: "AdaptOptions", stats: dict[str, Any],
                on_step: Callable[[int, int | None, float], None] | None = None, base_model: Any = None,
                acquisition: tuple[str, float] | None = None) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
     """``model_fn`` that first adapts a copy of the upsampler's model to the LR volume itself
     (what ``upsample --adapt`` does with a real scan), then runs it onto the HR grid."""
     from ..adapt.session import adapt_volume
-    from ..pipeline import Upsampler, plan_grid
+    from ..pipeline import VolumeEngine, plan_grid
 
     def run(lr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         low = lr_volume(hr, lr)
         adapted = adapt_volume(low, upsampler.bundle, adapt, normalization=upsampler.normalization, on_step=on_step,
                                base_model=base_model)
         stats.update(steps=adapted.steps, seconds=adapted.seconds)
-        with Upsampler(upsampler.bundle, adapted.backend, tile=upsampler.tile, chunk=upsampler.chunk,
+        with VolumeEngine(upsampler.bundle, adapted.backend, tile=upsampler.tile, chunk=upsampler.chunk,
                        normalization=upsampler.normalization, max_memory=upsampler.max_memory, tta=adapted.symmetries(),
                        keep_samples=acquisition is None) as up:
             return consistent(up.run(low, plan_grid(low, shape=list(shape))), lr, acquisition)
@@ -204,7 +204,7 @@ def evaluate_scale(
     hr: Volume,
     scale: Triplet,
     degradation: "str | DegradationSpec",
-    upsampler: "Upsampler | None",
+    upsampler: "VolumeEngine | None",
     mask: np.ndarray,
     name: str,
     adapt: "AdaptOptions | None" = None,
@@ -269,7 +269,7 @@ def evaluate_volume(
     hr_path: str | Path,
     scales: Sequence[Triplet | str | float],
     degradation: "str | DegradationSpec | Sequence[str | DegradationSpec]",
-    upsampler: "Upsampler | None",
+    upsampler: "VolumeEngine | None",
     on_outputs: Callable[[ScaleOutputs], None] | None = None,
     adapt: "AdaptOptions | None" = None,
     on_adapt_step: Callable[[int, int | None, float], None] | None = None,
@@ -282,7 +282,7 @@ def evaluate_volume(
     dropped, so memory stays at one scale's worth of volumes.
 
     Example:
-        >>> with Upsampler("default") as up:  # doctest: +SKIP
+        >>> with VolumeEngine("default") as up:  # doctest: +SKIP
         ...     rows = evaluate_volume("t1.nii.gz", ["2", "1,1,3"], "cubic", up)
     """
     from ..readers import read_volume
