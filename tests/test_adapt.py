@@ -181,9 +181,9 @@ def test_evaluate_adapt_usage_errors_come_before_any_work(cli, tmp_path):
     assert code == 2 and "--baseline-only" in err
 
 
-def test_adapt_mix_interpolates_the_weights_and_zero_gives_back_the_start(cli, thick, tmp_path):
-    """--adapt-mix a: a * adapted + (1 - a) * start (WiSE-FT), exactly; a = 0 is the default
-    model's output, a = 1 the plain adapted one, and the mix is written into the saved bundle."""
+def test_adapt_mix_interpolates_the_weights_and_the_saved_bundle_reproduces_it(cli, thick, tmp_path):
+    """--adapt-mix a: a * adapted + (1 - a) * start (WiSE-FT), exactly; the mix is written into
+    the saved bundle, whose output is the mixed run's."""
     import torch
 
     from arssr_rt.adapt.session import adapt_volume
@@ -202,12 +202,24 @@ def test_adapt_mix_interpolates_the_weights_and_zero_gives_back_the_start(cli, t
         torch.testing.assert_close(half[k], 0.25 * full[k] + 0.75 * start[k], rtol=1e-6, atol=1e-7)  # float32 rounding
 
     common = ("--voxel-size", "1", "--dtype", "float32", "--threads", "1", "--backend", "torch", "-q")
-    plain, mixed0, bundle_dir = tmp_path / "plain.nii.gz", tmp_path / "mix0.nii.gz", tmp_path / "mixed_model"
+    plain, mixed, reused, bundle_dir = (tmp_path / "plain.nii.gz", tmp_path / "mix.nii.gz", tmp_path / "reused.nii.gz",
+                                        tmp_path / "mixed_model")
     assert cli("upsample", src, *common, "-o", plain)[0] == 0
-    assert cli("upsample", src, *common, "--adapt", "--adapt-steps", "3", "--adapt-mix", "0", "-o", mixed0,
+    assert cli("upsample", src, *common, "--adapt", "--adapt-steps", "3", "--adapt-mix", "0.25", "-o", mixed,
                "--save-adapted", bundle_dir)[0] == 0
-    np.testing.assert_allclose(_load(mixed0), _load(plain), atol=1e-5 * float(np.ptp(_load(plain))))
-    assert json.loads((bundle_dir / "model.json").read_text())["training"]["mix"] == 0.0
+    assert json.loads((bundle_dir / "model.json").read_text())["training"]["mix"] == 0.25
+    assert cli("upsample", src, *common, "--model", bundle_dir, "-o", reused)[0] == 0
+    span = float(np.ptp(_load(plain)))
+    np.testing.assert_allclose(_load(reused), _load(mixed), atol=1e-5 * span)
+    assert np.abs(_load(mixed) - _load(plain)).max() > 1e-4 * span  # the quarter of the adaptation shows
+
+
+def test_adapt_mix_zero_is_refused_before_any_work(cli, thick, tmp_path):
+    """A mix of 0 is the starting model: the fine-tuning would run only to be discarded."""
+    src, _ = thick
+    out = tmp_path / "o.nii.gz"
+    code, err = cli("upsample", src, "--voxel-size", "1", "--adapt", "--adapt-mix", "0", "-o", out)
+    assert code == 2 and err.count("\n") == 1 and "without --adapt" in err and not out.exists()
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])

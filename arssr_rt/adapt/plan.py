@@ -119,7 +119,9 @@ def check_adapt_options(opts: AdaptOptions) -> None:
     if opts.precision == "fp16" and opts.device == "cpu":
         raise InputError("adapt precision fp16 is for a CUDA device; use auto, fp32 or bf16 on the CPU")
     if isinstance(opts.mix, bool) or not (isinstance(opts.mix, (int, float)) and math.isfinite(opts.mix) and 0.0 <= opts.mix <= 1.0):
-        raise InputError(f"--adapt-mix is the adapted model's weight in [0, 1], got {opts.mix}")
+        raise InputError(f"--adapt-mix is the adapted model's weight in (0, 1], got {opts.mix}")
+    if opts.mix == 0.0:  # the whole fine-tuning would run only to be thrown away
+        raise InputError("--adapt-mix 0 keeps none of the adaptation (it is the starting model): run without --adapt instead")
     if opts.tta not in TTA_CHOICES:
         raise InputError(f"--adapt-tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {opts.tta}")
     if opts.context not in CONTEXT_CHOICES:

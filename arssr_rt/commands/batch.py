@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per input in minutes (default 3)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing)."),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
-        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in [0, 1], default 1: the adapted model)."),
+        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="--adapt: box | gaussian | a Gaussian FWHM in mm."),
         slice_gap: float = typer.Option(0.0, "--slice-gap", help="--adapt: gap between slices as a fraction of the slice spacing, in [0, 1)."),
         seed: int = typer.Option(0, "--seed", help="--adapt: seed of the fine-tuning."),

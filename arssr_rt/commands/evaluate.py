@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per case in minutes (default 3)."),
         adapt_seed: int = typer.Option(0, "--adapt-seed", help="--adapt: seed of the fine-tuning."),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
-        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in [0, 1], default 1: the adapted model)."),
+        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Project the model's (and --adapt's) output onto the acquired data as upsample --keep-acquired does: slice with the degradation's own profile, kspace/kspace-noise with --acquisition kspace (cubic, gaussian: unchanged)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
     ) -> None:

@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: time budget of the fine-tuning in minutes (default 3, sized for 2 CPU cores)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing, if >= 1.5x the in-plane one)."),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
-        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in [0, 1], default 1: the adapted model)."),
+        adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         save_adapted: Optional[Path] = typer.Option(None, "--save-adapted", help="--adapt: also write the adapted model as a bundle folder (reuse with --model DIR)."),
         seed: int = typer.Option(0, "--seed", help="--adapt: seed of the patch draws and the fine-tuning."),
         interp: Optional[str] = typer.Option(None, "--interp", help="model (default) | nearest | linear | cubic: classical resampling on the same grid, no model (nearest: label maps, the default for a NIfTI with intent label)."),
