@@ -102,6 +102,28 @@ def test_onnxruntime_int8_copies_are_measured_on_this_cpu_and_refused_when_unfai
         quantize.onnxruntime_int8_graphs(bundle)
 
 
+def test_int8_fidelity_is_measured_once_per_cpu_and_a_bad_record_is_measured_again(bundle, cache, monkeypatch):
+    """The ~0.3 s fidelity measurement is kept beside the cached graphs (keyed by CPU flags and
+    onnxruntime build): a second process reuses it; a record that is not a number is redone."""
+    pytest.importorskip("onnx")
+    from arssr_rt import quantize
+
+    calls = []
+    real = quantize.int8_fidelity_db
+    monkeypatch.setattr(quantize, "int8_fidelity_db", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(quantize, "_FIDELITY_MEMO", {})
+    first = quantize.onnxruntime_int8_graphs(bundle)
+    measured = len(calls)
+    records = sorted((cache / "quantized").glob("*.fidelity.json"))
+    assert measured >= 1 and len(records) == measured
+    monkeypatch.setattr(quantize, "_FIDELITY_MEMO", {})  # as a new process would start
+    assert quantize.onnxruntime_int8_graphs(bundle) == first and len(calls) == measured
+    records[-1].write_text('{"psnr_db": "high"}')
+    monkeypatch.setattr(quantize, "_FIDELITY_MEMO", {})
+    assert quantize.onnxruntime_int8_graphs(bundle) == first and len(calls) > measured
+    assert isinstance(json.loads(records[-1].read_text())["psnr_db"], float)
+
+
 def test_int8_copies_go_to_the_cache_keyed_by_sha_and_leave_the_bundle_alone(bundle, cache):
     pytest.importorskip("onnx")
     before = {p.name: sha256_file(p) for p in bundle.path.iterdir()}
