@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
 
     ``trust`` allows full unpickling of the --resume / --init checkpoint (see safe_load)."""
     checked_dataclass(TrainConfig, asdict(cfg), "training config")  # one line for a mistyped setting, before any work
-    checked_dataclass(SamplerConfig, cfg.sampler, "training config", prefix="sampler.")
+    sampler_cfg = checked_dataclass(SamplerConfig, cfg.sampler, "training config", prefix="sampler.")
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        ckpt = _train_loop(cfg, run_dir, resume, progress, device, ddp, trust)
+        ckpt = _train_loop(cfg, sampler_cfg, run_dir, resume, progress, device, ddp, trust)
         if ddp:
             dist.barrier()  # every rank is done before any closes its connections
         return ckpt
@@ -259,16 +259,17 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
             dist.destroy_process_group()
 
 
-def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, device: torch.device, ddp: bool, trust: bool = False) -> Path:
-    """The optimisation loop proper; ``train`` owns the process group around it."""
+def _train_loop(cfg: TrainConfig, sampler_cfg: SamplerConfig, run_dir: Path, resume: bool, progress: bool, device: torch.device,
+                ddp: bool, trust: bool = False) -> Path:
+    """The optimisation loop proper; ``train`` owns the process group around it and has
+    checked ``sampler_cfg`` (the model's coords / feature scale / base are filled in here)."""
     rank = dist.get_rank() if ddp else 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.spec).to(device)  # before the optimiser, so its state lives there too
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    sampler_cfg = checked_dataclass(SamplerConfig, {**cfg.sampler, "coords": model.spec.coords, "feature_scale": model.spec.feature_scale,
-                                                    "base": model.spec.base}, "training config", prefix="sampler.")
+    sampler_cfg = replace(sampler_cfg, coords=model.spec.coords, feature_scale=model.spec.feature_scale, base=model.spec.base)
     sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid, kinds=cfg.pyramid_kinds, weights=cfg.data_weights), sampler_cfg, seed=cfg.seed + rank)
     val_volumes = []
     for p in cfg.val:
