@@ -25,6 +25,10 @@ class InputError(ArssrError):
     """The input volume or an argument is invalid; nothing was written."""
 
 
+class InputTooLargeError(InputError):
+    """The header's shape is over the voxel limit (checked before the data is read)."""
+
+
 class OutputError(ArssrError):
     """The output cannot be written safely (exists, missing folder, size limit)."""
 

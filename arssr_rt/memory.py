@@ -35,6 +35,16 @@ SAMPLER_COPIES = 3  # sample_box holds the blended chunk plus two temporaries
 ENV_TMPDIR = "ARSSR_RT_TMPDIR"
 
 
+INPUT_COPIES = 3  # float32 input-sized arrays a run counts on holding at once (the read volume, its normalised copy, slack)
+
+
+def input_voxel_limit(max_memory: int, ceiling: int) -> int:
+    """The most input voxels a run inside ``max_memory`` can read (the runtime plus the input's
+    float32 copies, as ``plan_memory`` counts them), at most ``ceiling``: checked against the
+    header before the data is read, so a small budget bounds the read too."""
+    return max(1, min(int(ceiling), (int(max_memory) - RUNTIME_BASE_BYTES) // (4 * INPUT_COPIES)))
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """How a run fits the budget: the encoder tile core and where the output lives."""
@@ -65,7 +75,7 @@ def plan_memory(
     in_bytes = 4 * int(np.prod(in_shape))
     in_memory = out_bytes <= OUTPUT_IN_MEMORY_FRACTION * max_memory
     decode_bytes = chunk * (SAMPLER_COPIES * feature_dim + 8) * 4
-    fixed = RUNTIME_BASE_BYTES + 2 * model_bytes + 3 * in_bytes + decode_bytes + (out_bytes if in_memory else 0)
+    fixed = RUNTIME_BASE_BYTES + 2 * model_bytes + INPUT_COPIES * in_bytes + decode_bytes + (out_bytes if in_memory else 0)
     encoder_budget = max(0, int(max_memory) - fixed)
     # the kept feature block (channel-last copy) lives next to the encoder's own output
     # (a feature map r times finer holds r^3 feature vectors per input voxel)

@@ -382,7 +382,7 @@ def upsample_file(
     in_path = Path(in_path)
     check_grid_options(scale, voxel_size, shape, reference)
     fmt = format_for(out_path, output_format)
-    volume, series = read_input(in_path)
+    volume, series = read_input(in_path, upsampler.max_memory if upsampler is not None else max_memory)
     if series is not None and fmt != "nifti":
         raise OutputError(f"{in_path}: a 4-D series is written as one 4-D NIfTI (.nii/.nii.gz); {fmt} output takes 3-D volumes")
     method = choose_interp(volume, interp, as_intensity, on_note)

@@ -44,16 +44,29 @@ class Target:
         return self.via or self.grid
 
 
-def read_input(path: str | os.PathLike) -> tuple[Volume, "SeriesInput | None"]:
-    """A 3-D volume (any reader) or a 4-D NIfTI series (its first volume, and the series)."""
+def read_input(path: str | os.PathLike, max_memory: int | None = None) -> tuple[Volume, "SeriesInput | None"]:
+    """A 3-D volume (any reader) or a 4-D NIfTI series (its first volume, and the series).
+
+    ``max_memory``: the run's budget, which also bounds what is read (a volume whose float32
+    copies would not fit is refused from its header, before its data is read)."""
+    from .errors import InputTooLargeError
+    from .memory import input_voxel_limit
     from .readers import input_format, read_volume
     from .series import open_series, series_length
+    from .validation import DEFAULT_MAX_INPUT_VOXELS
 
     p = Path(path)
-    if input_format(p) == "nifti" and series_length(p) > 1:
-        series = open_series(p)
-        return series.first, series
-    return read_volume(p), None
+    limit = DEFAULT_MAX_INPUT_VOXELS if max_memory is None else input_voxel_limit(max_memory, DEFAULT_MAX_INPUT_VOXELS)
+    try:
+        if input_format(p) == "nifti" and series_length(p) > 1:
+            series = open_series(p, limit)
+            return series.first, series
+        return read_volume(p, limit), None
+    except InputTooLargeError as exc:
+        if limit >= DEFAULT_MAX_INPUT_VOXELS:
+            raise
+        raise InputTooLargeError(f"{exc}, which is what {flag('max_memory')} {max_memory / 2**30:.3g} GiB leaves for the input: "
+                                 f"raise {flag('max_memory')}") from None
 
 
 def check_voxel_limit(grid: OutputGrid, max_output_voxels: int, what: str = "output") -> None:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, InputTooLargeError
 
 # 512^3 voxels: a 0.5 mm whole head is ~400^3; anything larger is almost surely a broken header
 DEFAULT_MAX_INPUT_VOXELS = 512**3
@@ -53,7 +53,7 @@ def check_size(path: Path | str, shape: Sequence[int], itemsize: int, max_voxels
     voxels = math.prod(int(n) for n in shape)
     if voxels > max_voxels:
         gib = voxels * itemsize / 2**30
-        raise InputError(
+        raise InputTooLargeError(
             f"{path}: header claims shape {tuple(int(n) for n in shape)} ({voxels:,} voxels, {gib:.1f} GiB), "
             f"over the input limit of {max_voxels:,} voxels"
         )

@@ -61,6 +61,7 @@ def run(cli: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["nosuchcommand"], "No such command"),
     (["upsample", str(FIXTURE_PATH), "--scale", "2", "--tile", "abc"], "--tile"),
     (["upsample", str(FIXTURE_PATH), "--scale", "2", "--max-memory", "nan"], "--max-memory"),
+    (["upsample", str(FIXTURE_PATH), "--scale", "2", "--max-memory", "321M"], "leaves for the input: raise --max-memory"),
     (["upsample", str(FIXTURE_PATH), "--scale", "1_0"], "--scale"),
     (["info", str(FIXTURE_PATH), "--shape", "48.9"], "--shape"),
     (["batch", str(FIXTURE_PATH)], "Missing option"),

@@ -77,3 +77,29 @@ def test_the_pipeline_plans_for_its_tta_passes():
             VolumeEngine("default", "onnxruntime", max_memory=1 << 30, tta=symmetries(2, (0, 1))) as averaged:
         assert plain.memory_plan((128, 128, 64), (384, 384, 192)).output_in_memory
         assert not averaged.memory_plan((128, 128, 64), (384, 384, 192)).output_in_memory
+
+
+def test_max_memory_bounds_what_is_read_from_the_header_before_the_data(cli, tmp_path, monkeypatch):
+    """A budget too small for the input's float32 copies refuses the input from its header (one
+    line naming the setting, nothing read or written); a budget that fits reads it as before."""
+    from arssr_rt import nifti_io
+    from arssr_rt.errors import InputTooLargeError
+    from arssr_rt.memory import RUNTIME_BASE_BYTES, input_voxel_limit
+    from arssr_rt.render import read_input
+    from conftest import FIXTURE_PATH
+
+    voxels = 64 ** 3  # the fixture
+    assert input_voxel_limit(RUNTIME_BASE_BYTES + 12 * voxels, 10**9) == voxels
+    assert input_voxel_limit(RUNTIME_BASE_BYTES + 12 * voxels, 1000) == 1000  # the input limit still caps it
+    volume, _ = read_input(FIXTURE_PATH, RUNTIME_BASE_BYTES + 12 * voxels)
+    assert volume.shape == (64, 64, 64)
+    with pytest.raises(InputTooLargeError, match="max.memory 0.315 GiB leaves for the input"):
+        read_input(FIXTURE_PATH, RUNTIME_BASE_BYTES + 12 * voxels - 12)
+
+    reads: list[object] = []
+    real = nifti_io.read_checked_voxels
+    monkeypatch.setattr(nifti_io, "read_checked_voxels", lambda *a, **k: reads.append(a) or real(*a, **k))
+    out = tmp_path / "o.nii.gz"
+    code, err = cli("upsample", FIXTURE_PATH, "--scale", "2", "--max-memory", "321M", "-o", out)
+    assert code == 2 and err.count("\n") == 1 and "--max-memory" in err and "262,144 voxels" in err, err
+    assert not out.exists() and reads == []

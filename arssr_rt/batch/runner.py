@@ -164,7 +164,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
     result = ItemResult(input=str(task.item.input), status="failed", output=str(task.output))
     try:
         remove_stale_temporaries(task.output)
-        volume, series = read_input(task.item.input)
+        volume, series = read_input(task.item.input, upsampler.max_memory)
         result.in_shape, result.in_spacing = list(volume.shape), _spacing(volume.affine)
         scale_given = task.scale is not None
         notes: list[str] = []  # upsample prints these; a batch keeps them in the item's report message
