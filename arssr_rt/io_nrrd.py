@@ -7,6 +7,7 @@ rest of arssr-rt use RAS+, so the axes the space names as left/posterior are neg
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -87,6 +88,9 @@ def nrrd_affine(header: dict, path: Path | str) -> np.ndarray:
         spacings = np.asarray(header.get("spacings", [1.0, 1.0, 1.0]), dtype=np.float64)[:3]
         if spacings.shape != (3,):
             raise InputError(f"{path}: NRRD spacings {spacings.tolist()} do not give three axes")
+        if np.any(spacings < 0):  # readers disagree: some flip the axis, some take the magnitude
+            raise InputError(f"{path}: NRRD spacings {spacings.tolist()} are negative, which readers take either as a flip or "
+                             "as a length; write the orientation as space directions instead")
         linear = np.diag(spacings * _mm_per_unit(header, path, "units"))
         origin = np.zeros(3)
     scale = _mm_per_unit(header, path, "space units")  # units of the world axes: rows and origin
@@ -133,6 +137,49 @@ def _check_raw_fields(fields: dict[str, str], path: Path) -> None:
     kinds = fields.get("kinds")
     if kinds is not None and sizes and len(kinds.split()) != len(sizes):
         raise InputError(f"{path}: NRRD kinds {printable(kinds)!r} name {len(kinds.split())} axes, the sizes {len(sizes)}")
+
+
+_SAMPLE = 1 << 20  # voxels the byte-order check looks at (a strided sample of a large volume)
+
+
+def _neighbour_agreement(values: np.ndarray) -> float:
+    """How often neighbouring voxels (in file order) share their most significant byte, over
+    pairs that are not both zero. An image's top byte changes slowly; a byte-swapped image's
+    top byte is its noisy bottom byte, so neighbours rarely agree (measured on 13 real volumes
+    as int16: 0.10-0.96 read right, 0.004-0.23 swapped, never above the right reading)."""
+    k = values.dtype.itemsize
+    top = (values.view(np.dtype(f"u{k}")).astype(np.uint64) >> np.uint64(8 * (k - 1))) & np.uint64(0xFF)
+    pairs = (values[1:] != 0) | (values[:-1] != 0)
+    return float(np.mean(top[1:][pairs] == top[:-1][pairs])) if pairs.any() else 1.0
+
+
+def _plausible_magnitudes(values: np.ndarray) -> float:
+    """Share of the nonzero values that are finite and within 1e-20..1e20: a byte-swapped float
+    image reads as denormals, NaN and huge numbers (measured 0-52 % plausible; read right, 100 %)."""
+    mags = np.abs(values[values != 0].astype(np.float64))
+    return float(np.mean(np.isfinite(mags) & (mags > 1e-20) & (mags < 1e20))) if mags.size else 1.0
+
+
+def check_byte_order(path: Path | str, raw: np.ndarray, declared: str) -> None:
+    """Refuse data that reads as an image only in the other byte order than the header declares:
+    a hand-written header with the wrong endian field would otherwise give a noise image that
+    passes every other check. Ambiguous data (full-range 16-bit, quantised) is left as declared."""
+    if raw.dtype.itemsize == 1 or raw.dtype.kind not in "iuf":
+        return
+    flat = np.ascontiguousarray(raw.reshape(-1, order="F")[:: max(1, raw.size // _SAMPLE)])
+    native = flat.astype(flat.dtype.newbyteorder("="))
+    swapped = native.byteswap()
+    if raw.dtype.kind == "f":
+        with np.errstate(all="ignore"):
+            as_declared, other = _plausible_magnitudes(native), _plausible_magnitudes(swapped)
+        wrong = as_declared < 0.5 and other >= 0.95
+    else:
+        as_declared, other = _neighbour_agreement(native), _neighbour_agreement(swapped)
+        wrong = other >= 3.0 * as_declared and other >= 0.05
+    if wrong:
+        flipped = "big" if str(declared).lower() == "little" else "little"
+        raise InputError(f"{path}: NRRD data reads as an image in {flipped}-endian byte order, not in the declared "
+                         f"{printable(str(declared))}-endian: the header's endian field looks wrong; correct it")
 
 
 def _scalar_axes(header: dict, path: Path | str) -> list[int]:
@@ -192,6 +239,8 @@ def _read_open_nrrd(nrrd, path: Path, handle, max_voxels: int) -> Volume:
     check_scalar_dtype(path, raw.dtype)
     if raw.size != np.prod(shape):
         raise InputError(f"{path}: NRRD data has {raw.size} values, the header says {shape}")
+    if str(header.get("encoding", "raw")).lower() not in ("ascii", "text", "txt"):  # text has no byte order
+        check_byte_order(path, raw, header.get("endian", sys.byteorder))
     data = raw.reshape(shape, order="F").astype(np.float32)
     check_voxels(path, data)
     return Volume(

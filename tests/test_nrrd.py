@@ -292,3 +292,44 @@ def test_unknown_or_non_ascii_space_units_are_refused(tmp_path, units):
     (tmp_path / "u.nrrd").write_bytes(text.replace(b"space origin", field + b"space origin", 1))
     with pytest.raises(InputError, match="units"):
         read_nrrd(tmp_path / "u.nrrd")
+
+
+def _raw_nrrd(path: Path, data: np.ndarray, type_name: str, endian: str, **fields: str) -> Path:
+    """A raw-encoded NRRD whose header says ``endian`` whatever byte order ``data`` is in."""
+    lines = ["NRRD0004", f"type: {type_name}", "dimension: 3", f"sizes: {' '.join(map(str, data.shape))}",
+             "encoding: raw", f"endian: {endian}", *(f"{k.replace('_', ' ')}: {v}" for k, v in fields.items())]
+    path.write_bytes(("\n".join(lines) + "\n\n").encode() + data.tobytes(order="F"))
+    return path
+
+
+@pytest.mark.parametrize("dtype,type_name", [(">i2", "short"), (">u2", "ushort"), (">f4", "float"), (">i4", "int")])
+def test_data_that_reads_as_an_image_only_in_the_other_byte_order_is_refused(dtype, type_name, tmp_path):
+    """A header claiming little-endian over big-endian bytes would give a noise image that passes
+    every other check; the same bytes declared big-endian read back exactly."""
+    data, _ = _fixture()
+    values = (data.astype(np.float64) * 4.0).astype(dtype)  # the fixture's 0-255 as 0-1020
+    wrong = _raw_nrrd(tmp_path / "wrong.nrrd", values, type_name, "little")
+    with pytest.raises(InputError, match="reads as an image in big-endian byte order, not in the declared little-endian"):
+        read_nrrd(wrong)
+    right = read_nrrd(_raw_nrrd(tmp_path / "right.nrrd", values, type_name, "big"))
+    np.testing.assert_array_equal(right.data, values.astype(np.float32))
+
+
+def test_noise_and_full_range_data_are_read_as_declared(tmp_path):
+    """The byte-order check refuses only clear cases: data that looks alike both ways is kept."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 65535, (24, 20, 16)).astype("<u2")
+    np.testing.assert_array_equal(read_nrrd(_raw_nrrd(tmp_path / "n.nrrd", noise, "ushort", "little")).data, noise)
+    data, _ = _fixture()
+    full = (data.astype(np.float64) * 257.0).astype("<u2")  # 0-65535: both byte readings vary alike
+    np.testing.assert_array_equal(read_nrrd(_raw_nrrd(tmp_path / "f.nrrd", full, "ushort", "little")).data, full)
+
+
+def test_negative_spacings_are_refused(tmp_path):
+    """Readers disagree on a negative spacing (a flip, or a length): refuse rather than guess."""
+    data, _ = _fixture()
+    path = _raw_nrrd(tmp_path / "s.nrrd", data.astype("<i2"), "short", "little", spacings="1 -1 1")
+    with pytest.raises(InputError, match="spacings .* are negative"):
+        read_nrrd(path)
+    plain = _raw_nrrd(tmp_path / "p.nrrd", data.astype("<i2"), "short", "little", spacings="1 1 2")
+    assert np.allclose(np.diag(read_nrrd(plain).affine)[:3], [1, 1, 2])
