@@ -40,7 +40,7 @@ def test_models_json_gives_numbers_as_json_numbers(capsys, monkeypatch, tmp_path
     monkeypatch.setenv("ARSSR_RT_MODELS", str(tmp_path / "none"))
     code, rows = run_json(capsys, ["models"])
     assert code == 0
-    (row,) = [r for r in rows if r["source"] == "embedded"]
+    (row,) = [r for r in rows if r["source"] == "embedded" and Path(r["path"]).name == "default"]
     from arssr_rt.bundle import resolve_model
 
     meta = resolve_model(None).meta
