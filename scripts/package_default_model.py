@@ -85,7 +85,7 @@ def main() -> None:
         "steps_total": sum(k for _, k, _ in done),
         "lineage": f"{len(done)} stages, {sum(k for _, k, _ in done):,} Adam steps on 2 CPU cores: "
                    + "; ".join(f"stage {n} ({k:,}): {what}" for n, k, what in done)
-                   + f". Stage list: {args.lineage.relative_to(ROOT)}",
+                   + f". Stage list: {args.lineage.resolve().relative_to(ROOT)}",
         "data": [{"file": Path(p).name, "sha256": sha256(Path(p)), "source": SOURCES.get(Path(p).name, "?")} for p in cfg["data"]],
         "held_out": [{"file": f, "source": SOURCES[f], "role": role} for f, role in held_out.items()],
         "pyramid_levels": cfg["pyramid"] + 1,

@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         interp: Optional[str] = typer.Option(None, "--interp", help="model (default) | nearest | linear | cubic, as in upsample (nearest is the default for a NIfTI with intent label)."),
         clip_to_input_range: bool = typer.Option(False, "--clip-to-input-range", help="Clip each output to its input's [min, max]."),
         keep_samples: bool = typer.Option(True, "--keep-samples/--no-keep-samples", help="Model path: output voxels on an input voxel centre keep the acquired value (default)."),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory (default: the embedded default model; bandlimited: the embedded model for 3-D acquisitions at a reduced matrix)."),
         backend: str = typer.Option("auto", "--backend", "-b", help="auto | onnxruntime | torch | openvino | tensorrt | torch-cuda"),
         device: int = typer.Option(0, "--device", help="GPU index for GPU backends."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per worker."),
@@ -217,7 +217,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export-triton", help=TRITON_HELP)
     def export_triton_cmd(
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory (default: the embedded default model; bandlimited: the embedded model for 3-D acquisitions at a reduced matrix)."),
         out: Path = typer.Option(..., "-o", "--output", help="Model repository folder to create."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (uses the bundle's fp16 ONNX files)."),
         max_batch_points: int = typer.Option(1 << 17, "--chunk", help="Decoder points per Triton request."),

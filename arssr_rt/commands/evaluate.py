@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="kspace-noise: seed of each case's noise (the same case gives the same noise)."),
         slice_profile: Optional[str] = typer.Option(None, "--slice-profile", help="slice: box (default) | gaussian (FWHM = slice thickness)."),
         slice_gap: Optional[float] = typer.Option(None, "--slice-gap", help="slice: gap between slices as a fraction of the spacing, in [0, 1) (default 0)."),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory (default: the embedded model)."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory (default: the embedded default model; bandlimited: the embedded model for 3-D acquisitions at a reduced matrix)."),
         baseline_only: bool = typer.Option(False, "--baseline-only", help="Score the baselines (tricubic, sinc) only; load no model."),
         backend: str = typer.Option("auto", "--backend", "-b", help="auto | onnxruntime | torch | openvino | tensorrt | torch-cuda"),
         device: int = typer.Option(0, "--device", help="GPU index for GPU backends."),

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="Target spacing in mm: V or V1,V2,V3."),
         shape: Optional[str] = typer.Option(None, "--shape", help="Output shape N1,N2,N3."),
         reference: Optional[Path] = typer.Option(None, "--reference", help="Take the output grid (shape, affine, qform/sform) from this image (NIfTI, MGZ, NRRD, DICOM; a 4-D one: its first three axes); instead of --scale/--voxel-size/--shape."),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory (default: the embedded model)."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or bundle directory (default: the embedded default model; bandlimited: the embedded model for 3-D acquisitions at a reduced matrix)."),
         backend: str = typer.Option("auto", "--backend", "-b", help="auto | onnxruntime | torch | openvino | tensorrt | torch-cuda"),
         device: int = typer.Option(0, "--device", help="GPU index for GPU backends."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for CPU backends (default: all cores)."),
