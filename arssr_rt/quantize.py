@@ -237,7 +237,10 @@ def int8_fidelity_db(bundle: "ModelBundle", encoder: Path, decoder: Path, points
             out.append(dec.run(None, {contract.DECODER_FEATURES: flat, contract.DECODER_COORDS: coords})[0])
     a, b = np.concatenate(ref).astype(np.float64), np.concatenate(got).astype(np.float64)
     mse = float(np.mean((a - b) ** 2))
-    peak = max(float(a.max() - a.min()), 1e-6)
+    # a residual model's decoder returns a small correction to the windowed-sinc base: its error
+    # counts against the output's normalised [0, 1] range, not against the correction's own
+    residual = str(bundle.spec.get("base", "none")) != "none"
+    peak = 1.0 if residual else max(float(a.max() - a.min()), 1e-6)
     return float("inf") if mse == 0 else 10.0 * np.log10(peak ** 2 / mse)
 
 
@@ -258,6 +261,7 @@ def cpu_kernel_key() -> str:
 
 
 _FIDELITY_MEMO: dict[str, float] = {}
+FIDELITY_VERSION = 2  # bump when int8_fidelity_db measures differently (2: residual models against [0, 1])
 
 
 def measured_fidelity_db(bundle: "ModelBundle", encoder: Path, decoder: Path) -> float:
@@ -265,7 +269,7 @@ def measured_fidelity_db(bundle: "ModelBundle", encoder: Path, decoder: Path) ->
     cached graphs: the measurement costs ~0.3 s, which every int8 open (each batch worker) paid.
     A record that does not parse as a number is measured again; a read-only cache only loses
     the saving."""
-    record = encoder.with_name(f"{encoder.stem}__{decoder.stem}__{cpu_kernel_key()}.fidelity.json")
+    record = encoder.with_name(f"{encoder.stem}__{decoder.stem}__{cpu_kernel_key()}.fidelity-v{FIDELITY_VERSION}.json")
     key = str(record)
     if key in _FIDELITY_MEMO:
         return _FIDELITY_MEMO[key]
