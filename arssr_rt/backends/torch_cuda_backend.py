@@ -112,17 +112,24 @@ class TorchCudaBackend(BackendRunner):
                 return self._torch.as_strided(self._last_device, features.shape, strides, self._last_device.storage_offset() + offset)
         return self._tensor(features)
 
-    def _blend(self, x: Any, dim: int, h: int, H: int, start: int, stop: int, offset: int) -> Any:
-        """1-D trilinear blend along ``dim``: the CPU sampler's two-weight formula and op order."""
+    def _axis_weights(self, h: int, H: int, start: int, stop: int, offset: int, length: int) -> tuple[Any, Any, Any, Any]:
+        """The CPU sampler's 1-D trilinear weights of one axis, uploaded once per box. Why: an
+        upload from pageable memory waits for the GPU queue, so uploads inside the slab loop
+        (18 per slab before) serialise the host and the GPU; the H200 run of 2026-12-04 had
+        torch-cuda at 0.8x the published-way reference with them."""
         from ..sampling import axis_weights
 
-        w = axis_weights(h, H, start, stop, offset, x.shape[dim])
+        w = axis_weights(h, H, start, stop, offset, length)
+        to = lambda a: self._torch.from_numpy(a).to(self.device)  # noqa: E731
+        return to(w.lower), to(w.upper), to(w.w_lower), to(w.w_upper)
+
+    def _blend(self, x: Any, dim: int, weights: tuple[Any, Any, Any, Any]) -> Any:
+        """1-D trilinear blend along ``dim``: the CPU sampler's two-weight formula and op order."""
+        lower, upper, w_lower, w_upper = weights
         shape = [1] * x.ndim
         shape[dim] = -1
-        lo = x.index_select(dim, self._torch.from_numpy(w.lower).to(self.device))
-        hi = x.index_select(dim, self._torch.from_numpy(w.upper).to(self.device))
-        lo = lo * self._torch.from_numpy(w.w_lower).to(self.device).view(shape)
-        hi = hi * self._torch.from_numpy(w.w_upper).to(self.device).view(shape)
+        lo = x.index_select(dim, lower) * w_lower.view(shape)
+        hi = x.index_select(dim, upper) * w_upper.view(shape)
         return lo + hi
 
     def _decode_box_impl(self, features: np.ndarray, spec: "BoxSpec") -> np.ndarray:
@@ -137,12 +144,14 @@ class TorchCudaBackend(BackendRunner):
                 for h, n, a, b in zip(spec.in_shape, spec.out_shape, spec.out_start, spec.out_stop)]
         with self._run():
             block = self._device_block(features).float()
+            w0, w1, w2 = (self._axis_weights(spec.in_shape[k], spec.out_shape[k], spec.out_start[k], spec.out_stop[k], spec.in_offset[k],
+                                             block.shape[k + 1]) for k in range(3))
             # axis 0 first, then 1, then 2: the CPU sampler's order, so the blends agree bit for bit
             for s in range(0, n0, slab):
                 e = min(s + slab, n0)
-                x = self._blend(block, 1, spec.in_shape[0], spec.out_shape[0], spec.out_start[0] + s, spec.out_start[0] + e, spec.in_offset[0])
-                x = self._blend(x, 2, spec.in_shape[1], spec.out_shape[1], spec.out_start[1], spec.out_stop[1], spec.in_offset[1])
-                x = self._blend(x, 3, spec.in_shape[2], spec.out_shape[2], spec.out_start[2], spec.out_stop[2], spec.in_offset[2])
+                x = self._blend(block, 1, tuple(t[s:e] for t in w0))
+                x = self._blend(x, 2, w1)
+                x = self._blend(x, 3, w2)
                 rows = x.permute(1, 2, 3, 0).reshape(-1, self.feature_dim)  # (points, F) in C order
                 g0, g1, g2 = torch.meshgrid(axes[0][s:e], axes[1], axes[2], indexing="ij")
                 coords = torch.stack([g0.reshape(-1), g1.reshape(-1), g2.reshape(-1)], dim=1)
