@@ -195,19 +195,21 @@ class Upsampler:
     percentile), ``as_intensity`` (take a label-map-like image as intensities),
     ``keep_acquired`` (True or a slice profile "box" | "gaussian": data consistency for
     thick slices, ``slice_gap`` as a fraction of the spacing; "kspace": for a band-limited
-    input, keep its own k-space inside the acquired band).
+    input, keep its own k-space inside the acquired band), ``tta`` (1, 2, 4 or 8 inference passes
+    over flips of the input, averaged: 2 adds the flip of the most up-sampled axis; each pass
+    costs one up-sampling).
     """
 
     @python_api
     def __init__(self, model: Any = None, *, backend: Any = "auto", device: int = 0, threads: int | None = None,
                  precision: str = "fp32", tile: int | None = None, chunk: int | None = None,
                  max_memory: int | str = DEFAULT_MAX_MEMORY, normalization: str = "minmax", as_intensity: bool = False,
-                 keep_acquired: bool | str = False, slice_gap: float = 0.0):
+                 keep_acquired: bool | str = False, slice_gap: float = 0.0, tta: int = 1):
         from .backends.base import BackendOptions
         from .pipeline import VolumeEngine as Engine
 
         kwargs = _engine_settings(tile=tile, chunk=chunk, threads=threads, max_memory=max_memory, normalization=normalization,
-                                  keep_acquired=keep_acquired, slice_gap=slice_gap, as_intensity=as_intensity)
+                                  keep_acquired=keep_acquired, slice_gap=slice_gap, as_intensity=as_intensity, tta=tta)
         options = BackendOptions(device=device, threads=threads, precision=precision)
         self._engine = Engine(model, backend, options, **kwargs)
 
@@ -241,22 +243,24 @@ class Upsampler:
 
 
 def _engine_settings(*, tile: Any, chunk: Any, threads: Any, max_memory: Any, normalization: str, keep_acquired: Any,
-                     slice_gap: float, as_intensity: bool) -> dict[str, Any]:
+                     slice_gap: float, as_intensity: bool, tta: Any = 1) -> dict[str, Any]:
     """pipeline.VolumeEngine keyword arguments, checked (one line naming the parameter)."""
     from .consistency import check_slice_profile
     from .intensity import check_mode
     from .options import check_tile, max_memory_bytes
+    from .tta import check_passes
 
     check_tile(tile)
     for name, value in (("chunk", chunk), ("threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise InputError(f"{flag(name)} must be a whole number >= 1, got {value!r}")
     check_mode(normalization)
+    check_passes(tta)
     profile = "box" if keep_acquired is True else (keep_acquired or None)
     if profile is not None:
         check_slice_profile(profile, slice_gap)
     return dict(tile=tile, chunk=chunk, max_memory=max_memory_bytes(max_memory), normalization=normalization,
-                as_intensity=bool(as_intensity), keep_acquired=profile, slice_gap=slice_gap)
+                as_intensity=bool(as_intensity), keep_acquired=profile, slice_gap=slice_gap, tta_passes=tta)
 
 
 def _reference(reference: Any) -> Any:
@@ -386,7 +390,7 @@ def upsample(x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any =
              normalization: str = "minmax", dtype: str | None = None, interp: str | None = None,
              clip_to_input_range: bool = False, keep_acquired: bool | str = False, slice_gap: float = 0.0,
              progress: Progress | bool | None = None, as_intensity: bool = False,
-             max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> Any:
+             max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS, tta: int = 1) -> Any:
     """Super-resolve a volume onto the grid of exactly one of ``scale`` / ``voxel_size`` (mm) /
     ``shape``, keeping the field of view (the CLI's geometry and voxels), or onto the grid of
     ``reference`` (a path or a nibabel image: its shape and affine, like ``--reference``).
@@ -410,9 +414,9 @@ def upsample(x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any =
     size = dict(scale=scale, voxel_size=voxel_size, shape=shape)
     settings = dict(backend=backend, device=device, threads=threads, precision=precision, tile=tile, chunk=chunk,
                     max_memory=max_memory, normalization=normalization, as_intensity=as_intensity,
-                    keep_acquired=keep_acquired, slice_gap=slice_gap)
+                    keep_acquired=keep_acquired, slice_gap=slice_gap, tta=tta)
     _engine_settings(**{k: settings[k] for k in ("tile", "chunk", "threads", "max_memory", "normalization", "keep_acquired",
-                                                 "slice_gap", "as_intensity")})
+                                                 "slice_gap", "as_intensity", "tta")})
     opened: list[Upsampler] = []
 
     def engine() -> Any:  # the model loads only if a volume goes through it

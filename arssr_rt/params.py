@@ -42,6 +42,7 @@ CLI_FLAGS: dict[str, str] = {
     "clip_to_input_range": "--clip-to-input-range",
     "reference": "--reference",
     "keep_samples": "--keep-samples",
+    "tta": "--tta",
 }
 
 _PYTHON_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("arssr_rt_python_names", default=False)

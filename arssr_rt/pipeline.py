@@ -35,7 +35,7 @@ from .params import flag, setting
 from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_buffer, plan_memory, release_pages,
                      restore_in_place, transposed)
 from .sampling import box_coords, sample_box
-from .tta import PassMeter
+from .tta import PassMeter, plain_symmetries
 from .tiling import Tile, cap_tile, output_chunks, plan_tiles
 from .volume import Volume
 
@@ -74,10 +74,16 @@ class VolumeEngine:
         slice_gap: float = 0.0,
         keep_samples: bool = True,
         tta: "Sequence[Symmetry]" = (),
+        tta_passes: int = 1,
     ):
         from .intensity import check_mode
 
         check_mode(normalization)  # before the model loads
+        from .tta import check_passes
+
+        check_passes(tta_passes)
+        if tta and tta_passes != 1:
+            raise ValueError("give either tta (the symmetries) or tta_passes (chosen per grid), not both")
         options = options or BackendOptions()
         if keep_acquired is not None:  # an unknown profile or a bad gap fails before the model loads
             check_slice_profile(keep_acquired, slice_gap)
@@ -101,8 +107,15 @@ class VolumeEngine:
         # output voxels on an input voxel centre get the acquired value (see consistency.keep_samples);
         # off for --keep-acquired, whose thick-slice averages are not point samples
         self.keep_samples = keep_samples
-        # test-time averaging (tta.py): the mean of one pass per symmetry, each undone; () = one plain pass
+        # test-time averaging (tta.py): the mean of one pass per symmetry, each undone; () = one plain pass.
+        # tta_passes > 1: the symmetries are chosen per run from its grid (tta.plain_symmetries)
         self.tta = tuple(tta)
+        self.tta_passes = tta_passes
+
+    @property
+    def passes(self) -> int:
+        """Up-sampling passes a run makes (test-time averaging)."""
+        return len(self.tta) if self.tta else self.tta_passes
 
     def __enter__(self) -> "VolumeEngine":
         return self
@@ -127,13 +140,14 @@ class VolumeEngine:
         if self.keep_acquired:
             self.check_keep_acquired_memory(volume.shape, grid.shape)
         lr = norm.normalize(volume.data)
-        if self.tta:  # each pass on a flipped / swapped copy, undone, averaged (tta.py)
-            meter = PassMeter(progress, len(self.tta))
-            out = self.tta[0].undo(self.infer_oriented(self.tta[0].apply(lr), self.tta[0].shape(grid.shape), meter))
-            for sym in self.tta[1:]:
+        syms = self.tta or tuple(plain_symmetries(self.tta_passes, volume.shape, grid.shape))
+        if syms:  # each pass on a flipped / swapped copy, undone, averaged (tta.py)
+            meter = PassMeter(progress, len(syms))
+            out = syms[0].undo(self.infer_oriented(syms[0].apply(lr), syms[0].shape(grid.shape), meter))
+            for sym in syms[1:]:
                 out += sym.undo(self.infer_oriented(sym.apply(lr), sym.shape(grid.shape), meter))
-            if len(self.tta) > 1:
-                out *= np.float32(1.0 / len(self.tta))
+            if len(syms) > 1:
+                out *= np.float32(1.0 / len(syms))
             if not isinstance(out, np.memmap):  # the first pass's undo may be a view (a lone symmetry)
                 out = np.ascontiguousarray(out)
             meter.finish(math.prod(grid.shape))
@@ -231,7 +245,7 @@ class VolumeEngine:
             shape, out_shape if out_shape is not None else shape, max_memory=self.max_memory,
             encoder_bytes_per_voxel=encoder_bytes_per_voxel(self.bundle.spec), receptive_radius=self.bundle.receptive_radius,
             feature_dim=self.bundle.feature_dim, chunk=self.chunk, model_bytes=model_bytes(self.bundle),
-            feature_scale=self.bundle.feature_scale, outputs=2 if len(self.tta) > 1 else 1,
+            feature_scale=self.bundle.feature_scale, outputs=2 if self.passes > 1 else 1,
         )
         return plan if self.tile is None else MemoryPlan(self.tile, plan.output_in_memory, plan.encoder_budget)
 
@@ -356,6 +370,7 @@ def upsample_file(
     on_adapt_step: Callable[[int, int | None, float], None] | None = None,
     on_adapt_info: Callable[[str], None] | None = None,
     base_model: Any = None,
+    tta: int = 1,
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
@@ -371,6 +386,8 @@ def upsample_file(
     ``adapt``: fine-tune a copy of the model on this scan first (thick-slice scans, see
     arssr_rt/adapt) and run the adapted copy; ``save_adapted`` also writes it as a bundle;
     ``base_model`` is the bundle's torch model when the caller loaded it already (batch).
+    ``tta``: inference passes averaged over flips (tta.py); with ``adapt`` it is the adapted
+    run's (``AdaptOptions.tta``); a given ``upsampler`` keeps its own.
     """
     from .intensity import choose_output_dtype
     from .options import check_grid_options
@@ -392,10 +409,17 @@ def upsample_file(
     inputs = [in_path, *_reference_files(reference)]  # -o REF --force used to overwrite the reference
     check_volume_output(out, fmt, inputs=inputs, force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
+    from .tta import check_passes
+
+    check_passes(tta)
     if adapt is not None:
         from .adapt.plan import check_adapt_input
 
         check_adapt_input(str(in_path), series is not None, method)
+        if tta != 1:
+            if adapt.tta not in (1, tta):
+                raise InputError(f"{setting('tta', tta)} and the adaptation's {adapt.tta} passes disagree: give one")
+            adapt = replace(adapt, tta=tta)
     up = None
     owner = upsampler is None
     if method == "model" and adapt is not None:  # the adapted copy runs through this same path, in its own VolumeEngine
@@ -410,7 +434,7 @@ def upsample_file(
     elif method == "model":
         up = upsampler or VolumeEngine(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
                                     as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap,
-                                    keep_samples=keep_samples)
+                                    keep_samples=keep_samples, tta_passes=tta)
     if up is not None and on_backend:
         on_backend(up.backend.name)
     label = reference_label(reference) if reference is not None else size_label(scale, voxel_size, shape)

@@ -79,3 +79,50 @@ def test_adapt_tta_keeps_acquired_slices_and_refuses_bad_counts(cli, thick, tmp_
     code, err = cli("upsample", src, "--scale", "1,1,4", "--adapt-tta", "2", "-q", "-o", tmp_path / "y.nii.gz")
     assert code != 0 and "--adapt-tta" in err and "--adapt only" in err
     assert not (tmp_path / "x.nii.gz").exists() and not (tmp_path / "y.nii.gz").exists()
+
+
+def test_plain_passes_put_the_most_up_sampled_axis_in_the_thick_role():
+    from arssr_rt.tta import plain_symmetries
+
+    assert plain_symmetries(1, (10, 10, 10), (20, 20, 20)) == []  # one pass: the plain path
+    assert plain_symmetries(2, (10, 10, 10), (20, 20, 40))[1] == Symmetry((2,))
+    assert plain_symmetries(2, (10, 10, 10), (40, 20, 20))[1] == Symmetry((0,))
+    assert plain_symmetries(2, (20, 10, 10), (40, 40, 20))[1] == Symmetry((1,))  # x4 beats x2, the last of equals otherwise
+    assert plain_symmetries(4, (10, 10, 10), (20, 20, 20)) == symmetries(4, (0, 1))
+
+
+def test_tta_passes_average_the_flip_of_the_thick_axis(thick):
+    """``VolumeEngine(tta_passes=2)`` (``--tta 2``) = the plain run and the run on the input flipped
+    along the most up-sampled axis (undone), averaged; keep_samples still holds."""
+    from arssr_rt.pipeline import VolumeEngine, plan_grid
+    from arssr_rt.volume import Volume
+
+    grid = plan_grid(thick, shape=[40, 48, 64])
+    with VolumeEngine("default", "onnxruntime", tta_passes=2) as up:
+        averaged = up.run(thick, grid)
+    with VolumeEngine("default", "onnxruntime") as plain:
+        single = plain.run(thick, grid)
+        flipped = Volume(data=np.ascontiguousarray(thick.data[:, :, ::-1]), affine=thick.affine)
+        mirrored = plain.run(flipped, grid)[:, :, ::-1]
+    span = float(np.ptp(single))
+    np.testing.assert_allclose(averaged, (single + mirrored) / 2, atol=1e-5 * span)
+    assert np.abs(averaged - single).max() > 1e-3 * span
+    with pytest.raises(ValueError, match="not both"):
+        VolumeEngine("default", "onnxruntime", tta=symmetries(2, (0, 1)), tta_passes=2)
+
+
+def test_tta_option_errors_are_one_line(cli, tmp_path):
+    out = str(tmp_path / "o.nii.gz")
+    for args, text in ((["--tta", "3"], "--tta must be one of 1, 2, 4, 8"),
+                       (["--tta", "2", "--interp", "cubic"], "does not apply to --interp cubic"),
+                       (["--tta", "2", "--adapt", "--adapt-tta", "4"], "--tta 2 and --adapt-tta 4 disagree")):
+        code, err = cli("upsample", FIXTURE_PATH, "--scale", "2", "-o", out, *args)
+        assert code == 2 and text in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_batch_fingerprint_records_tta():
+    from arssr_rt.batch.runner import BatchOptions
+
+    assert "tta" not in BatchOptions().fingerprint("2")  # earlier sidecars stay up to date
+    assert BatchOptions(tta=2).fingerprint("2")["tta"] == 2

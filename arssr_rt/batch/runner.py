@@ -60,6 +60,7 @@ class BatchOptions:
     keep_samples: bool = True
     bids: bool = True  # BIDS-named NIfTI inputs get BIDS-derivative outputs (batch/bids.py)
     adapt: Any = None  # adapt.AdaptOptions: fine-tune a copy of the model on each input first
+    tta: int = 1  # inference passes averaged over flips (tta.py; with adapt: AdaptOptions.tta)
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
@@ -70,7 +71,7 @@ class BatchOptions:
         # added only when not the default, so sidecars of earlier runs stay up to date
         extra = {"interp": self.interp, "clip_to_input_range": self.clip_to_input_range or None,
                  "reference_sha256": self.reference_sha256 if scale is None else None,
-                 "keep_samples": None if self.keep_samples else False}
+                 "keep_samples": None if self.keep_samples else False, "tta": self.tta if self.tta != 1 else None}
         out.update({k: v for k, v in extra.items() if v is not None})
         if self.adapt is not None:
             out["adapt"] = asdict(self.adapt)
@@ -146,6 +147,7 @@ def make_upsampler(options: BatchOptions):
         options.model, "torch" if options.adapt is not None else options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
         tile=options.tile, chunk=options.chunk, normalization=options.normalization,
         as_intensity=options.as_intensity, keep_samples=options.keep_samples,
+        tta_passes=options.tta if options.adapt is None else 1,
     )
 
 

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from .tta_option import resolve_passes, tta_option
+
 from ..engines.builder import DEFAULT_TILE
 from ..errors import ArssrError
 
@@ -111,7 +113,8 @@ def register(app: typer.Typer) -> None:
         adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="--adapt: exactly this many fine-tuning steps per input (default: --adapt-minutes)."),
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per input in minutes (default 3)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing)."),
-        adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
+        tta: Optional[int] = tta_option(),
+        adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: the same as --tta (kept for older scripts)."),
         adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="--adapt: box | gaussian | a Gaussian FWHM in mm."),
         slice_gap: float = typer.Option(0.0, "--slice-gap", help="--adapt: gap between slices as a fraction of the slice spacing, in [0, 1)."),
@@ -140,6 +143,9 @@ def register(app: typer.Typer) -> None:
             require(NEEDS[output_format])
         if jobs < 1:
             raise InputError(f"--jobs must be >= 1, got {jobs}")
+        plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
+        if interp not in (None, "model") and plain_passes != 1:
+            raise InputError(f"--tta averages model passes; it does not apply to --interp {interp}")
         adapt_opts = None
         if adapt:
             from dataclasses import replace
@@ -150,7 +156,7 @@ def register(app: typer.Typer) -> None:
             from .upsample import ADAPT_BACKENDS
 
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
-                                      gap=slice_gap, seed=seed, **given_options(tta=adapt_tta, mix=adapt_mix))
+                                      gap=slice_gap, seed=seed, **given_options(tta=adapt_passes, mix=adapt_mix))
             check_adapt_options(adapt_opts)
             if backend not in ADAPT_BACKENDS or precision != "fp32":
                 raise InputError("--adapt runs each adapted model on the torch or torch-cuda backend in fp32; drop --backend/--precision")
@@ -169,7 +175,7 @@ def register(app: typer.Typer) -> None:
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
             allow_outside=allow_outside,
             as_intensity=as_intensity, interp=interp, clip_to_input_range=clip_to_input_range,
-            reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids, adapt=adapt_opts,
+            reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids, adapt=adapt_opts, tta=plain_passes,
         )
         console = Console(stderr=True, highlight=False)
         # a bar on a terminal; plain timestamped lines in SLURM logs and pipes (progress.py)

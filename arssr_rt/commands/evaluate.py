@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .tta_option import resolve_passes, tta_option
+
 from ..degrade import DEFAULT_SNR, DEGRADATIONS
 
 HELP = f"""\
@@ -71,7 +73,8 @@ def register(app: typer.Typer) -> None:
         adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="--adapt: fine-tuning steps per case (default: --adapt-minutes)."),
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per case in minutes (default 3)."),
         adapt_seed: int = typer.Option(0, "--adapt-seed", help="--adapt: seed of the fine-tuning."),
-        adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
+        tta: Optional[int] = tta_option(),
+        adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: the same as --tta (kept for older scripts)."),
         adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Project the model's (and --adapt's) output onto the acquired data as upsample --keep-acquired does: slice with the degradation's own profile, kspace/kspace-noise with --acquisition kspace (cubic, gaussian: unchanged)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
@@ -100,6 +103,7 @@ def register(app: typer.Typer) -> None:
         if keep_acquired and (not {"slice", "kspace", "kspace-noise"} & set(kinds) or baseline_only):
             raise InputError("--keep-acquired projects the model's output onto the acquired data: it needs --degradation slice, "
                              "kspace or kspace-noise and a model")
+        plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
         adapt_opts = None
         if adapt:
             from dataclasses import replace
@@ -113,7 +117,7 @@ def register(app: typer.Typer) -> None:
             if kinds != ["slice"]:
                 raise InputError("--adapt evaluates thick-slice scans: use --degradation slice (only)")
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, seed=adapt_seed,
-                                      **given_options(tta=adapt_tta, mix=adapt_mix))
+                                      **given_options(tta=adapt_passes, mix=adapt_mix))
             check_adapt_options(adapt_opts)
             require_torch("evaluate")
             adapt_opts = replace(adapt_opts, device=adapt_device(backend, device, "evaluate"))
@@ -144,7 +148,7 @@ def register(app: typer.Typer) -> None:
         if not baseline_only:
             from ..pipeline import VolumeEngine
 
-            upsampler = VolumeEngine(model, backend, BackendOptions(device=device, threads=threads), tile=tile)
+            upsampler = VolumeEngine(model, backend, BackendOptions(device=device, threads=threads), tile=tile, tta_passes=plain_passes)
         kept: list[ScaleOutputs] = []
 
         def keep(outputs: ScaleOutputs) -> None:
@@ -197,6 +201,8 @@ def register(app: typer.Typer) -> None:
             "arssr_rt_version": __version__,
             "keep_acquired": "model arms projected onto the acquired data (slice: its profile; kspace: its band)" if keep_acquired else False,
         }
+        if plain_passes != 1:
+            meta["tta"] = f"model arms average {plain_passes} passes over flips (tta.plain_symmetries)"
         if adapt_opts is not None:
             meta["adapt"] = {"steps": adapt_steps, "minutes": adapt_minutes, "seed": adapt_seed, "lr": adapt_opts.lr,
                              "batch": adapt_opts.batch, "tune": adapt_opts.tune, "context": adapt_opts.context,

@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from .tta_option import resolve_passes, tta_option
+
 from ..backends.base import BackendOptions
 from ..pipeline import DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT_VOXELS
 
@@ -81,7 +83,8 @@ def register(app: typer.Typer) -> None:
         adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="--adapt: exactly this many fine-tuning steps (reproducible with --seed; default: as many as --adapt-minutes allow)."),
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: time budget of the fine-tuning in minutes (default 3, sized for 2 CPU cores)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing, if >= 1.5x the in-plane one)."),
-        adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: average this many inference passes over the flips / in-plane swap the adaptation trained under (1, 2, 4 or 8; each pass costs one up-sampling)."),
+        tta: Optional[int] = tta_option(),
+        adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: the same as --tta (kept for older scripts)."),
         adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         save_adapted: Optional[Path] = typer.Option(None, "--save-adapted", help="--adapt: also write the adapted model as a bundle folder (reuse with --model DIR)."),
         seed: int = typer.Option(0, "--seed", help="--adapt: seed of the patch draws and the fine-tuning."),
@@ -102,6 +105,9 @@ def register(app: typer.Typer) -> None:
         check_grid_options(scale, voxel_size, shape, reference)  # bad option text fails before the volume is read
         check_tile(tile)
         parse_interp(interp)
+        plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
+        if interp not in (None, "model") and plain_passes != 1:
+            raise InputError(f"--tta averages model passes; it does not apply to --interp {interp}")
         if acquisition not in ("slices", "kspace"):
             raise InputError(f"--acquisition must be slices or kspace, got {acquisition!r}")
         if acquisition == "kspace" and not keep_acquired:
@@ -117,7 +123,7 @@ def register(app: typer.Typer) -> None:
             from ..adapt.plan import AdaptOptions, check_adapt_options, given_options
 
             adapt_opts = AdaptOptions(steps=adapt_steps, minutes=adapt_minutes, thick_axis=thick_axis, profile=slice_profile,
-                                      gap=slice_gap, seed=seed, **given_options(tta=adapt_tta, mix=adapt_mix))
+                                      gap=slice_gap, seed=seed, **given_options(tta=adapt_passes, mix=adapt_mix))
             check_adapt_options(adapt_opts)
             if interp not in (None, "model"):
                 raise InputError(f"--adapt fine-tunes the model; it does not apply to --interp {interp}")
@@ -190,7 +196,7 @@ def register(app: typer.Typer) -> None:
                 interp=interp, clip_to_input_range=clip_to_input_range, keep_samples=keep_samples,
                 on_note=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
                 on_plan=on_plan,
-                adapt=adapt_opts, save_adapted=save_adapted, on_adapt_step=on_adapt_step if adapt else None,
+                adapt=adapt_opts, save_adapted=save_adapted, on_adapt_step=on_adapt_step if adapt else None, tta=plain_passes,
                 on_adapt_info=None if quiet else lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
             )
             close_adapting()

@@ -1,0 +1,30 @@
+"""``--tta N`` and its older spelling ``--adapt-tta N`` (upsample, batch, evaluate): one setting."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..errors import InputError
+
+TTA_HELP = ("Average N inference passes (1, 2, 4 or 8) over flips of the input, each undone: 2 = the plain pass + the flip of "
+            "the most up-sampled axis. Each pass costs one up-sampling. With --adapt: the flips / in-plane swap it adapted under.")
+
+
+def tta_option() -> Optional[int]:
+    return typer.Option(None, "--tta", help=TTA_HELP)
+
+
+def resolve_passes(tta: Optional[int], adapt_tta: Optional[int], adapting: bool) -> tuple[int, Optional[int]]:
+    """(passes of a plain run, passes of an adapted run or None = the adaptation's default).
+    With --adapt, --tta and --adapt-tta mean the same; both, disagreeing, is an error."""
+    from ..tta import check_passes
+
+    if tta is not None:
+        check_passes(tta)
+    if adapting:
+        if tta is not None and adapt_tta is not None and tta != adapt_tta:
+            raise InputError(f"--tta {tta} and --adapt-tta {adapt_tta} disagree: they are the same setting, give one")
+        return 1, adapt_tta if adapt_tta is not None else tta
+    return tta if tta is not None else 1, None
