@@ -8,7 +8,7 @@
 #
 # Expects (made here, carried by the call): .whl/ (wheels the GPU image lacks: nibabel) and
 # .devdata/ (a few training volumes and .devdata/train/config.json, see training-runs/ for the
-# recipe). Runs under the image's python3 (its torch, onnxruntime, cuda-bindings, NVRTC).
+# recipe; on a GPU give it "sampler_workers" (e.g. 8) and a larger "batch": prefetch.py). Runs under the image's python3 (its torch, onnxruntime, cuda-bindings, NVRTC).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/device-out}"
@@ -56,6 +56,13 @@ for precision in fp16 fp32; do
   timeout 90 python3 scripts/profile_gpu_pipeline.py --precision "$precision" > "$OUT/profile-$precision.txt" 2>&1
   head -12 "$OUT/profile-$precision.txt"
 done
+
+if [ -f .devdata/train/config.json ]; then
+  echo "== patch sampler throughput (how many --sampler-workers this machine needs)" >&2
+  timeout 90 python3 scripts/sampler_throughput.py .devdata/train/config.json --workers 0 4 8 12 --batch 32 --steps 30 \
+    > "$OUT/sampler.txt" 2>&1
+  cat "$OUT/sampler.txt"
+fi
 
 if [ -f .devdata/train/config.json ] && [ "$TRAIN_SECONDS" -gt 0 ]; then
   echo "== training probe (${TRAIN_SECONDS}s)" >&2

@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default cpu; with --resume: the run's, unless given)."),
         precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (autocast; about 2x faster on CPUs with native bf16, AVX512-BF16/AMX; emulated and far slower on others, which are warned)."),
+        sampler_workers: Optional[int] = typer.Option(None, "--sampler-workers", help="Make batches ahead in N worker processes, each step's batch seeded by (seed, step) "
+                                                      "(a GPU's lever: the sampler is one CPU core otherwise; default 0, with --resume: the run's)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         quiet: bool = typer.Option(False, "--quiet"),
         trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling of the --resume/--init checkpoint "
@@ -105,4 +107,6 @@ def register(app: typer.Typer) -> None:
             cfg.device = device
         if precision is not None:
             cfg.precision = precision
+        if sampler_workers is not None:
+            cfg.sampler_workers = sampler_workers
         train(cfg, out, resume=resume, progress=not quiet, trust=trust_checkpoint)

@@ -33,6 +33,7 @@ from ..safe_load import load_checkpoint
 from ..sampling import decoder_axis_coords
 from .config_check import checked_dataclass
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
+from .prefetch import BatchSource
 from ..network import ArSSR, ModelSpec, build_model
 
 
@@ -64,6 +65,7 @@ class TrainConfig:
     stop_at: int | None = None  # pause here (checkpointed) although the schedule spans `steps`
     device: str = "cpu"  # "cpu" | "cuda" (DDP: each process takes cuda:LOCAL_RANK)
     precision: str = "fp32"  # "fp32" | "bf16" (autocast: fp32 master weights, ~2x faster CPU steps)
+    sampler_workers: int = 0  # > 0: batches made ahead in this many processes, seeded per step (prefetch.py)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -236,6 +238,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if isinstance(cfg.sampler_workers, bool) or not isinstance(cfg.sampler_workers, int) or cfg.sampler_workers < 0:
+        raise InputError(f"--sampler-workers must be a whole number >= 0, got {cfg.sampler_workers!r}")
     device = training_device(cfg)
     if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():  # measured 80 s vs 2.3 s a step
         import sys
@@ -313,14 +317,15 @@ def _train_loop(cfg: TrainConfig, sampler_cfg: SamplerConfig, run_dir: Path, res
     bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (progress and _is_main()))
     t0, ema, start_step = time.time(), None, step
-    with bar:
+    source = BatchSource(sampler, cfg.batch, seed=cfg.seed, rank=rank, workers=cfg.sampler_workers, start=step)
+    with bar, source:
         task = bar.add_task("train", total=cfg.steps, completed=step, info="")
         last = min(cfg.steps, cfg.stop_at or cfg.steps)
         while step < last:
             net.train()
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            lr_t, coords_t, dec_t, target_t, base_t = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.batch(cfg.batch))
+            lr_t, coords_t, dec_t, target_t, base_t = (torch.from_numpy(a).to(device, non_blocking=True) for a in source.get(step))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 pred = net(lr_t, coords_t, dec_t, base_t)
             loss = F.l1_loss(pred.float(), target_t)
