@@ -39,12 +39,16 @@ def published_bundle(encoder: str) -> ModelBundle:
     return load_bundle(write_bundle(model, target, name=f"{encoder}-random-TEST", force=True))
 
 
-def default_bundle(path: str | Path | None = None) -> ModelBundle | None:
-    """The embedded default model (or the bundle at ``path``); None when there is none yet."""
+def default_bundle(model: str | Path | None = None) -> ModelBundle | None:
+    """``model`` (a bundle folder or a model name such as ``bandlimited``), else the embedded
+    default model; None only when no default is embedded (a checkout before one was packaged).
+    A ``model`` that does not load is an error (ModelError), not a skipped case."""
     from arssr_rt.bundle import resolve_model
 
+    if model:
+        return resolve_model(str(model))
     try:
-        return load_bundle(path) if path else resolve_model(None)
+        return resolve_model(None)
     except ModelError:
         return None
 

@@ -210,7 +210,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fast-backend", default=None, help="backend of the fast mode (c); default: as --backend")
     p.add_argument("--fast-precision", default="int8", help="precision of the fast mode (c): int8 or bf16")
     p.add_argument("--max-memory", type=float, default=2.0, help="GiB budget given to (b) and (c)")
-    p.add_argument("--default-model", default=None, help="bundle dir for the default-model cases (default: the embedded one)")
+    p.add_argument("--default-model", default=None, help="model name or bundle dir for the default-model cases (default: the embedded default)")
     p.add_argument("--no-quality", action="store_true", help="skip the fast-mode quality check on the held-out volume")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time the table shows: wall clock, or process CPU time (steadier on a busy machine; use with --threads 1)")
@@ -232,6 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown case(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if args.default_model:  # a wrong name is one line before any measurement, not a skipped row
+        from arssr_rt.errors import ModelError
+
+        from .bundles import default_bundle
+
+        try:
+            default_bundle(args.default_model)
+        except ModelError as exc:
+            print(f"--default-model: {exc}", file=sys.stderr)
+            return 2
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(machine_line(args.threads))
     results = []

@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from arssr_rt.geometry import normalized_centres
+from arssr_rt import windowed_sinc
+from arssr_rt.geometry import input_index_of_output, normalized_centres
 from arssr_rt.network import ArSSR
 from arssr_rt.sampling import decoder_axis_coords
 
@@ -41,8 +42,23 @@ def reference_upsample(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], c
     sampled = model.query(features, coords)  # (1, N, F): every point at once
     del features
     coords = decoder_coords(lr.shape, out_shape, model.spec.coords, model.spec.feature_scale).to(device)  # "global": as above
+    base = base_channels(model, lr, out_shape)
+    if base is not None:
+        base = base.to(device)
     out = torch.empty(coords.shape[1], device=device)
     for start in range(0, coords.shape[1], chunk):
         stop = min(coords.shape[1], start + chunk)
-        out[start:stop] = model.decode(sampled[:, start:stop], coords[:, start:stop])[0, :, 0]
+        decoded = model.decode(sampled[:, start:stop], coords[:, start:stop])
+        out[start:stop] = model.combine(decoded, base[:, start:stop] if base is not None else None)[0, :, 0]
     return out.reshape(tuple(out_shape)).cpu().numpy()
+
+
+def base_channels(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int]) -> torch.Tensor | None:
+    """(1, N, C) windowed-sinc base of every output voxel for residual models (spec.base), None
+    for direct ones: the residual is over this, so a reference without it is not the model."""
+    lobes = windowed_sinc.base_lobes(model.spec.base)
+    if not lobes:
+        return None
+    positions = [input_index_of_output(np.arange(n), h, n) for h, n in zip(lr.shape, out_shape)]
+    bases = [windowed_sinc.sample_grid(np.asarray(lr, dtype=np.float32), positions, lobes=a).reshape(-1) for a in lobes]
+    return torch.from_numpy(np.stack(bases, axis=-1)[None])
