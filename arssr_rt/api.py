@@ -16,7 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -197,19 +197,21 @@ class Upsampler:
     thick slices, ``slice_gap`` as a fraction of the spacing; "kspace": for a band-limited
     input, keep its own k-space inside the acquired band), ``tta`` (1, 2, 4 or 8 inference passes
     over flips of the input, averaged: 2 adds the flip of the most up-sampled axis; each pass
-    costs one up-sampling).
+    costs one up-sampling), ``ensemble`` (more models, names or bundle folders, whose outputs
+    are averaged with ``model``'s; each costs one up-sampling).
     """
 
     @python_api
     def __init__(self, model: Any = None, *, backend: Any = "auto", device: int = 0, threads: int | None = None,
                  precision: str = "fp32", tile: int | None = None, chunk: int | None = None,
                  max_memory: int | str = DEFAULT_MAX_MEMORY, normalization: str = "minmax", as_intensity: bool = False,
-                 keep_acquired: bool | str = False, slice_gap: float = 0.0, tta: int = 1):
+                 keep_acquired: bool | str = False, slice_gap: float = 0.0, tta: int = 1, ensemble: Sequence[Any] = ()):
         from .backends.base import BackendOptions
         from .pipeline import VolumeEngine as Engine
 
         kwargs = _engine_settings(tile=tile, chunk=chunk, threads=threads, max_memory=max_memory, normalization=normalization,
-                                  keep_acquired=keep_acquired, slice_gap=slice_gap, as_intensity=as_intensity, tta=tta)
+                                  keep_acquired=keep_acquired, slice_gap=slice_gap, as_intensity=as_intensity, tta=tta,
+                                  ensemble=ensemble)
         options = BackendOptions(device=device, threads=threads, precision=precision)
         self._engine = Engine(model, backend, options, **kwargs)
 
@@ -220,7 +222,7 @@ class Upsampler:
 
     @property
     def model_name(self) -> str:
-        return self._engine.bundle.name
+        return self._engine.model_name
 
     def __enter__(self) -> "Upsampler":
         return self
@@ -243,7 +245,7 @@ class Upsampler:
 
 
 def _engine_settings(*, tile: Any, chunk: Any, threads: Any, max_memory: Any, normalization: str, keep_acquired: Any,
-                     slice_gap: float, as_intensity: bool, tta: Any = 1) -> dict[str, Any]:
+                     slice_gap: float, as_intensity: bool, tta: Any = 1, ensemble: Any = ()) -> dict[str, Any]:
     """pipeline.VolumeEngine keyword arguments, checked (one line naming the parameter)."""
     from .consistency import check_slice_profile
     from .intensity import check_mode
@@ -260,7 +262,8 @@ def _engine_settings(*, tile: Any, chunk: Any, threads: Any, max_memory: Any, no
     if profile is not None:
         check_slice_profile(profile, slice_gap)
     return dict(tile=tile, chunk=chunk, max_memory=max_memory_bytes(max_memory), normalization=normalization,
-                as_intensity=bool(as_intensity), keep_acquired=profile, slice_gap=slice_gap, tta_passes=tta)
+                as_intensity=bool(as_intensity), keep_acquired=profile, slice_gap=slice_gap, tta_passes=tta,
+                ensemble=tuple(ensemble or ()))
 
 
 def _reference(reference: Any) -> Any:
@@ -320,7 +323,7 @@ def _run(x: Any, affine: Any, size: dict[str, Any], dtype: str | None, interp: s
     # an image comes back with the descrip the CLI writes into its file
     label = (reference_label(getattr(reference, "get_filename", lambda: None)() or "reference" if _nibabel_image(reference) else reference)
              if reference is not None else size_label(size["scale"], size["voxel_size"], size["shape"]))
-    descrip = describe(label, up.bundle.name if up is not None else None, methods[0])
+    descrip = describe(label, up.model_name if up is not None else None, methods[0])
     return _give_back(given, results, grid, out_dtype, dtype, descrip)
 
 
@@ -390,7 +393,7 @@ def upsample(x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any =
              normalization: str = "minmax", dtype: str | None = None, interp: str | None = None,
              clip_to_input_range: bool = False, keep_acquired: bool | str = False, slice_gap: float = 0.0,
              progress: Progress | bool | None = None, as_intensity: bool = False,
-             max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS, tta: int = 1) -> Any:
+             max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS, tta: int = 1, ensemble: Sequence[Any] = ()) -> Any:
     """Super-resolve a volume onto the grid of exactly one of ``scale`` / ``voxel_size`` (mm) /
     ``shape``, keeping the field of view (the CLI's geometry and voxels), or onto the grid of
     ``reference`` (a path or a nibabel image: its shape and affine, like ``--reference``).
@@ -414,9 +417,9 @@ def upsample(x: Any, affine: Any = None, *, scale: Any = None, voxel_size: Any =
     size = dict(scale=scale, voxel_size=voxel_size, shape=shape)
     settings = dict(backend=backend, device=device, threads=threads, precision=precision, tile=tile, chunk=chunk,
                     max_memory=max_memory, normalization=normalization, as_intensity=as_intensity,
-                    keep_acquired=keep_acquired, slice_gap=slice_gap, tta=tta)
+                    keep_acquired=keep_acquired, slice_gap=slice_gap, tta=tta, ensemble=ensemble)
     _engine_settings(**{k: settings[k] for k in ("tile", "chunk", "threads", "max_memory", "normalization", "keep_acquired",
-                                                 "slice_gap", "as_intensity", "tta")})
+                                                 "slice_gap", "as_intensity", "tta", "ensemble")})
     opened: list[Upsampler] = []
 
     def engine() -> Any:  # the model loads only if a volume goes through it

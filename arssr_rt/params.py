@@ -43,6 +43,7 @@ CLI_FLAGS: dict[str, str] = {
     "reference": "--reference",
     "keep_samples": "--keep-samples",
     "tta": "--tta",
+    "ensemble": "--ensemble",
 }
 
 _PYTHON_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("arssr_rt_python_names", default=False)

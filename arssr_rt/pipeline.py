@@ -75,6 +75,7 @@ class VolumeEngine:
         keep_samples: bool = True,
         tta: "Sequence[Symmetry]" = (),
         tta_passes: int = 1,
+        ensemble: "Sequence[str | Path | ModelBundle]" = (),
     ):
         from .intensity import check_mode
 
@@ -98,8 +99,19 @@ class VolumeEngine:
             raise InputError(f"{flag('threads')} must be >= 1, got {options.threads}")
         if options.device < 0:
             raise InputError(f"{flag('device')} must be a GPU index >= 0, got {options.device}")
+        if ensemble and not (isinstance(backend, str) or callable(backend)):
+            raise InputError(f"{flag('ensemble')} opens one backend per model: give the backend by name, not an open one")
         self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
+        members = [m if isinstance(m, ModelBundle) else resolve_model(m) for m in ensemble]  # every model loads before any opens
         self.backend: Backend = open_backend(backend, self.bundle, options)
+        # --ensemble: more models whose outputs are averaged with this one's (each its own engine, same settings)
+        self.extra: tuple[VolumeEngine, ...] = ()
+        try:
+            self.extra = tuple(VolumeEngine(m, backend, options, tile=tile, chunk=chunk, normalization=normalization,
+                                            max_memory=max_memory) for m in members)
+        except BaseException:
+            self.close()
+            raise
         self.tile, self.chunk, self.max_memory = tile, options.chunk or DEFAULT_CHUNK, max_memory
         self.normalization = normalization
         self.as_intensity = as_intensity  # True: take a label-map-like image as intensities anyway
@@ -111,6 +123,20 @@ class VolumeEngine:
         # tta_passes > 1: the symmetries are chosen per run from its grid (tta.plain_symmetries)
         self.tta = tuple(tta)
         self.tta_passes = tta_passes
+        # full-size outputs alive beside the one being inferred: the TTA sum, the ensemble sum
+        self.held_outputs = int(self.passes > 1) + int(bool(self.extra))
+        for member in self.extra:
+            member.held_outputs = self.held_outputs
+
+    @property
+    def model_name(self) -> str:
+        """How outputs name the model: the bundle's name, or ``a+b`` for an ensemble."""
+        return "+".join(e.bundle.name for e in (self, *self.extra))
+
+    @property
+    def model_label(self) -> str:
+        """``<name> version <v>`` (provenance), ``+``-joined for an ensemble."""
+        return "+".join(e.bundle.label for e in (self, *self.extra))
 
     @property
     def passes(self) -> int:
@@ -124,7 +150,10 @@ class VolumeEngine:
         self.close()
 
     def close(self) -> None:
-        self.backend.close()
+        for member in getattr(self, "extra", ()):
+            member.close()
+        if hasattr(self, "backend"):
+            self.backend.close()
 
     def run(self, volume: Volume, grid: OutputGrid, progress: ProgressFn | None = None) -> np.ndarray:
         """Super-resolve ``volume`` onto ``grid``; float32 in the input's intensity units."""
@@ -162,7 +191,21 @@ class VolumeEngine:
         return out
 
     def infer_oriented(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
-        """Normalised LR in volume axis order -> normalised output, flat air kept flat."""
+        """Normalised LR in volume axis order -> normalised output, flat air kept flat; with an
+        ensemble, the mean of every model's output (one progress total for all)."""
+        if not self.extra:
+            return self._infer_oriented_one(lr, out_shape, progress)
+        members = (self, *self.extra)
+        meter = PassMeter(progress, len(members))
+        out = self._infer_oriented_one(lr, out_shape, meter)
+        for member in self.extra:
+            out += member._infer_oriented_one(lr, out_shape, meter)
+        out *= np.float32(1.0 / len(members))
+        meter.finish(math.prod(out_shape))
+        return out
+
+    def _infer_oriented_one(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
+        """This engine's own model (no ensemble): infer in the bundle's axis order."""
         zyx = self.bundle.axis_order == "zyx"
         if zyx:  # published weights saw SimpleITK (z, y, x) arrays
             lr = np.ascontiguousarray(lr.transpose(2, 1, 0))
@@ -245,7 +288,7 @@ class VolumeEngine:
             shape, out_shape if out_shape is not None else shape, max_memory=self.max_memory,
             encoder_bytes_per_voxel=encoder_bytes_per_voxel(self.bundle.spec), receptive_radius=self.bundle.receptive_radius,
             feature_dim=self.bundle.feature_dim, chunk=self.chunk, model_bytes=model_bytes(self.bundle),
-            feature_scale=self.bundle.feature_scale, outputs=2 if self.passes > 1 else 1,
+            feature_scale=self.bundle.feature_scale, outputs=1 + self.held_outputs,
         )
         return plan if self.tile is None else MemoryPlan(self.tile, plan.output_in_memory, plan.encoder_budget)
 
@@ -371,6 +414,7 @@ def upsample_file(
     on_adapt_info: Callable[[str], None] | None = None,
     base_model: Any = None,
     tta: int = 1,
+    ensemble: Sequence[Any] = (),
 ) -> UpsampleResult:
     """Read, validate, super-resolve and atomically write one volume.
 
@@ -387,7 +431,8 @@ def upsample_file(
     arssr_rt/adapt) and run the adapted copy; ``save_adapted`` also writes it as a bundle;
     ``base_model`` is the bundle's torch model when the caller loaded it already (batch).
     ``tta``: inference passes averaged over flips (tta.py); with ``adapt`` it is the adapted
-    run's (``AdaptOptions.tta``); a given ``upsampler`` keeps its own.
+    run's (``AdaptOptions.tta``); a given ``upsampler`` keeps its own (its ensemble too).
+    ``ensemble``: more models whose outputs are averaged with ``model``'s (not with ``adapt``).
     """
     from .intensity import choose_output_dtype
     from .options import check_grid_options
@@ -416,6 +461,8 @@ def upsample_file(
         from .adapt.plan import check_adapt_input
 
         check_adapt_input(str(in_path), series is not None, method)
+        if ensemble or (upsampler is not None and upsampler.extra):
+            raise InputError(f"{flag('ensemble')} averages fixed models; it does not go with adaptation (adapt one model)")
         if tta != 1:
             if adapt.tta not in (1, tta):
                 raise InputError(f"{setting('tta', tta)} and the adaptation's {adapt.tta} passes disagree: give one")
@@ -434,17 +481,17 @@ def upsample_file(
     elif method == "model":
         up = upsampler or VolumeEngine(model, backend, options, tile=tile, chunk=chunk, normalization=normalization, max_memory=max_memory,
                                     as_intensity=as_intensity, keep_acquired=keep_acquired, slice_gap=slice_gap,
-                                    keep_samples=keep_samples, tta_passes=tta)
+                                    keep_samples=keep_samples, tta_passes=tta, ensemble=ensemble)
     if up is not None and on_backend:
         on_backend(up.backend.name)
     label = reference_label(reference) if reference is not None else size_label(scale, voxel_size, shape)
-    descrip = describe(label, up.bundle.name if up is not None else None, method)
+    descrip = describe(label, up.model_name if up is not None else None, method)
     in_spacing = tuple(float(x) for x in np.linalg.norm(volume.affine[:3, :3], axis=0))
     if on_plan:
         grid = target.grid
         on_plan({"input": str(in_path), "output": str(out), "in_shape": tuple(volume.shape), "in_spacing": in_spacing,
                  "out_shape": tuple(grid.shape), "out_spacing": tuple(grid.spacing), "volumes": series.count if series else 1,
-                 "backend": up.backend.name if up is not None else "numpy", "model": up.bundle.name if up is not None else f"interp {method}"})
+                 "backend": up.backend.name if up is not None else "numpy", "model": up.model_name if up is not None else f"interp {method}"})
     try:
         written, _ = render_and_write(volume, series, target, method, out, fmt, upsampler=up, dtype=dtype, force=force,
                                       inputs=inputs, progress=progress, clip=clip_to_input_range,
@@ -460,7 +507,7 @@ def upsample_file(
         out_spacing=target.grid.spacing,
         seconds=time.perf_counter() - t0,
         backend=up.backend.name if up is not None else "numpy",
-        model=(up.bundle.name + (" (adapted)" if adapt is not None else "")) if up is not None else f"interp {method}",
+        model=(up.model_name + (" (adapted)" if adapt is not None else "")) if up is not None else f"interp {method}",
         timings=up.backend.timings() if up is not None else None,
     )
 

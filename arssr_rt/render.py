@@ -151,7 +151,7 @@ def render_and_write(volume: Volume, series: "SeriesInput | None", target: Targe
     inputs = list(inputs)
     if series is None:
         data = render(volume, target, method, upsampler, progress(target.model_grid) if progress else None, clip, max_memory)
-        model = upsampler.bundle.label if method == "model" and upsampler is not None else None  # provenance (DICOM)
+        model = upsampler.model_label if method == "model" and upsampler is not None else None  # provenance (DICOM)
         return write_volume(path, data, target.grid, volume, fmt, dtype=dtype, force=force, inputs=inputs, method=method,
                             descrip=descrip, model=model), data
     if fmt != "nifti":

@@ -64,6 +64,7 @@ def run(cli: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["upsample", str(FIXTURE_PATH), "--scale", "2", "--max-memory", "321M"], "leaves for the input: raise --max-memory"),
     (["upsample", str(FIXTURE_PATH), "--scale", "1_0"], "--scale"),
     (["upsample", str(FIXTURE_PATH), "--scale", "2", "--tta", "3"], "--tta must be one of 1, 2, 4, 8"),
+    (["upsample", str(FIXTURE_PATH), "--scale", "2", "--ensemble", "bandlimited", "--interp", "cubic"], "does not apply to --interp cubic"),
     (["info", str(FIXTURE_PATH), "--shape", "48.9"], "--shape"),
     (["batch", str(FIXTURE_PATH)], "Missing option"),
     (["--nope"], "No such option"),

@@ -11,6 +11,7 @@ worker; a worker that dies (OOM killer) is replaced and its file retried once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,7 @@ class BatchOptions:
     bids: bool = True  # BIDS-named NIfTI inputs get BIDS-derivative outputs (batch/bids.py)
     adapt: Any = None  # adapt.AdaptOptions: fine-tune a copy of the model on each input first
     tta: int = 1  # inference passes averaged over flips (tta.py; with adapt: AdaptOptions.tta)
+    ensemble: tuple[str, ...] = ()  # more models averaged with `model` (pipeline.VolumeEngine)
 
     def fingerprint(self, scale: str | None) -> dict[str, Any]:
         """The options that change an output's content (the sidecar compares these)."""
@@ -71,7 +73,8 @@ class BatchOptions:
         # added only when not the default, so sidecars of earlier runs stay up to date
         extra = {"interp": self.interp, "clip_to_input_range": self.clip_to_input_range or None,
                  "reference_sha256": self.reference_sha256 if scale is None else None,
-                 "keep_samples": None if self.keep_samples else False, "tta": self.tta if self.tta != 1 else None}
+                 "keep_samples": None if self.keep_samples else False, "tta": self.tta if self.tta != 1 else None,
+                 "ensemble": list(self.ensemble) or None}
         out.update({k: v for k, v in extra.items() if v is not None})
         if self.adapt is not None:
             out["adapt"] = asdict(self.adapt)
@@ -147,7 +150,7 @@ def make_upsampler(options: BatchOptions):
         options.model, "torch" if options.adapt is not None else options.backend, BackendOptions(device=options.device, threads=options.threads, precision=options.precision),
         tile=options.tile, chunk=options.chunk, normalization=options.normalization,
         as_intensity=options.as_intensity, keep_samples=options.keep_samples,
-        tta_passes=options.tta if options.adapt is None else 1,
+        tta_passes=options.tta if options.adapt is None else 1, ensemble=options.ensemble,
     )
 
 
@@ -182,7 +185,7 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         check_volume_output(task.output, options.output_format, inputs=[task.item.input], force=replace)
         shown: list = []
         label = item_label(task.item, options)
-        descrip = describe(label, upsampler.bundle.name if method == "model" else None, method)
+        descrip = describe(label, upsampler.model_name if method == "model" else None, method)
 
         def write() -> None:
             with adapted_upsampler(volume, options, upsampler, task.item.input, method, series is not None) as up:
@@ -205,10 +208,10 @@ def process_item(task: Task, options: BatchOptions, upsampler) -> ItemResult:
         bids_fields = None if place is None else derivative_sidecar(
             place, task.item.input, res_label(label), resolution_text(res_label(label), result.in_shape, result.in_spacing,
                                                                     result.out_shape, result.out_spacing),
-            f"ArSSR model {upsampler.bundle.name}" if method == "model" else f"{method} interpolation, no model")
+            f"ArSSR model {upsampler.model_name}" if method == "model" else f"{method} interpolation, no model")
         write_sidecar(sidecar_path(task.output), {
             "tool": f"arssr-rt {__version__}", "input": str(task.item.input), "input_path": os.path.realpath(task.item.input), "input_sha256": task.input_digest,
-            "model": upsampler.bundle.name if method == "model" else f"interp {method}", "model_sha256": task.model_digest,
+            "model": upsampler.model_name if method == "model" else f"interp {method}", "model_sha256": task.model_digest,
             "options": task.fingerprint, "output": task.output.name, "output_bytes": output_size(task.output),
             "qc": Path(result.qc).name if result.qc else None, "in_shape": result.in_shape, "out_shape": result.out_shape,
             "in_spacing": result.in_spacing, "out_spacing": result.out_spacing, "backend": result.backend, "seconds": result.seconds,
@@ -424,17 +427,22 @@ def run_batch(
     if report_path is not None:
         check_report_path(Path(report_path), out_dir, [i.input for i in items if not i.error], options.force)
     bundle = resolve_model(options.model)
-    model_digest = model_sha256(bundle.path)
+    members = [bundle, *(resolve_model(m) for m in options.ensemble)]
+    model_name = "+".join(b.name for b in members)
+    # one model: its model.json digest (as before); an ensemble: the digest of the members' digests, in order
+    model_digest = model_sha256(bundle.path) if len(members) == 1 else hashlib.sha256(
+        " ".join(model_sha256(b.path) for b in members).encode()).hexdigest()
     bids_roots = [p.root for p in (bids_place(i, options) for i in items if not i.error) if p is not None]
     description = check_description(out_dir, bids_roots, options.force) if bids_roots else None
     tasks, known = plan_tasks(items, out_dir, options, model_digest)
     out_dir.mkdir(parents=True, exist_ok=True)
     if bids_roots:  # OUT_DIR is a BIDS derivative dataset from the start: a killed run leaves one too
-        write_description(out_dir, bids_roots, bundle.name, model_digest, description)
+        write_description(out_dir, bids_roots, model_name, model_digest, description)
     pending = [ItemResult(input=str(t.item.input), status="pending", output=str(t.output)) for t in tasks]
     by_input = {r.input: r for r in known + pending}
     report = BatchReport(
-        options={k: v for k, v in asdict(options).items()}, model={"name": bundle.name, "path": str(bundle.path), "sha256": model_digest},
+        options={k: v for k, v in asdict(options).items()}, model={"name": model_name, "path": str(bundle.path), "sha256": model_digest,
+                                                           **({"ensemble": [str(b.path) for b in members]} if len(members) > 1 else {})},
         shard=f"{shard[0]}/{shard[1]}" if shard else None, items=[by_input[str(i.input)] for i in items],
     )
     runner = "ray" if executor == "ray" else "in process" if min(jobs, len(tasks)) <= 1 else "process pool"

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .tta_option import resolve_passes, tta_option
+from .averaging import check_ensemble, ensemble_option, resolve_passes, tta_option
 
 from ..engines.builder import DEFAULT_TILE
 from ..errors import ArssrError
@@ -114,6 +114,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per input in minutes (default 3)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing)."),
         tta: Optional[int] = tta_option(),
+        ensemble: Optional[List[str]] = ensemble_option(),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: the same as --tta (kept for older scripts)."),
         adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         slice_profile: str = typer.Option("box", "--slice-profile", help="--adapt: box | gaussian | a Gaussian FWHM in mm."),
@@ -144,6 +145,7 @@ def register(app: typer.Typer) -> None:
         if jobs < 1:
             raise InputError(f"--jobs must be >= 1, got {jobs}")
         plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
+        extra_models = check_ensemble(ensemble, adapt, interp)
         if interp not in (None, "model") and plain_passes != 1:
             raise InputError(f"--tta averages model passes; it does not apply to --interp {interp}")
         adapt_opts = None
@@ -175,7 +177,7 @@ def register(app: typer.Typer) -> None:
             precision=precision, tile=tile, dtype=dtype, output_format=output_format, qc=qc, force=force,
             allow_outside=allow_outside,
             as_intensity=as_intensity, interp=interp, clip_to_input_range=clip_to_input_range,
-            reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids, adapt=adapt_opts, tta=plain_passes,
+            reference=str(reference) if reference is not None else None, keep_samples=keep_samples, bids=not no_bids, adapt=adapt_opts, tta=plain_passes, ensemble=extra_models,
         )
         console = Console(stderr=True, highlight=False)
         # a bar on a terminal; plain timestamped lines in SLURM logs and pipes (progress.py)

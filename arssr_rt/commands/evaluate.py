@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from .tta_option import resolve_passes, tta_option
+from .averaging import check_ensemble, ensemble_option, resolve_passes, tta_option
 
 from ..degrade import DEFAULT_SNR, DEGRADATIONS
 
@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: fine-tuning time budget per case in minutes (default 3)."),
         adapt_seed: int = typer.Option(0, "--adapt-seed", help="--adapt: seed of the fine-tuning."),
         tta: Optional[int] = tta_option(),
+        ensemble: Optional[List[str]] = ensemble_option(),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: the same as --tta (kept for older scripts)."),
         adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         keep_acquired: bool = typer.Option(False, "--keep-acquired", help="Project the model's (and --adapt's) output onto the acquired data as upsample --keep-acquired does: slice with the degradation's own profile, kspace/kspace-noise with --acquisition kspace (cubic, gaussian: unchanged)."),
@@ -104,6 +105,7 @@ def register(app: typer.Typer) -> None:
             raise InputError("--keep-acquired projects the model's output onto the acquired data: it needs --degradation slice, "
                              "kspace or kspace-noise and a model")
         plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
+        extra_models = check_ensemble(ensemble, adapt, None)
         adapt_opts = None
         if adapt:
             from dataclasses import replace
@@ -148,7 +150,8 @@ def register(app: typer.Typer) -> None:
         if not baseline_only:
             from ..pipeline import VolumeEngine
 
-            upsampler = VolumeEngine(model, backend, BackendOptions(device=device, threads=threads), tile=tile, tta_passes=plain_passes)
+            upsampler = VolumeEngine(model, backend, BackendOptions(device=device, threads=threads), tile=tile, tta_passes=plain_passes,
+                                     ensemble=extra_models)
         kept: list[ScaleOutputs] = []
 
         def keep(outputs: ScaleOutputs) -> None:
@@ -209,6 +212,8 @@ def register(app: typer.Typer) -> None:
                              "tta": adapt_opts.tta, "device": adapt_opts.device.partition(":")[0]}
         if upsampler is not None:
             meta["model_meta"] = {k: upsampler.bundle.meta.get(k) for k in ("name", "version", "spec", "training")}
+            if upsampler.extra:
+                meta["ensemble"] = {"models": upsampler.model_name, "how": "mean of the models' outputs"}
         written = []
         guard = {"force": force, "inputs": hr}
         if csv_path is not None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from .tta_option import resolve_passes, tta_option
+from .averaging import check_ensemble, ensemble_option, resolve_passes, tta_option
 
 from ..backends.base import BackendOptions
 from ..pipeline import DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT_VOXELS
@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
         adapt_minutes: Optional[float] = typer.Option(None, "--adapt-minutes", help="--adapt: time budget of the fine-tuning in minutes (default 3, sized for 2 CPU cores)."),
         thick_axis: Optional[int] = typer.Option(None, "--thick-axis", help="--adapt: the through-plane array axis (default: the largest spacing, if >= 1.5x the in-plane one)."),
         tta: Optional[int] = tta_option(),
+        ensemble: Optional[List[str]] = ensemble_option(),
         adapt_tta: Optional[int] = typer.Option(None, "--adapt-tta", help="--adapt: the same as --tta (kept for older scripts)."),
         adapt_mix: Optional[float] = typer.Option(None, "--adapt-mix", help="--adapt: keep this weight of the adapted model and 1 - it of the model it started from (weight-space mix, WiSE-FT; in (0, 1], default 1: the adapted model; 0 is refused, it would be the starting model)."),
         save_adapted: Optional[Path] = typer.Option(None, "--save-adapted", help="--adapt: also write the adapted model as a bundle folder (reuse with --model DIR)."),
@@ -106,6 +107,7 @@ def register(app: typer.Typer) -> None:
         check_tile(tile)
         parse_interp(interp)
         plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
+        extra_models = check_ensemble(ensemble, adapt, interp)
         if interp not in (None, "model") and plain_passes != 1:
             raise InputError(f"--tta averages model passes; it does not apply to --interp {interp}")
         if acquisition not in ("slices", "kspace"):
@@ -197,6 +199,7 @@ def register(app: typer.Typer) -> None:
                 on_note=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
                 on_plan=on_plan,
                 adapt=adapt_opts, save_adapted=save_adapted, on_adapt_step=on_adapt_step if adapt else None, tta=plain_passes,
+                ensemble=extra_models,
                 on_adapt_info=None if quiet else lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
             )
             close_adapting()

@@ -242,7 +242,7 @@ def evaluate_scale(
         data_range=data_range,
         tricubic=out.scores["tricubic"],
         model=out.scores.get("model"),
-        model_name=upsampler.bundle.name if upsampler is not None else None,
+        model_name=upsampler.model_name if upsampler is not None else None,
         backend=getattr(upsampler.backend, "name", None) if upsampler is not None else None,
         model_seconds=out.model_seconds,
         sinc=out.scores["sinc"],
