@@ -35,7 +35,7 @@ from .params import flag, setting
 from .memory import (MemoryPlan, encoder_bytes_per_voxel, model_bytes, output_buffer, plan_memory, release_pages,
                      restore_in_place, transposed)
 from .sampling import box_coords, sample_box
-from .tta import PassMeter, plain_symmetries
+from .tta import average_passes, check_passes, plain_symmetries
 from .tiling import Tile, cap_tile, output_chunks, plan_tiles
 from .volume import Volume
 
@@ -80,8 +80,6 @@ class VolumeEngine:
         from .intensity import check_mode
 
         check_mode(normalization)  # before the model loads
-        from .tta import check_passes
-
         check_passes(tta_passes)
         if tta and tta_passes != 1:
             raise ValueError("give either tta (the symmetries) or tta_passes (chosen per grid), not both")
@@ -171,15 +169,10 @@ class VolumeEngine:
         lr = norm.normalize(volume.data)
         syms = self.tta or tuple(plain_symmetries(self.tta_passes, volume.shape, grid.shape))
         if syms:  # each pass on a flipped / swapped copy, undone, averaged (tta.py)
-            meter = PassMeter(progress, len(syms))
-            out = syms[0].undo(self.infer_oriented(syms[0].apply(lr), syms[0].shape(grid.shape), meter))
-            for sym in syms[1:]:
-                out += sym.undo(self.infer_oriented(sym.apply(lr), sym.shape(grid.shape), meter))
-            if len(syms) > 1:
-                out *= np.float32(1.0 / len(syms))
+            out = average_passes([lambda report, s=sym: s.undo(self.infer_oriented(s.apply(lr), s.shape(grid.shape), report))
+                                  for sym in syms], progress, math.prod(grid.shape))
             if not isinstance(out, np.memmap):  # the first pass's undo may be a view (a lone symmetry)
                 out = np.ascontiguousarray(out)
-            meter.finish(math.prod(grid.shape))
         else:
             out = self.infer_oriented(lr, grid.shape, progress)
         del lr
@@ -195,14 +188,8 @@ class VolumeEngine:
         ensemble, the mean of every model's output (one progress total for all)."""
         if not self.extra:
             return self._infer_oriented_one(lr, out_shape, progress)
-        members = (self, *self.extra)
-        meter = PassMeter(progress, len(members))
-        out = self._infer_oriented_one(lr, out_shape, meter)
-        for member in self.extra:
-            out += member._infer_oriented_one(lr, out_shape, meter)
-        out *= np.float32(1.0 / len(members))
-        meter.finish(math.prod(out_shape))
-        return out
+        return average_passes([lambda report, e=member: e._infer_oriented_one(lr, out_shape, report) for member in (self, *self.extra)],
+                              progress, math.prod(out_shape))
 
     def _infer_oriented_one(self, lr: np.ndarray, out_shape: Sequence[int], progress: ProgressFn | None = None) -> np.ndarray:
         """This engine's own model (no ensemble): infer in the bundle's axis order."""
@@ -454,8 +441,6 @@ def upsample_file(
     inputs = [in_path, *_reference_files(reference)]  # -o REF --force used to overwrite the reference
     check_volume_output(out, fmt, inputs=inputs, force=force)
     choose_output_dtype(volume.source_dtype, dtype)  # an unknown --dtype fails before compute
-    from .tta import check_passes
-
     check_passes(tta)
     if adapt is not None:
         from .adapt.plan import check_adapt_input

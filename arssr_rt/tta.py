@@ -1,8 +1,9 @@
 """Test-time averaging over the symmetries a model was trained under (numpy only).
 
-Population models (``--tta N``) are trained on patches flipped along every axis, and an adapted model (``--adapt``) is fine-tuned on patches flipped along every axis (the thick
-one included) and with the two non-thick array positions swapped at random, so it is (approximately) equivariant to
-those flips and that swap. Running it on a flipped / swapped copy of the input and undoing the
+Population models (``--tta N``) are trained on patches flipped along every axis, and an adapted
+model (``--adapt``) is fine-tuned on patches flipped along every axis (the thick one included)
+and with the two non-thick array positions swapped at random, so each is (approximately)
+equivariant to those flips (and the adapted one to that swap). Running it on a flipped / swapped copy of the input and undoing the
 transform on the output gives another estimate of the same image with different errors;
 averaging them cancels part of the error. Each pass costs one full up-sampling.
 
@@ -88,6 +89,21 @@ def check_passes(passes: object) -> None:
 
     if isinstance(passes, bool) or passes not in TTA_CHOICES:
         raise InputError(f"{flag('tta')} must be one of {', '.join(map(str, TTA_CHOICES))} (inference passes averaged), got {passes}")
+
+
+def average_passes(passes: Sequence[Callable[[Callable[[int], None]], np.ndarray]], progress: Callable[[int], None] | None,
+                   total: int) -> np.ndarray:
+    """The mean of estimates made one after another, each ``pass_(report)`` reporting its own
+    progress; the reports are scaled so ``progress`` reaches ``total`` once (PassMeter). Shared
+    by test-time averaging and model ensembles (pipeline.VolumeEngine): one running sum."""
+    meter = PassMeter(progress, len(passes))
+    out = passes[0](meter)
+    for pass_ in passes[1:]:
+        out += pass_(meter)
+    if len(passes) > 1:
+        out *= np.float32(1.0 / len(passes))
+    meter.finish(total)
+    return out
 
 
 class PassMeter:

@@ -66,6 +66,14 @@ def bases_at_picks(lr: np.ndarray, out_shape: Sequence[int], picks: Sequence[np.
     return np.stack([sample_picks(lr, out_shape, picks, a) for a in lobes], axis=-1).astype(np.float32)
 
 
+def bases_on_grid(lr: np.ndarray, out_shape: Sequence[int], base: str) -> list[np.ndarray]:
+    """Every base channel of ``base`` on the whole output grid of ``out_shape`` (centre-aligned),
+    one float32 array of that shape per channel; [] for "none". For whole-volume references
+    (training's predict_volume, the benchmark's published-way pipeline)."""
+    positions = [input_index_of_output(np.arange(n), h, n) for h, n in zip(lr.shape, out_shape)]
+    return [sample_grid(lr, positions, lobes=a) for a in base_lobes(base)]
+
+
 def lanczos_taps(pos: np.ndarray, n: int, lobes: int = LOBES) -> tuple[np.ndarray, np.ndarray]:
     """Tap indices (P, 2a), clamped to [0, n), and normalised weights (P, 2a) for positions ``pos``."""
     pos = np.asarray(pos, dtype=np.float64).reshape(-1)

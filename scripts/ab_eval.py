@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                     help="also score each model averaged over the first N flip/swap passes of arssr_rt.tta (thick axis 2); "
                          "rows get CKPT+ttaN for N in 2, 4, 8 up to this")
+    ap.add_argument("--mean", action="store_true",
+                    help="also score the mean of all checkpoints' plain outputs (what upsample --ensemble makes), row 'mean'")
     ap.add_argument("--json", default="/tmp/ab_eval_last.json", help="where the rows go (one file per concurrent run)")
     args = ap.parse_args()
     cases = CASES if args.cases is None else args.cases
@@ -77,6 +79,7 @@ def main() -> None:
             res = {"volume": Path(path).name.split(".")[0], "kind": kind, "scale": "x".join(f"{s:g}" for s in scale)}
             for name, est in (("tricubic", cubic_resample(lr, hr.shape)), ("sinc", sinc_upsample(lr, hr.shape))):
                 res[name] = (round(psnr(hr, est, mask, rng), 3), round(ssim3d(hr, est, mask, rng), 4))
+            plain = []
             for ck, m in models.items():
                 passes = []
                 for sym in symmetries(args.tta, (0, 1)):
@@ -87,15 +90,19 @@ def main() -> None:
                         mean = np.mean(passes, axis=0)
                         res[f"{ck}+tta{len(passes)}"] = (round(psnr(hr, mean, mask, rng), 3), round(ssim3d(hr, mean, mask, rng), 4))
                 pred = passes[0]
+                plain.append(pred)
                 res[ck] = (round(psnr(hr, pred, mask, rng), 3), round(ssim3d(hr, pred, mask, rng), 4))
                 if args.keep_kspace and kind.startswith("kspace"):
                     kept = keep_kspace(pred, lr)
                     res[ck + "+keep"] = (round(psnr(hr, kept, mask, rng), 3), round(ssim3d(hr, kept, mask, rng), 4))
+            if args.mean and len(plain) > 1:
+                mean = np.mean(plain, axis=0)
+                res["mean"] = (round(psnr(hr, mean, mask, rng), 3), round(ssim3d(hr, mean, mask, rng), 4))
             best = max(res["tricubic"][0], res["sinc"][0])
             line = f"{res['volume'][:12]:12s} {kind:13s} {res['scale']:7s} tricubic {res['tricubic'][0]:6.2f} sinc {res['sinc'][0]:6.2f}"
-            for ck in [k for k in res if k.partition("+")[0] in models]:
+            for ck in [k for k in res if k.partition("+")[0] in models or k == "mean"]:
                 base, plus, extra = ck.partition("+")
-                label = Path(base).parent.name[:14] + plus + extra
+                label = "mean" if ck == "mean" else Path(base).parent.name[:14] + plus + extra
                 line += f" | {label} {res[ck][0] - best:+.2f} dB ssim {res[ck][1] - max(res['tricubic'][1], res['sinc'][1]):+.4f}"
             print(line, flush=True)
             rows.append(res)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from arssr_rt import windowed_sinc
-from arssr_rt.geometry import input_index_of_output, normalized_centres
+from arssr_rt.geometry import normalized_centres
 from arssr_rt.network import ArSSR
 from arssr_rt.sampling import decoder_axis_coords
 
@@ -56,9 +56,7 @@ def reference_upsample(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], c
 def base_channels(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int]) -> torch.Tensor | None:
     """(1, N, C) windowed-sinc base of every output voxel for residual models (spec.base), None
     for direct ones: the residual is over this, so a reference without it is not the model."""
-    lobes = windowed_sinc.base_lobes(model.spec.base)
-    if not lobes:
+    bases = windowed_sinc.bases_on_grid(np.asarray(lr, dtype=np.float32), out_shape, model.spec.base)
+    if not bases:
         return None
-    positions = [input_index_of_output(np.arange(n), h, n) for h, n in zip(lr.shape, out_shape)]
-    bases = [windowed_sinc.sample_grid(np.asarray(lr, dtype=np.float32), positions, lobes=a).reshape(-1) for a in lobes]
-    return torch.from_numpy(np.stack(bases, axis=-1)[None])
+    return torch.from_numpy(np.stack([b.reshape(-1) for b in bases], axis=-1)[None])

@@ -39,8 +39,11 @@ def ensemble_option() -> Optional[List[str]]:
     return typer.Option(None, "--ensemble", help=ENSEMBLE_HELP)
 
 
-def check_ensemble(ensemble: Optional[List[str]], adapt: bool, interp: Optional[str]) -> tuple[str, ...]:
-    """The extra models, or a one-line refusal where averaging models does not apply."""
+def check_averaging(plain_passes: int, ensemble: Optional[List[str]], adapt: bool, interp: Optional[str]) -> tuple[str, ...]:
+    """The extra models, or a one-line refusal where averaging does not apply: both options
+    average model outputs, so neither goes with --interp; --ensemble not with --adapt."""
+    if interp not in (None, "model") and plain_passes != 1:
+        raise InputError(f"--tta averages model passes; it does not apply to --interp {interp}")
     if not ensemble:
         return ()
     if adapt:

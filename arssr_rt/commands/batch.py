@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .averaging import check_ensemble, ensemble_option, resolve_passes, tta_option
+from .averaging import check_averaging, ensemble_option, resolve_passes, tta_option
 
 from ..engines.builder import DEFAULT_TILE
 from ..errors import ArssrError
@@ -145,9 +145,7 @@ def register(app: typer.Typer) -> None:
         if jobs < 1:
             raise InputError(f"--jobs must be >= 1, got {jobs}")
         plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
-        extra_models = check_ensemble(ensemble, adapt, interp)
-        if interp not in (None, "model") and plain_passes != 1:
-            raise InputError(f"--tta averages model passes; it does not apply to --interp {interp}")
+        extra_models = check_averaging(plain_passes, ensemble, adapt, interp)
         adapt_opts = None
         if adapt:
             from dataclasses import replace

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .averaging import check_ensemble, ensemble_option, resolve_passes, tta_option
+from .averaging import check_averaging, ensemble_option, resolve_passes, tta_option
 
 from ..degrade import DEFAULT_SNR, DEGRADATIONS
 
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
             raise InputError("--keep-acquired projects the model's output onto the acquired data: it needs --degradation slice, "
                              "kspace or kspace-noise and a model")
         plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
-        extra_models = check_ensemble(ensemble, adapt, None)
+        extra_models = check_averaging(plain_passes, ensemble, adapt, None)
         adapt_opts = None
         if adapt:
             from dataclasses import replace

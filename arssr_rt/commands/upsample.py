@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .averaging import check_ensemble, ensemble_option, resolve_passes, tta_option
+from .averaging import check_averaging, ensemble_option, resolve_passes, tta_option
 
 from ..backends.base import BackendOptions
 from ..pipeline import DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT_VOXELS
@@ -107,9 +107,7 @@ def register(app: typer.Typer) -> None:
         check_tile(tile)
         parse_interp(interp)
         plain_passes, adapt_passes = resolve_passes(tta, adapt_tta, adapt)
-        extra_models = check_ensemble(ensemble, adapt, interp)
-        if interp not in (None, "model") and plain_passes != 1:
-            raise InputError(f"--tta averages model passes; it does not apply to --interp {interp}")
+        extra_models = check_averaging(plain_passes, ensemble, adapt, interp)
         if acquisition not in ("slices", "kspace"):
             raise InputError(f"--acquisition must be slices or kspace, got {acquisition!r}")
         if acquisition == "kspace" and not keep_acquired:

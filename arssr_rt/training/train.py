@@ -28,7 +28,7 @@ from ..degrade import cubic_resample, degrade
 from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
 from .. import windowed_sinc
-from ..geometry import input_index_of_output, normalized_centres
+from ..geometry import normalized_centres
 from ..safe_load import load_checkpoint
 from ..sampling import decoder_axis_coords
 from .config_check import checked_dataclass
@@ -102,8 +102,7 @@ def decoded_slabs(model: ArSSR, lr: np.ndarray, out_shape: Sequence[int], chunk:
     mode = model.spec.coords
     r = model.spec.feature_scale
     dec_axes = [torch.from_numpy(decoder_axis_coords(h * r, n, 0, n, mode)).to(device) for h, n in zip(lr.shape, out_shape)]
-    positions = [input_index_of_output(np.arange(n), h, n) for h, n in zip(lr.shape, out_shape)]
-    bases = [windowed_sinc.sample_grid(lr, positions, lobes=a) for a in windowed_sinc.base_lobes(model.spec.base)]
+    bases = windowed_sinc.bases_on_grid(lr, out_shape, model.spec.base)
     rows = max(1, chunk // (out_shape[1] * out_shape[2]))
     for a in range(0, out_shape[0], rows):
         b = min(out_shape[0], a + rows)
