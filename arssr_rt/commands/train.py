@@ -25,6 +25,7 @@ Examples:
   arssr-rt train --data volumes/ --out runs/rdn --encoder rdn
   arssr-rt train --data train.csv --out runs/aniso --anisotropic --scales 1.5:4 --degradations cubic=0.7,kspace=0.1,slice=0.2
   arssr-rt train --out runs/rdn --resume
+  arssr-rt train --data volumes/ --out runs/student --teacher default --teacher bandlimited --distill 0.5   # distil an ensemble
   arssr-rt train --out runs/rdn --resume --device cuda --precision bf16   # continue on a GPU
   torchrun --nproc-per-node 2 -m arssr_rt train --data volumes/ --out runs/ddp   # DDP (gloo on CPU, nccl on GPU)
 """
@@ -77,6 +78,10 @@ def register(app: typer.Typer) -> None:
         precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (autocast; about 2x faster on CPUs with native bf16, AVX512-BF16/AMX; emulated and far slower on others, which are warned)."),
         sampler_workers: Optional[int] = typer.Option(None, "--sampler-workers", help="Make batches ahead in N worker processes, each step's batch seeded by (seed, step) "
                                                       "(a GPU's lever: the sampler is one CPU core otherwise; default 0, with --resume: the run's)."),
+        teacher: Optional[List[str]] = typer.Option(None, "--teacher", help="A fixed model (name or bundle folder) whose prediction the run "
+                                                    "is also trained towards; repeatable: their mean (needs --distill)."),
+        distill: float = typer.Option(0.0, "--distill", help="Weight of the teachers' mean in the loss, in (0, 1]: "
+                                      "(1 - W) L1 to the ground truth + W L1 to the teachers."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         quiet: bool = typer.Option(False, "--quiet"),
         trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling of the --resume/--init checkpoint "
@@ -101,7 +106,7 @@ def register(app: typer.Typer) -> None:
                                     degradations=_parse_mix(degradations), noise=noise, intensity=intensity)
             cfg = TrainConfig(data=list(data), val=list(val or []), spec=spec, sampler=asdict(sampler), batch=batch, steps=steps,
                               lr=lr, schedule=schedule, lr_step=lr_step, checkpoint_every=checkpoint_every, val_every=val_every,
-                              threads=threads, seed=seed)
+                              threads=threads, seed=seed, teachers=list(teacher or []), distill=distill)
         # device and precision may change on resume (e.g. continue a CPU run on a lent GPU)
         if device is not None:
             cfg.device = device
