@@ -116,3 +116,61 @@ def test_a_resumed_run_refuses_teachers_whose_weights_changed(tmp_path):
     shutil.copytree(other, bundle)  # same folder, other weights
     with pytest.raises(InputError, match="the run was distilled from"):
         train(replace(cfg, stop_at=None), tmp_path / "run", resume=True, progress=False)
+
+
+def test_best_mode_takes_per_patch_the_teacher_closest_to_the_truth():
+    """Two fixed teachers, one exact on patch 0 and one on patch 1: "best" returns each patch's
+    exact teacher, "mean" their average."""
+    from arssr_rt.training.distill import Teachers
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, values):
+            super().__init__()
+            self.values = values
+
+        def forward(self, lr, coords, dec, base):
+            return self.values
+
+    truth = torch.tensor([[[1.0], [2.0]], [[3.0], [4.0]]])  # (B=2, K=2, 1)
+    good_on_0 = truth.clone()
+    good_on_0[1] += 0.5
+    good_on_1 = truth.clone()
+    good_on_1[0] -= 0.25
+    t = Teachers([Fixed(good_on_0), Fixed(good_on_1)], [{}, {}])
+    x = torch.zeros(2, 1, 2, 2, 2)
+    best = t.target("best", x, x, x, x, truth, bf16=False)
+    torch.testing.assert_close(best, truth)
+    torch.testing.assert_close(t.target("mean", x, x, x, x, truth, bf16=False), (good_on_0 + good_on_1) / 2)
+
+
+def test_a_base_free_student_gets_the_batches_its_residual_teacher_needs(tmp_path):
+    """A base-free student taught by a Lanczos-8 residual model: the batches carry that base (the
+    student ignores it), so the teacher predicts what it does at run time, and training runs."""
+    from arssr_rt.cli import main
+    from arssr_rt.training.distill import batch_base
+
+    residual = {**SPEC, "base": "lanczos8"}
+    assert batch_base(ModelSpec.from_dict(SPEC), [ModelSpec.from_dict(residual), ModelSpec.from_dict(SPEC)]) == "lanczos8"
+    assert batch_base(ModelSpec.from_dict(residual), [ModelSpec.from_dict(SPEC)]) == "lanczos8"
+    with pytest.raises(InputError, match="lanczos3 base"):
+        check_fits(ModelSpec.from_dict(SPEC), ModelSpec.from_dict({**SPEC, "base": "lanczos3"}), "t", "lanczos8")
+    cfg = replace(_config(3), spec=residual)
+    bundle = tmp_path / "residual"
+    assert main(["export", str(train(cfg, tmp_path / "r", progress=False)), "-o", str(bundle)]) == 0
+    teachers = load_teachers([str(bundle)], ModelSpec.from_dict(SPEC), torch.device("cpu"))
+    assert teachers.base == "lanczos8"
+    from arssr_rt.training.data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
+
+    sampler = PatchSampler(load_training_volumes(expand_data_arg([str(FIXTURE)]), 0),
+                           replace(SamplerConfig(**_config(1).sampler), coords="phase", base=teachers.base), seed=5)
+    lr, coords, dec, _, base = (torch.from_numpy(a) for a in sampler.batch(2))
+    with torch.no_grad():  # the batch's base channels = what the teacher derives itself at those points
+        torch.testing.assert_close(teachers.mean_prediction(lr, coords, dec, base, bf16=False),
+                                   teachers.models[0](lr, coords), rtol=0, atol=1e-4)
+    out = train(_config(4, teachers=[str(bundle)], distill=0.5, distill_mode="best"), tmp_path / "student", progress=False)
+    assert torch.load(out, weights_only=True)["step"] == 4
+
+
+def test_an_unknown_distill_mode_is_one_line_before_any_step(tmp_path):
+    with pytest.raises(InputError, match="distill_mode must be one of mean, best"):
+        train(_config(2, teachers=["default"], distill=0.5, distill_mode="median"), tmp_path / "run", progress=False)

@@ -82,6 +82,8 @@ def register(app: typer.Typer) -> None:
                                                     "is also trained towards; repeatable: their mean (needs --distill)."),
         distill: float = typer.Option(0.0, "--distill", help="Weight of the teachers' mean in the loss, in (0, 1]: "
                                       "(1 - W) L1 to the ground truth + W L1 to the teachers."),
+        distill_mode: str = typer.Option("mean", "--distill-mode", help="mean (the teachers' mean) | best (per patch, the teacher "
+                                         "closest to the ground truth: specialists each teach where they are best)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         quiet: bool = typer.Option(False, "--quiet"),
         trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling of the --resume/--init checkpoint "
@@ -106,7 +108,8 @@ def register(app: typer.Typer) -> None:
                                     degradations=_parse_mix(degradations), noise=noise, intensity=intensity)
             cfg = TrainConfig(data=list(data), val=list(val or []), spec=spec, sampler=asdict(sampler), batch=batch, steps=steps,
                               lr=lr, schedule=schedule, lr_step=lr_step, checkpoint_every=checkpoint_every, val_every=val_every,
-                              threads=threads, seed=seed, teachers=list(teacher or []), distill=distill)
+                              threads=threads, seed=seed, teachers=list(teacher or []), distill=distill,
+                              distill_mode=distill_mode)
         # device and precision may change on resume (e.g. continue a CPU run on a lent GPU)
         if device is not None:
             cfg.device = device

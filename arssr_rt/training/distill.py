@@ -30,28 +30,60 @@ class Teachers:
 
     models: list[ArSSR]
     identities: list[dict[str, str]]  # {"name", "weights_sha256"} per teacher, recorded in checkpoints
+    base: str = "none"  # the base channels the batches must carry for them (batch_base)
 
     @torch.no_grad()
-    def mean_prediction(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor,
-                        base: torch.Tensor, bf16: bool) -> torch.Tensor:
-        """The teachers' mean intensity (B, K, 1) in fp32 at the batch's points."""
-        total = None
+    def predictions(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor,
+                    base: torch.Tensor, bf16: bool) -> torch.Tensor:
+        """Every teacher's intensity at the batch's points: (teachers, B, K, 1), fp32."""
+        preds = []
         for model in self.models:
             with torch.autocast(lr.device.type, dtype=torch.bfloat16, enabled=bf16):
-                pred = model(lr, coords, decoder_coords, base).float()
-            total = pred if total is None else total + pred
-        assert total is not None
-        return total / len(self.models)
+                preds.append(model(lr, coords, decoder_coords, base).float())
+        return torch.stack(preds)
+
+    def mean_prediction(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor,
+                        base: torch.Tensor, bf16: bool) -> torch.Tensor:
+        """The teachers' mean intensity (B, K, 1) at the batch's points."""
+        return self.predictions(lr, coords, decoder_coords, base, bf16).mean(dim=0)
+
+    def target(self, mode: str, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor,
+               base: torch.Tensor, truth: torch.Tensor, bf16: bool) -> torch.Tensor:
+        """The distillation target (B, K, 1): the teachers' mean ("mean"), or per patch the
+        teacher closest to the ground truth on that patch ("best"). Why "best": the members are
+        specialists (the default model on aliased input and thick slices, the bandlimited one on
+        k-space and PSF input), and their mean is below the better one on each kind (session 15
+        A/B); the patch's own error picks the specialist without the sampler naming the kind."""
+        preds = self.predictions(lr, coords, decoder_coords, base, bf16)
+        if mode == "mean":
+            return preds.mean(dim=0)
+        errors = (preds - truth.reshape(preds.shape[1:])).abs().mean(dim=(2, 3))  # (teachers, B)
+        pick = errors.argmin(dim=0)
+        return preds[pick, torch.arange(preds.shape[1], device=preds.device)]
 
 
-def check_fits(student: ModelSpec, teacher: ModelSpec, name: str) -> None:
-    """Refuse a teacher that would need inputs the student's batches do not carry."""
+MODES = ("mean", "best")
+
+
+def batch_base(student: ModelSpec, teachers: Sequence[ModelSpec]) -> str:
+    """The base channels the batches carry: the student's own, or, for a base-free student,
+    the one base its teachers add (the student's forward ignores them)."""
+    if student.base != "none":
+        return student.base
+    bases = sorted({t.base for t in teachers} - {"none"})
+    return bases[0] if len(bases) == 1 else "none"
+
+
+def check_fits(student: ModelSpec, teacher: ModelSpec, name: str, base: str | None = None) -> None:
+    """Refuse a teacher that would need inputs the batches do not carry (``base``: the batches'
+    base channels, by default the student's)."""
+    base = student.base if base is None else base
     if (teacher.coords, teacher.feature_scale) != (student.coords, student.feature_scale):
         raise InputError(f"teacher {name!r} reads {teacher.coords} coordinates at feature scale {teacher.feature_scale}, "
                          f"the student {student.coords} at {student.feature_scale}: its batch inputs would differ")
-    if teacher.base not in ("none", student.base):
-        raise InputError(f"teacher {name!r} adds a {teacher.base} base the student's batches do not carry "
-                         f"(student base: {student.base}); distil into a model with that base instead")
+    if teacher.base not in ("none", base):
+        raise InputError(f"teacher {name!r} adds a {teacher.base} base the batches do not carry "
+                         f"(they carry: {base}); give teachers one base, or distil into a model with that base")
 
 
 def load_teachers(names: Sequence[str], student: ModelSpec, device: torch.device) -> Teachers:
@@ -60,13 +92,15 @@ def load_teachers(names: Sequence[str], student: ModelSpec, device: torch.device
     models, identities = [], []
     for name in names:
         bundle = resolve_model(name)  # the bundle's own checks: file digests, safe weights load
-        model = load_bundle_model(bundle)
-        check_fits(student, model.spec, name)
+        models.append(load_bundle_model(bundle))
+        identities.append({"name": str(name), "weights_sha256": str(bundle.meta.get("files", {}).get(WEIGHTS, ""))})
+    base = batch_base(student, [m.spec for m in models])
+    for name, model in zip(names, models):
+        check_fits(student, model.spec, name, base)
         for p in model.parameters():
             p.requires_grad_(False)
-        models.append(model.to(device).eval())
-        identities.append({"name": str(name), "weights_sha256": str(bundle.meta.get("files", {}).get(WEIGHTS, ""))})
-    return Teachers(models, identities)
+        model.to(device).eval()
+    return Teachers(models, identities, base)
 
 
 def check_same_teachers(saved: Any, current: list[dict[str, str]]) -> None:

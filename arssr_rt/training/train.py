@@ -32,7 +32,7 @@ from ..geometry import normalized_centres
 from ..safe_load import load_checkpoint
 from ..sampling import decoder_axis_coords
 from .config_check import checked_dataclass
-from .distill import check_same_teachers, load_teachers
+from .distill import MODES as DISTILL_MODES, check_same_teachers, load_teachers
 from .data import PatchSampler, SamplerConfig, expand_data_arg, load_training_volumes
 from .prefetch import BatchSource
 from ..network import ArSSR, ModelSpec, build_model
@@ -68,7 +68,8 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32" | "bf16" (autocast: fp32 master weights, ~2x faster CPU steps)
     sampler_workers: int = 0  # > 0: batches made ahead in this many processes, seeded per step (prefetch.py)
     teachers: list[str] = field(default_factory=list)  # fixed models (names or bundle dirs) whose mean is distilled (distill.py)
-    distill: float = 0.0  # loss = (1 - distill) L1(target) + distill L1(teachers' mean); 0 = no teachers
+    distill: float = 0.0  # loss = (1 - distill) L1(target) + distill L1(teachers' target); 0 = no teachers
+    distill_mode: str = "mean"  # teachers' target: "mean", or "best" (per patch, the teacher closest to the truth)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -245,6 +246,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     if not 0.0 <= cfg.distill <= 1.0 or bool(cfg.teachers) != (cfg.distill > 0):
         raise InputError(f"distill must be in (0, 1] with at least one teacher, or 0 without teachers; got distill {cfg.distill} "
                          f"with {len(cfg.teachers)} teacher(s)")
+    if cfg.distill_mode not in DISTILL_MODES:
+        raise InputError(f"distill_mode must be one of {', '.join(DISTILL_MODES)}, got {cfg.distill_mode!r}")
     device = training_device(cfg)
     if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():  # measured 80 s vs 2.3 s a step
         import sys
@@ -279,7 +282,7 @@ def _train_loop(cfg: TrainConfig, sampler_cfg: SamplerConfig, run_dir: Path, res
     model = build_model(cfg.spec).to(device)  # before the optimiser, so its state lives there too
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     teachers = load_teachers(cfg.teachers, model.spec, device) if cfg.teachers else None
-    sampler_cfg = replace(sampler_cfg, coords=model.spec.coords, feature_scale=model.spec.feature_scale, base=model.spec.base)
+    sampler_cfg = replace(sampler_cfg, coords=model.spec.coords, feature_scale=model.spec.feature_scale, base=teachers.base if teachers else model.spec.base)
     sampler = PatchSampler(load_training_volumes(expand_data_arg(cfg.data), cfg.pyramid, kinds=cfg.pyramid_kinds, weights=cfg.data_weights), sampler_cfg, seed=cfg.seed + rank)
     val_volumes = []
     for p in cfg.val:
@@ -339,7 +342,7 @@ def _train_loop(cfg: TrainConfig, sampler_cfg: SamplerConfig, run_dir: Path, res
                 pred = net(lr_t, coords_t, dec_t, base_t)
             loss = F.l1_loss(pred.float(), target_t)
             if teachers:
-                taught = teachers.mean_prediction(lr_t, coords_t, dec_t, base_t, bf16=cfg.precision == "bf16")
+                taught = teachers.target(cfg.distill_mode, lr_t, coords_t, dec_t, base_t, target_t, bf16=cfg.precision == "bf16")
                 loss = (1 - cfg.distill) * loss + cfg.distill * F.l1_loss(pred.float(), taught)
             opt.zero_grad(set_to_none=True)
             loss.backward()
