@@ -82,3 +82,16 @@ def test_the_python_entry_point_checks_the_same_way(tmp_path):
     with pytest.raises(InputError, match="gate_logit must be a number"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra,flag", [(["--teacher", "default", "--distill", "0.5"], "--teacher, --distill"),
+                                        (["--data", "other.nii.gz"], "--data")])
+def test_resume_refuses_settings_its_config_fixes(tmp_path, capsys, extra, flag):
+    """--resume trains on config.json; a --data or --teacher given with it would otherwise be
+    dropped without a word."""
+    run = _run_dir(tmp_path)
+    before = sorted(p.name for p in run.iterdir())
+    code = main(["train", "--out", str(run), "--resume", "--quiet", *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.strip().splitlines()) == 1 and f"{flag} cannot change a resumed run" in err, err
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -98,6 +98,11 @@ def register(app: typer.Typer) -> None:
 
         if resume and (out / "config.json").exists():
             config_path = out / "config.json"
+            fixed = [flag for flag, given in (("--data", data), ("--val", val), ("--spec", spec_json), ("--teacher", teacher),
+                                               ("--distill", distill)) if given]
+            if fixed:  # silently training on the old settings would look like the new ones took effect
+                raise InputError(f"{', '.join(fixed)} cannot change a resumed run: {config_path} fixes it "
+                                 "(edit that file before the run's first step, or start a new run)")
             cfg = checked_dataclass(TrainConfig, load_config_json(config_path), str(config_path))
         else:
             if not data:
