@@ -81,7 +81,7 @@ def test_distillation_pulls_a_fresh_student_towards_its_teacher(tmp_path):
         for _ in range(4):
             lr, coords, dec, _, base = (torch.from_numpy(a) for a in sampler.batch(2))
             with torch.no_grad():
-                gaps.append(float((model(lr, coords, dec, base) - teachers.mean_prediction(lr, coords, dec, base, bf16=False)).abs().mean()))
+                gaps.append(float((model(lr, coords, dec, base) - teachers.predictions(lr, coords, dec, base, bf16=False)[0]).abs().mean()))
         return float(np.mean(gaps))
 
     start, end = gap(None), gap(_weights(student_ckpt))
@@ -165,7 +165,7 @@ def test_a_base_free_student_gets_the_batches_its_residual_teacher_needs(tmp_pat
                            replace(SamplerConfig(**_config(1).sampler), coords="phase", base=teachers.base), seed=5)
     lr, coords, dec, _, base = (torch.from_numpy(a) for a in sampler.batch(2))
     with torch.no_grad():  # the batch's base channels = what the teacher derives itself at those points
-        torch.testing.assert_close(teachers.mean_prediction(lr, coords, dec, base, bf16=False),
+        torch.testing.assert_close(teachers.predictions(lr, coords, dec, base, bf16=False)[0],
                                    teachers.models[0](lr, coords), rtol=0, atol=1e-4)
     out = train(_config(4, teachers=[str(bundle)], distill=0.5, distill_mode="best"), tmp_path / "student", progress=False)
     assert torch.load(out, weights_only=True)["step"] == 4

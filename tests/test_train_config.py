@@ -85,7 +85,7 @@ def test_the_python_entry_point_checks_the_same_way(tmp_path):
 
 
 @pytest.mark.parametrize("extra,flag", [(["--teacher", "default", "--distill", "0.5"], "--teacher, --distill"),
-                                        (["--data", "other.nii.gz"], "--data")])
+                                        (["--data", "other.nii.gz"], "--data"), (["--distill-mode", "best"], "--distill-mode")])
 def test_resume_refuses_settings_its_config_fixes(tmp_path, capsys, extra, flag):
     """--resume trains on config.json; a --data or --teacher given with it would otherwise be
     dropped without a word."""

@@ -79,11 +79,11 @@ def register(app: typer.Typer) -> None:
         sampler_workers: Optional[int] = typer.Option(None, "--sampler-workers", help="Make batches ahead in N worker processes, each step's batch seeded by (seed, step) "
                                                       "(a GPU's lever: the sampler is one CPU core otherwise; default 0, with --resume: the run's)."),
         teacher: Optional[List[str]] = typer.Option(None, "--teacher", help="A fixed model (name or bundle folder) whose prediction the run "
-                                                    "is also trained towards; repeatable: their mean (needs --distill)."),
-        distill: float = typer.Option(0.0, "--distill", help="Weight of the teachers' mean in the loss, in (0, 1]: "
+                                                    "is also trained towards; repeatable, see --distill-mode (needs --distill)."),
+        distill: float = typer.Option(0.0, "--distill", help="Weight of the teachers' target in the loss, in (0, 1]: "
                                       "(1 - W) L1 to the ground truth + W L1 to the teachers."),
-        distill_mode: str = typer.Option("mean", "--distill-mode", help="mean (the teachers' mean) | best (per patch, the teacher "
-                                         "closest to the ground truth: specialists each teach where they are best)."),
+        distill_mode: Optional[str] = typer.Option(None, "--distill-mode", help="mean (the teachers' mean; the default) | best (per patch, "
+                                                   "the teacher closest to the ground truth: specialists each teach where they are best)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         quiet: bool = typer.Option(False, "--quiet"),
         trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling of the --resume/--init checkpoint "
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         if resume and (out / "config.json").exists():
             config_path = out / "config.json"
             fixed = [flag for flag, given in (("--data", data), ("--val", val), ("--spec", spec_json), ("--teacher", teacher),
-                                               ("--distill", distill)) if given]
+                                               ("--distill", distill), ("--distill-mode", distill_mode)) if given]
             if fixed:  # silently training on the old settings would look like the new ones took effect
                 raise InputError(f"{', '.join(fixed)} cannot change a resumed run: {config_path} fixes it "
                                  "(edit that file before the run's first step, or start a new run)")
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
             cfg = TrainConfig(data=list(data), val=list(val or []), spec=spec, sampler=asdict(sampler), batch=batch, steps=steps,
                               lr=lr, schedule=schedule, lr_step=lr_step, checkpoint_every=checkpoint_every, val_every=val_every,
                               threads=threads, seed=seed, teachers=list(teacher or []), distill=distill,
-                              distill_mode=distill_mode)
+                              distill_mode=distill_mode or "mean")
         # device and precision may change on resume (e.g. continue a CPU run on a lent GPU)
         if device is not None:
             cfg.device = device

@@ -7,8 +7,9 @@ here for regression) tries to pack the ensemble into a single model's cost.
 
 The teachers see exactly the student's batch: the same LR patch, query points, decoder
 coordinates and base channels. So a teacher must read the same decoder coordinates (``coords``
-and ``feature_scale``) and either need no base or the student's base; anything else is refused
-before training starts, not discovered as a silently wrong target.
+and ``feature_scale``) and need no base or the batches' base (``batch_base``: the student's, or
+for a base-free student the one base its teachers share); anything else is refused before
+training starts, not discovered as a silently wrong target.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..network import ArSSR, ModelSpec
 
 @dataclass
 class Teachers:
-    """Fixed models in eval mode whose mean prediction is the distillation target."""
+    """Fixed models in eval mode whose predictions make the distillation target (``target``)."""
 
     models: list[ArSSR]
     identities: list[dict[str, str]]  # {"name", "weights_sha256"} per teacher, recorded in checkpoints
@@ -41,11 +42,6 @@ class Teachers:
             with torch.autocast(lr.device.type, dtype=torch.bfloat16, enabled=bf16):
                 preds.append(model(lr, coords, decoder_coords, base).float())
         return torch.stack(preds)
-
-    def mean_prediction(self, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor,
-                        base: torch.Tensor, bf16: bool) -> torch.Tensor:
-        """The teachers' mean intensity (B, K, 1) at the batch's points."""
-        return self.predictions(lr, coords, decoder_coords, base, bf16).mean(dim=0)
 
     def target(self, mode: str, lr: torch.Tensor, coords: torch.Tensor, decoder_coords: torch.Tensor,
                base: torch.Tensor, truth: torch.Tensor, bf16: bool) -> torch.Tensor:

@@ -67,7 +67,7 @@ class TrainConfig:
     device: str = "cpu"  # "cpu" | "cuda" (DDP: each process takes cuda:LOCAL_RANK)
     precision: str = "fp32"  # "fp32" | "bf16" (autocast: fp32 master weights, ~2x faster CPU steps)
     sampler_workers: int = 0  # > 0: batches made ahead in this many processes, seeded per step (prefetch.py)
-    teachers: list[str] = field(default_factory=list)  # fixed models (names or bundle dirs) whose mean is distilled (distill.py)
+    teachers: list[str] = field(default_factory=list)  # fixed models (names or bundle dirs) distilled into the run (distill.py)
     distill: float = 0.0  # loss = (1 - distill) L1(target) + distill L1(teachers' target); 0 = no teachers
     distill_mode: str = "mean"  # teachers' target: "mean", or "best" (per patch, the teacher closest to the truth)
 
