@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..network.memory_format import training_layout
 from .pairs import PairBatch, ScanPairSampler
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
@@ -154,7 +155,7 @@ def finetune(
     precision = resolve_precision(precision, device)
     if precision == "fp16" and device.type != "cuda":
         raise InputError("adapt precision fp16 is for a CUDA device; use auto, fp32 or bf16 on the CPU")
-    model = copy.deepcopy(base).float().to(device).train()
+    model = training_layout(copy.deepcopy(base).float().to(device), device, precision).train()
     params = trainable(model, tune)
     opt = torch.optim.Adam(params, lr=lr)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None  # fp16's range: scale the loss
@@ -203,5 +204,6 @@ def finetune(
             break
     for p in model.parameters():
         p.requires_grad_(False)
+    model.to(memory_format=torch.contiguous_format)  # it infers next: the default layout is faster there
     return FinetuneResult(model=model.eval(), steps=step, seconds=clock() - t0, loss_first=first, loss_last=ema,
                           precision=precision)

@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..evaluation.metrics import head_mask, psnr  # one definition for training, evaluate and the README
 from .. import windowed_sinc
 from ..geometry import normalized_centres
+from ..network.memory_format import training_layout
 from ..safe_load import load_checkpoint
 from ..sampling import decoder_axis_coords
 from .config_check import checked_dataclass
@@ -280,6 +281,8 @@ def _train_loop(cfg: TrainConfig, sampler_cfg: SamplerConfig, run_dir: Path, res
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.spec).to(device)  # before the optimiser, so its state lives there too
+    if not cfg.teachers:  # a distilling student keeps its teachers' layout: the same batch then gives the same numbers
+        training_layout(model, device, cfg.precision)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     teachers = load_teachers(cfg.teachers, model.spec, device) if cfg.teachers else None
     sampler_cfg = replace(sampler_cfg, coords=model.spec.coords, feature_scale=model.spec.feature_scale, base=teachers.base if teachers else model.spec.base)
