@@ -449,7 +449,9 @@ def upsample_file(
         if ensemble or (upsampler is not None and upsampler.extra):
             raise InputError(f"{flag('ensemble')} averages fixed models; it does not go with adaptation (adapt one model)")
         if tta != 1:
-            if adapt.tta not in (1, tta):
+            from .adapt.plan import DEFAULT_TTA
+
+            if adapt.tta not in (DEFAULT_TTA, tta):
                 raise InputError(f"{setting('tta', tta)} and the adaptation's {adapt.tta} passes disagree: give one")
             adapt = replace(adapt, tta=tta)
     up = None

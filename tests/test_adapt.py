@@ -100,16 +100,17 @@ def test_seed_makes_it_deterministic_and_the_saved_bundle_reproduces_it(cli, thi
     assert first.shape == (64, 64, 64)
     assert np.array_equal(first, second)  # same seed, same steps, same threads: bit-identical
     assert not np.array_equal(first, other)
-    # the saved bundle is a normal bundle: --model loads it and gives the adapted output again
+    # the saved bundle is a normal bundle: --model loads it and, with the adapted run's 2 passes
+    # (its default --adapt-tta; the thick-axis flip is plain --tta 2's too), gives its output again
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["training"]["steps"] == 3 and meta["training"]["thick_axis"] == 2 and meta["name"].endswith("-adapted-thick")
     d = tmp_path / "d.nii.gz"
     assert cli("upsample", src, "--voxel-size", "1", "--model", bundle, "--backend", "torch", "--dtype", "float32",
-               "--threads", "1", "-q", "-o", d)[0] == 0
+               "--threads", "1", "--tta", "2", "-q", "-o", d)[0] == 0
     np.testing.assert_allclose(_load(d), first, atol=1e-5 * float(np.ptp(first)))
     e = tmp_path / "e.nii.gz"
     assert cli("upsample", src, "--voxel-size", "1", "--model", bundle, "--backend", "onnxruntime", "--dtype", "float32",
-               "-q", "-o", e)[0] == 0
+               "--tta", "2", "-q", "-o", e)[0] == 0
     np.testing.assert_allclose(_load(e), first, atol=1e-4 * float(np.ptp(first)))
     # no overwrite of the bundle without --force, refused before the adaptation runs
     code, err = cli("upsample", src, *common, "-o", tmp_path / "f.nii.gz", "--save-adapted", bundle)
@@ -208,7 +209,7 @@ def test_adapt_mix_interpolates_the_weights_and_the_saved_bundle_reproduces_it(c
     assert cli("upsample", src, *common, "--adapt", "--adapt-steps", "3", "--adapt-mix", "0.25", "-o", mixed,
                "--save-adapted", bundle_dir)[0] == 0
     assert json.loads((bundle_dir / "model.json").read_text())["training"]["mix"] == 0.25
-    assert cli("upsample", src, *common, "--model", bundle_dir, "-o", reused)[0] == 0
+    assert cli("upsample", src, *common, "--model", bundle_dir, "--tta", "2", "-o", reused)[0] == 0  # the adapted run's passes
     span = float(np.ptp(_load(plain)))
     np.testing.assert_allclose(_load(reused), _load(mixed), atol=1e-5 * span)
     assert np.abs(_load(mixed) - _load(plain)).max() > 1e-4 * span  # the quarter of the adaptation shows

@@ -104,7 +104,7 @@ def test_bad_device_or_precision_is_one_line(device, precision, match):
 
 
 def test_cpu_device_is_the_old_loop_bit_for_bit(thick, bundle):
-    """finetune(device="cpu") is the pre-device loop (mirrored here: deep copy, Adam, cosine rate,
+    """finetune(device="cpu") is the pre-device loop (mirrored here: deep copy in the training layout, Adam, cosine rate,
     CPU autocast, dense query on CPU tensors, L1) bit for bit, in fp32 and bf16; adapt_volume's
     default device is the CPU and runs the adapted model on the CPU torch backend."""
     import math
@@ -116,6 +116,7 @@ def test_cpu_device_is_the_old_loop_bit_for_bit(thick, bundle):
     from arssr_rt.adapt.plan import plan_adaptation
     from arssr_rt.adapt.session import adapt_volume
     from arssr_rt.backends.torch_backend import load_bundle_model
+    from arssr_rt.network.memory_format import training_layout
 
     _, volume = thick
     data = volume.data / volume.data.max()
@@ -127,7 +128,7 @@ def test_cpu_device_is_the_old_loop_bit_for_bit(thick, bundle):
         got = finetune(base, ScanPairSampler(data, plan, cfg, seed=3), steps=3, budget_seconds=None, batch=2, seed=3,
                        precision=precision, device="cpu")
         torch.manual_seed(3)
-        model = copy.deepcopy(base).float().train()
+        model = training_layout(copy.deepcopy(base).float(), "cpu", precision).train()  # channels-last in fp32
         opt = torch.optim.Adam(trainable(model, "all"), lr=5e-4)
         sampler = ScanPairSampler(data, plan, cfg, seed=3)
         for step in range(3):

@@ -23,6 +23,7 @@ from .device import check_device_name
 from ..tta import TTA_CHOICES
 
 MIN_RATIO = 1.5  # thick / finest in-plane spacing below this: not a thick-slice scan
+DEFAULT_TTA = 2
 DEFAULT_MINUTES = 3.0  # 256x256x40 adapts in this and up-samples in the rest of 5 min on 2 cores
 TUNE_CHOICES = ("all", "decoder")
 CONTEXT_CHOICES = ("3d", "slab")
@@ -46,7 +47,10 @@ class AdaptOptions:
     device: str = "cpu"  # fine-tuning and inference: cpu | cuda | cuda:N (the CLI derives it from --backend, see adapt/device.py)
     loss: str = "l1"  # fine-tuning loss: l1 (as training) | l2
     warmup: int = 100  # linear learning-rate warm-up steps (at most a fifth of the run); measured +0.07 dB at 600 steps
-    tta: int = 1  # inference passes averaged over the flips / in-plane swap adapted under (tta.py): 1, 2, 4 or 8
+    # inference passes averaged over the flips / in-plane swap adapted under (tta.py): 1, 2, 4 or 8;
+    # 2 measured +0.04 to +0.12 dB PSNR and higher SSIM on all four held-out cases at 1,800 steps
+    # (docs/quality/adapt/variants.md, session 16) for one more up-sampling pass
+    tta: int = DEFAULT_TTA
     # weight-space mix of the adapted weights with the starting model's (WiSE-FT): mix * adapted +
     # (1 - mix) * start; 1 keeps the adapted model, 0 the start (see docs/quality/adapt/variants.md)
     mix: float = 1.0

@@ -10,7 +10,7 @@ import typer
 from ..errors import InputError
 
 TTA_HELP = ("Average N inference passes (1, 2, 4 or 8) over flips of the input, each undone: 2 = the plain pass + the flip of "
-            "the most up-sampled axis. Each pass costs one up-sampling. With --adapt: the flips / in-plane swap it adapted under.")
+            "the most up-sampled axis. Each pass costs one up-sampling. Default 1; with --adapt 2, over the flips / in-plane swap it adapted under.")
 
 
 def tta_option() -> Optional[int]:
