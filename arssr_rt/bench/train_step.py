@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 
 
@@ -27,15 +28,30 @@ def _timed_pair(first, second, reps: int) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--batch", type=int, default=8, help="training batch (patches of 16^3 LR voxels, 4,096 points each)")
+    ap.add_argument("--threads", type=_positive, default=1)
+    ap.add_argument("--reps", type=_positive, default=7)
+    ap.add_argument("--batch", type=_positive, default=8, help="training batch (patches of 16^3 LR voxels, 4,096 points each)")
     args = ap.parse_args(argv)
 
     import numpy as np
-    import torch
+
+    from ..errors import MissingExtraError
+    from ..extras import require
+
+    try:
+        torch = require("torch")
+    except MissingExtraError as exc:
+        print(f"arssr-rt: {exc}", file=sys.stderr)
+        return 2
 
     from ..adapt.finetune import dense_forward
     from ..adapt.pairs import PairConfig, ScanPairSampler
